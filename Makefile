@@ -1,0 +1,48 @@
+# GFlow services: every target sets up what it needs itself (a .venv beside this file).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTOS := $(wildcard proto/gflow/v1/*.proto)
+STUBS := gflow/v1/common_pb2.py
+
+.PHONY: setup proto test lint demo serve bench clean
+
+setup: $(VENV)/.installed $(STUBS)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "grpcio-tools>=1.62,<2"
+	$(MAKE) proto
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Generated stubs (package gflow.v1) are not committed: `make proto` rebuilds them.
+proto: $(BIN)/python
+	rm -rf gflow
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. \
+		--pyi_out=. $(PROTOS)
+	touch gflow/__init__.py gflow/v1/__init__.py
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STUBS): $(PROTOS) | $(VENV)/.installed
+	$(MAKE) proto
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+lint: setup
+	$(BIN)/ruff check services tests bench
+
+demo: setup
+	$(BIN)/gflow demo
+
+serve: setup
+	$(BIN)/gflow serve
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) gflow .pytest_cache

@@ -1,0 +1,120 @@
+"""Client side of the runtime: channels with auth/TLS/limits, and stage streams to results.
+
+Remote failures come back as the same exception types the engines raise in-process, so the
+pipeline handles an embedded and a remote stage alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from gflow.v1 import common_pb2
+from services.common import errors
+from services.common.runtime import ERROR_TRAILER, TOKEN_ENV
+
+_ERROR_OF = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: errors.NotFoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: errors.UnavailableError,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPreconditionError,
+    grpc.StatusCode.DATA_LOSS: errors.IntegrityError,
+    grpc.StatusCode.CANCELLED: errors.CancelledError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineError,
+}
+
+
+@dataclass
+class Endpoint:
+    """Where a service listens and how to reach it."""
+
+    # host:port, or dns:///name:port for client-side round-robin over all its addresses.
+    target: str = "127.0.0.1:50051"
+    # Bearer token file; else the GFLOW_AUTH_TOKEN environment variable.
+    auth_token_file: Path | None = None
+    # PEM root certificate for TLS; None = plaintext.
+    tls_ca: Path | None = None
+    max_message_bytes: int = 16 * 1024 * 1024
+
+    def auth_token(self) -> str | None:
+        if self.auth_token_file is not None:
+            return Path(self.auth_token_file).read_text().strip() or None
+        return os.environ.get(TOKEN_ENV) or None
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        # grpc hands interceptors a namedtuple of call details
+        return details._replace(metadata=list(details.metadata or []) + [self._header])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
+def open_channel(endpoint: Endpoint) -> grpc.Channel:
+    """A channel with message limits, round-robin balancing, TLS and the bearer token."""
+    options = [
+        ("grpc.max_receive_message_length", endpoint.max_message_bytes),
+        ("grpc.max_send_message_length", endpoint.max_message_bytes),
+        ("grpc.lb_policy_name", "round_robin"),
+    ]
+    if endpoint.tls_ca is not None:
+        creds = grpc.ssl_channel_credentials(Path(endpoint.tls_ca).read_bytes())
+        channel = grpc.secure_channel(endpoint.target, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(endpoint.target, options=options)
+    token = endpoint.auth_token()
+    return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+
+
+def error_from_rpc(err: grpc.RpcError) -> errors.GFlowError:
+    """The exception an engine would have raised for this remote failure."""
+    code, details = err.code(), err.details() or ""
+    info = common_pb2.ErrorInfo()
+    for key, value in err.trailing_metadata() or ():
+        if key == ERROR_TRAILER:
+            info.ParseFromString(value)
+    kind = _ERROR_OF.get(code)
+    if kind is errors.InvalidArgumentError:
+        message = details.removeprefix(f"{info.field}: ") if info.field else details
+        return errors.InvalidArgumentError(info.field or "request", message, reason=info.reason or None)
+    if kind is None:
+        return errors.GFlowError(f"{code.name}: {details}", reason=info.reason or code.name)
+    return kind(details, reason=info.reason or None)
+
+
+def collect_stage(
+    events: Iterator[common_pb2.StageEvent], progress: errors.ProgressFn = errors.no_progress
+) -> common_pb2.StageResult:
+    """Forward progress events and return the final StageResult of a stage stream."""
+    try:
+        for event in events:
+            if event.HasField("progress"):
+                progress(event.progress.done, event.progress.total, event.progress.message)
+            elif event.HasField("result"):
+                return event.result
+    except grpc.RpcError as err:
+        raise error_from_rpc(err) from err
+    raise errors.UnavailableError("the stage stream ended without a result")

@@ -1,0 +1,80 @@
+"""Errors that engines raise and servers map to gRPC status codes.
+
+Engines stay free of gRPC: they raise these, and `services.common.runtime` turns each into the
+status code DESIGN.md names (so a client never sees a bare UNKNOWN).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+class GFlowError(Exception):
+    """Base class. `reason` is a short machine-readable code (UPPER_SNAKE_CASE)."""
+
+    reason = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidArgumentError(GFlowError):
+    """Bad input. Always name the offending field and how to fix it."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str, *, reason: str | None = None):
+        super().__init__(f"{field}: {message}", reason=reason)
+        self.field = field
+
+
+class NotFoundError(GFlowError):
+    """An artifact or resource that was referenced does not exist."""
+
+    reason = "NOT_FOUND"
+
+
+class ResourceExhaustedError(GFlowError):
+    """A worker is full or a request exceeds a limit (memory, size, concurrency)."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class UnavailableError(GFlowError):
+    """A dependency (object store, GPU) is down or unreachable."""
+
+    reason = "UNAVAILABLE"
+
+
+class FailedPreconditionError(GFlowError):
+    """A missing model, weights file or optional package. Say what to install or where."""
+
+    reason = "FAILED_PRECONDITION"
+
+
+class IntegrityError(GFlowError):
+    """Stored bytes do not match their recorded checksum, or a codec header disagrees."""
+
+    reason = "DATA_LOSS"
+
+
+class CancelledError(GFlowError):
+    """The caller went away; long work stops at its next progress report."""
+
+    reason = "CANCELLED"
+
+
+class DeadlineError(GFlowError):
+    """The caller's deadline passed before the work finished."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
+# (done, total, message): how engines report progress on long work.
+ProgressFn = Callable[[int, int, str], None]
+
+
+def no_progress(done: int, total: int, message: str) -> None:
+    """Default progress sink for engines called without one."""
