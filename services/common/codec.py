@@ -90,6 +90,7 @@ def decode_array(
     expected_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(payload) != expected_bytes:
         raise IntegrityError(
-            f"{field}: payload has {len(payload)} bytes, shape {shape} {dtype} needs {expected_bytes}"
+            f"{field}: payload has {len(payload)} bytes, shape {shape} {dtype} "
+            f"needs {expected_bytes}"
         )
     return np.frombuffer(payload, dtype=dtype).reshape(shape).copy()

@@ -6,7 +6,7 @@ status code DESIGN.md names (so a client never sees a bare UNKNOWN).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class GFlowError(Exception):

@@ -309,8 +309,9 @@ def serve(bindings: list[ServiceBinding], config: ServerConfig) -> RunningServer
     """Start one gRPC server for `bindings` with every cross-cutting concern of the runtime."""
     token = config.auth_token()
     if token is None:
-        log.warning("no auth token configured (%s or --auth-token-file): calls are not checked",
-                    TOKEN_ENV)
+        log.warning(
+            "no auth token configured (%s or --auth-token-file): calls are not checked", TOKEN_ENV
+        )
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -327,8 +328,11 @@ def serve(bindings: list[ServiceBinding], config: ServerConfig) -> RunningServer
     for binding in bindings:
         binding.add_to_server(binding.servicer, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     address = f"{config.host}:{config.port}"
@@ -346,6 +350,7 @@ def serve(bindings: list[ServiceBinding], config: ServerConfig) -> RunningServer
     server.start()
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s on %s:%d (tls=%s)", ", ".join(names), config.host, port,
-             bool(config.tls_cert))
+    log.info(
+        "serving %s on %s:%d (tls=%s)", ", ".join(names), config.host, port, bool(config.tls_cert)
+    )
     return RunningServer(server, port, health_servicer, names, config.drain_seconds)

@@ -68,7 +68,9 @@ class ObjectStore(ABC):
         """A URL that `open_store` turns back into an equivalent store."""
 
     @abstractmethod
-    def put(self, key: str, data: bytes, media_type: str = "application/octet-stream") -> StoredObject:
+    def put(
+        self, key: str, data: bytes, media_type: str = "application/octet-stream"
+    ) -> StoredObject:
         """Publish `data` under `key` atomically (temporary key, then publish)."""
 
     @abstractmethod
@@ -141,7 +143,9 @@ class LocalFolderStore(ObjectStore):
             os.fsync(fh.fileno())
         os.replace(tmp, final)
 
-    def put(self, key: str, data: bytes, media_type: str = "application/octet-stream") -> StoredObject:
+    def put(
+        self, key: str, data: bytes, media_type: str = "application/octet-stream"
+    ) -> StoredObject:
         record = StoredObject(check_key(key), sha256_hex(data), len(data), media_type)
         meta = {_META_SHA: record.sha256, _META_MEDIA: media_type, "size": record.size_bytes}
         try:
@@ -168,7 +172,11 @@ class LocalFolderStore(ObjectStore):
         keys = []
         for path in self.root.rglob("*"):
             rel = path.relative_to(self.root).as_posix()
-            if path.is_file() and not rel.startswith((TMP_PREFIX, ".meta/")) and rel.startswith(prefix):
+            if (
+                path.is_file()
+                and not rel.startswith((TMP_PREFIX, ".meta/"))
+                and rel.startswith(prefix)
+            ):
                 keys.append(rel)
         return sorted(keys)
 
@@ -192,7 +200,8 @@ class S3Settings:
 
     @classmethod
     def from_env(cls, **overrides) -> S3Settings:
-        """GFLOW_S3_ENDPOINT, GFLOW_S3_ACCESS_KEY(_FILE), GFLOW_S3_SECRET_KEY(_FILE), GFLOW_S3_SECURE."""
+        """Settings from GFLOW_S3_ENDPOINT, GFLOW_S3_ACCESS_KEY(_FILE), GFLOW_S3_SECRET_KEY(_FILE)
+        and GFLOW_S3_SECURE."""
 
         def secret(name: str) -> str:
             if os.environ.get(f"{name}_FILE"):
@@ -259,26 +268,39 @@ class S3Store(ObjectStore):
                     "during " + what + ": check GFLOW_S3_ACCESS_KEY / GFLOW_S3_SECRET_KEY",
                     reason="STORE_CREDENTIALS_REJECTED",
                 ) from exc
-            raise UnavailableError(f"S3 store error during {what}: {exc.code}: {exc.message}") from exc
+            raise UnavailableError(
+                f"S3 store error during {what}: {exc.code}: {exc.message}"
+            ) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise UnavailableError(
                 f"S3 store at {self.settings.endpoint} is unreachable during {what}: {exc}",
                 reason="STORE_UNREACHABLE",
             ) from exc
 
-    def put(self, key: str, data: bytes, media_type: str = "application/octet-stream") -> StoredObject:
+    def put(
+        self, key: str, data: bytes, media_type: str = "application/octet-stream"
+    ) -> StoredObject:
         from minio.commonconfig import CopySource
 
         record = StoredObject(check_key(key), sha256_hex(data), len(data), media_type)
         tmp_key = f"{TMP_PREFIX}{uuid.uuid4().hex}"
         meta = {_META_SHA: record.sha256, _META_MEDIA: media_type}
         self._call(
-            f"put {key}", self._client.put_object, self.bucket, tmp_key, io.BytesIO(data), len(data),
-            content_type=media_type, metadata=meta,
+            f"put {key}",
+            self._client.put_object,
+            self.bucket,
+            tmp_key,
+            io.BytesIO(data),
+            len(data),
+            content_type=media_type,
+            metadata=meta,
         )
         try:
             self._call(
-                f"publish {key}", self._client.copy_object, self.bucket, key,
+                f"publish {key}",
+                self._client.copy_object,
+                self.bucket,
+                key,
                 CopySource(self.bucket, tmp_key),
             )
         finally:
@@ -305,7 +327,10 @@ class S3Store(ObjectStore):
     def list(self, prefix: str = "") -> list[str]:
         objects = self._call(
             f"list {prefix}",
-            lambda: [o.object_name for o in self._client.list_objects(self.bucket, prefix, recursive=True)],
+            lambda: [
+                o.object_name
+                for o in self._client.list_objects(self.bucket, prefix, recursive=True)
+            ],
         )
         return sorted(k for k in objects if not k.startswith(TMP_PREFIX))
 
@@ -333,7 +358,9 @@ def open_store(config: StoreConfig | str) -> ObjectStore:
         return LocalFolderStore(path)
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise InvalidArgumentError("store.url", f"{config.url!r} names no bucket: use s3://BUCKET")
+            raise InvalidArgumentError(
+                "store.url", f"{config.url!r} names no bucket: use s3://BUCKET"
+            )
         return S3Store(parsed.netloc, config.s3)
     raise InvalidArgumentError(
         "store.url", f"unsupported scheme {parsed.scheme!r} in {config.url!r}: use file:// or s3://"

@@ -34,8 +34,9 @@ class ProbeFlowService(flow_pb2_grpc.FlowServiceServicer):
             if script.get("fail") == "crash":
                 raise ZeroDivisionError("division by zero")
             if script.get("store_endpoint"):
-                settings = S3Settings(endpoint=script["store_endpoint"], connect_timeout_s=0.5,
-                                      retries=0)
+                settings = S3Settings(
+                    endpoint=script["store_endpoint"], connect_timeout_s=0.5, retries=0
+                )
                 S3Store("probe", settings)
             return common_pb2.StageResult(stage="flow", backend="probe", key="flow/probe")
 
@@ -49,7 +50,8 @@ class ProbeFlowService(flow_pb2_grpc.FlowServiceServicer):
 
 def binding(max_jobs: int = 1) -> runtime.ServiceBinding:
     return runtime.ServiceBinding(
-        "gflow.v1.FlowService", ProbeFlowService(max_jobs),
+        "gflow.v1.FlowService",
+        ProbeFlowService(max_jobs),
         flow_pb2_grpc.add_FlowServiceServicer_to_server,
     )
 

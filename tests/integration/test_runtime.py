@@ -29,8 +29,9 @@ TOKEN = "s3cr3t-token"
 def server(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    config = runtime.ServerConfig(port=0, auth_token_file=token_file, max_message_bytes=64 * 1024,
-                                  drain_seconds=5)
+    config = runtime.ServerConfig(
+        port=0, auth_token_file=token_file, max_message_bytes=64 * 1024, drain_seconds=5
+    )
     running = runtime.serve([binding(max_jobs=1)], config)
     yield running
     running.stop(grace=0)
@@ -50,8 +51,9 @@ def flow_stub(port: int, token: str | None = TOKEN, tmp_path=None) -> flow_pb2_g
 def compute(stub, timeout=30, **script):
     request = flow_pb2.ComputeFlowRequest(config_json=json.dumps(script))
     seen = []
-    result = collect_stage(stub.ComputeFlow(request, timeout=timeout),
-                           lambda d, t, m: seen.append((d, t)))
+    result = collect_stage(
+        stub.ComputeFlow(request, timeout=timeout), lambda d, t, m: seen.append((d, t))
+    )
     return result, seen
 
 
@@ -76,11 +78,13 @@ def test_health_is_open_and_reflection_lists_services(server, tmp_path):
     health = health_pb2_grpc.HealthStub(channel)
     reply = health.Check(health_pb2.HealthCheckRequest(service="gflow.v1.FlowService"), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    authed = open_channel(Endpoint(target=f"127.0.0.1:{server.port}",
-                                   auth_token_file=_token_file(tmp_path)))
+    authed = open_channel(
+        Endpoint(target=f"127.0.0.1:{server.port}", auth_token_file=_token_file(tmp_path))
+    )
     stub = reflection_pb2_grpc.ServerReflectionStub(authed)
-    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-        list_services="")]), timeout=5)
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"gflow.v1.FlowService", "grpc.health.v1.Health"} <= names
 
@@ -108,8 +112,9 @@ def test_oversized_message_is_resource_exhausted(server, tmp_path):
 
 def test_second_job_beyond_limit_is_refused(server, tmp_path):
     stub = flow_stub(server.port, tmp_path=tmp_path)
-    first = stub.ComputeFlow(flow_pb2.ComputeFlowRequest(
-        config_json=json.dumps({"steps": 10, "sleep": 0.1})), timeout=30)
+    first = stub.ComputeFlow(
+        flow_pb2.ComputeFlowRequest(config_json=json.dumps({"steps": 10, "sleep": 0.1})), timeout=30
+    )
     next(first)  # the first job holds the only slot now
     with pytest.raises(errors.ResourceExhaustedError, match="another replica"):
         compute(stub, steps=1)
@@ -160,13 +165,19 @@ def test_sigterm_drains_in_flight_call(tmp_path):
     env = {**os.environ, runtime.TOKEN_ENV: TOKEN, "PYTHONPATH": str(PROJECT_ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.probe_service", "10"],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         port = int(process.stdout.readline())
         stub = flow_stub(port, tmp_path=tmp_path)
-        events = stub.ComputeFlow(flow_pb2.ComputeFlowRequest(
-            config_json=json.dumps({"steps": 10, "sleep": 0.2})), timeout=30)
+        events = stub.ComputeFlow(
+            flow_pb2.ComputeFlowRequest(config_json=json.dumps({"steps": 10, "sleep": 0.2})),
+            timeout=30,
+        )
         next(events)
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)

@@ -91,7 +91,10 @@ def test_s3_detects_corruption(s3_store: S3Store):
     import io
 
     s3_store._client.put_object(
-        s3_store.bucket, "k/v", io.BytesIO(b"tampered"), 8,
+        s3_store.bucket,
+        "k/v",
+        io.BytesIO(b"tampered"),
+        8,
         metadata={"sha256": sha256_hex(b"original"), "media-type": "x"},
     )
     with pytest.raises(IntegrityError, match="recorded sha256"):
