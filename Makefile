@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/gflow/v1/*.proto)
 STUBS := gflow/v1/common_pb2.py
 
-.PHONY: setup proto test lint demo serve bench clean
+.PHONY: setup proto test browser lint demo serve bench clean
 
 setup: $(VENV)/.installed $(STUBS)
 
@@ -29,8 +29,14 @@ $(BIN)/python:
 $(STUBS): $(PROTOS) | $(VENV)/.installed
 	$(MAKE) proto
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -ra
+
+# Headless Chromium for the report test (Debian package; skipped with a message where apt is absent).
+browser:
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+		echo "chromium not installed: the report browser test will be skipped"
 
 lint: setup
 	$(BIN)/ruff check services tests bench

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from services.common.store import LocalFolderStore, S3Settings, S3Store
-from tests.s3_server import ACCESS_KEY, SECRET_KEY, start_seaweed_s3
+from services.pipeline.seaweed import DEFAULT_ACCESS_KEY, start_seaweed_s3
+
+TEST_SECRET_KEY = "gflow-test-secret-0123456789"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -24,13 +26,15 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     """One real SeaweedFS server (S3 gateway on 127.0.0.1) for the whole test session."""
-    server = start_seaweed_s3(tmp_path_factory.mktemp("seaweed"))
+    server = start_seaweed_s3(tmp_path_factory.mktemp("seaweed"), TEST_SECRET_KEY)
     yield server
     server.stop()
 
 
 def s3_settings(endpoint: str, **overrides) -> S3Settings:
-    values = dict(endpoint=endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False)
+    values = dict(
+        endpoint=endpoint, access_key=DEFAULT_ACCESS_KEY, secret_key=TEST_SECRET_KEY, secure=False
+    )
     values.update(overrides)
     return S3Settings(**values)
 

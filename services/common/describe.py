@@ -45,3 +45,10 @@ def describe_response(
         versions=package_versions(),
         max_concurrent_jobs=max_concurrent_jobs,
     )
+
+
+def backend_info(name: str, available: bool, detail: str = "", needs_weights: bool = False):
+    """A BackendInfo message from an engine's own description of a backend."""
+    return common_pb2.BackendInfo(
+        name=name, available=available, detail=detail, needs_weights=needs_weights
+    )

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -42,6 +43,8 @@ ERROR_TRAILER = "gflow-error-bin"
 REQUEST_ID_HEADER = "x-request-id"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 TOKEN_ENV = "GFLOW_AUTH_TOKEN"
+# Where each service listens unless told otherwise (compose, Helm and `gflow serve` use these).
+DEFAULT_PORTS = {"pipeline": 50050, "depth": 50051, "flow": 50052, "segment": 50053, "fit": 50054}
 
 _STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -141,37 +144,40 @@ def check_alive(context: grpc.ServicerContext) -> None:
         raise errors.CancelledError("the client cancelled the call")
 
 
-def stream_stage(
+def stream_job(
     context: grpc.ServicerContext,
     limiter: JobLimiter,
-    stage: str,
-    work: Callable[[errors.ProgressFn], common_pb2.StageResult],
-) -> Iterator[common_pb2.StageEvent]:
-    """Yield Progress events while `work(progress)` runs in a thread, then its StageResult."""
+    name: str,
+    work: Callable[[Callable[[common_pb2.Progress], None]], Message],
+    event_type: type[Message],
+) -> Iterator[Message]:
+    """Run `work(emit)` in a thread; yield `event_type(progress=...)` for every Progress it
+    emits, then `event_type(result=...)` with what it returns (StageEvent and PipelineEvent both
+    have this shape). A job past the worker's limit is refused with RESOURCE_EXHAUSTED."""
     if not limiter.try_acquire():
         abort_with(
             context,
             errors.ResourceExhaustedError(
-                f"this {stage} worker already runs {limiter.limit} job(s); retry on another replica"
+                f"this {name} worker already runs {limiter.limit} job(s); retry on another replica"
             ),
         )
     events: queue.Queue = queue.Queue()
     request_id = request_id_var.get()
 
-    def progress(done: int, total: int, message: str) -> None:
+    def emit(progress: common_pb2.Progress) -> None:
         check_alive(context)
-        events.put(common_pb2.Progress(stage=stage, done=done, total=total, message=message))
+        events.put(progress)
 
     def run() -> None:
         request_id_var.set(request_id)
         try:
-            events.put(work(progress))
+            events.put(("result", work(emit)))
         except BaseException as exc:  # handed to the streaming thread, which maps it
             events.put(exc)
         finally:
             limiter.release()
 
-    threading.Thread(target=run, name=f"{stage}-job-{request_id}", daemon=True).start()
+    threading.Thread(target=run, name=f"{name}-job-{request_id}", daemon=True).start()
     while True:
         try:
             item = events.get(timeout=0.5)
@@ -180,12 +186,29 @@ def stream_stage(
                 return  # the client left; the job thread stops at its next progress report
             continue
         if isinstance(item, common_pb2.Progress):
-            yield common_pb2.StageEvent(progress=item)
+            yield event_type(progress=item)
         elif isinstance(item, BaseException):
             abort_with(context, item)
         else:
-            yield common_pb2.StageEvent(result=item)
+            yield event_type(result=item[1])
             return
+
+
+def stream_stage(
+    context: grpc.ServicerContext,
+    limiter: JobLimiter,
+    stage: str,
+    work: Callable[[errors.ProgressFn], common_pb2.StageResult],
+) -> Iterator[common_pb2.StageEvent]:
+    """`stream_job` for a stage: the work reports (done, total, message) for this stage."""
+
+    def job(emit):
+        def progress(done: int, total: int, message: str) -> None:
+            emit(common_pb2.Progress(stage=stage, done=done, total=total, message=message))
+
+        return work(progress)
+
+    return stream_job(context, limiter, stage, job, common_pb2.StageEvent)
 
 
 def unary(context: grpc.ServicerContext, fn: Callable[[], object]):

@@ -109,8 +109,11 @@ def prepare_frames(frames: list[np.ndarray], config: IngestConfig) -> np.ndarray
     return np.ascontiguousarray(np.stack(resized).astype(np.uint8))
 
 
-def ingest(artifacts: Artifacts, source: Path | bytes, config: IngestConfig) -> common_pb2.VideoRef:
-    frames, fps = decode_video(source)
+def ingest(
+    artifacts: Artifacts, source: Path | bytes, config: IngestConfig, suffix: str = ".mp4"
+) -> common_pb2.VideoRef:
+    """Decode `source` (a folder, a file, or a file's bytes with its `suffix`) and store it."""
+    frames, fps = decode_video(source, suffix)
     frames_thw3 = prepare_frames(frames, config)
     log.info("ingested %d frames at %dx%d", *frames_thw3.shape[:3])
     return store_frames(artifacts, frames_thw3, fps or config.fps)

@@ -18,9 +18,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from gflow.v1 import common_pb2, flow_pb2, flow_pb2_grpc
 from services.common import errors, runtime
 from services.common.client import Endpoint, collect_stage, open_channel
+from services.pipeline.seaweed import free_port
 from tests.conftest import PROJECT_ROOT
 from tests.integration.probe_service import binding
-from tests.s3_server import free_port
 
 TOKEN = "s3cr3t-token"
 

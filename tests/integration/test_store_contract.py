@@ -14,8 +14,8 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.common.store import LocalFolderStore, S3Store, sha256_hex
+from services.pipeline.seaweed import free_port
 from tests.conftest import s3_settings
-from tests.s3_server import free_port
 
 
 def test_put_get_list_delete(any_store):

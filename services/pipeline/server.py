@@ -1,0 +1,92 @@
+"""PipelineService over gRPC: one call runs ingest and every stage and streams their progress.
+
+Where the stages run is the server's own setting (--remote.* flags), never the request's, so a
+client cannot make the server dial arbitrary hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import tyro
+
+from gflow.v1 import common_pb2, pipeline_pb2, pipeline_pb2_grpc
+from services.common import runtime
+from services.common.artifacts import Artifacts
+from services.common.config import parse_config_json
+from services.common.describe import backend_info
+from services.common.errors import InvalidArgumentError
+from services.common.service import StageServicer, serve_forever
+from services.pipeline.config import PipelineConfig, RemoteConfig
+from services.pipeline.engine import STAGES, run_pipeline
+from services.pipeline.ingest import ingest
+
+
+class PipelineServicer(StageServicer, pipeline_pb2_grpc.PipelineServiceServicer):
+    service_name = "gflow.v1.PipelineService"
+    stage = "pipeline"
+
+    def __init__(self, artifacts: Artifacts, max_concurrent_jobs: int, remote: RemoteConfig):
+        super().__init__(artifacts, max_concurrent_jobs)
+        self.remote = remote
+
+    def backends(self):
+        return [backend_info(s, True, getattr(self.remote, s) or "in-process") for s in STAGES]
+
+    def _video(self, request, config: PipelineConfig) -> common_pb2.VideoRef:
+        if request.HasField("video"):
+            return request.video
+        if request.HasField("video_file"):
+            data = self.artifacts.get_bytes(request.video_file, "video_file")
+            suffix = PurePosixPath(request.video_file.key).suffix or ".mp4"
+            return ingest(self.artifacts, data, config.ingest, suffix=suffix)
+        raise InvalidArgumentError("source", "give video_file (an uploaded file) or video")
+
+    def RunPipeline(self, request, context):  # noqa: N802 - gRPC method name
+        def job(emit):
+            config = parse_config_json(request.config_json, PipelineConfig)
+            if config.remote != RemoteConfig():
+                raise InvalidArgumentError(
+                    "config_json.remote", "stage endpoints are the server's --remote.* flags"
+                )
+            config = dataclasses.replace(config, remote=self.remote)
+            video = self._video(request, config)
+
+            def progress(stage: str, done: int, total: int, message: str) -> None:
+                emit(common_pb2.Progress(stage=stage, done=done, total=total, message=message))
+
+            return run_pipeline(
+                self.artifacts, video, config, progress, runtime.remaining_timeout(context)
+            )
+
+        yield from runtime.stream_job(
+            context, self.limiter, "pipeline", job, pipeline_pb2.PipelineEvent
+        )
+
+
+@dataclass
+class PipelineServerConfig:
+    """The pipeline server: how it listens, and where the stage services are."""
+
+    server: runtime.ServerConfig = field(
+        default_factory=lambda: runtime.ServerConfig(port=runtime.DEFAULT_PORTS["pipeline"])
+    )
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
+
+
+def main() -> None:
+    config = tyro.cli(
+        PipelineServerConfig,
+        description="Serve PipelineService: ingest + flow -> depth -> segment -> fit.",
+    )
+    serve_forever(
+        lambda artifacts, jobs: PipelineServicer(artifacts, jobs, config.remote),
+        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
+        config.server,
+    )
+
+
+if __name__ == "__main__":
+    main()
