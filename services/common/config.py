@@ -88,3 +88,15 @@ def parse_config_json(text: str, config_type: type[T], field: str = "config_json
     except json.JSONDecodeError as exc:
         raise InvalidArgumentError(field, f"not valid JSON: {exc}") from exc
     return from_dict(config_type, values, field)
+
+
+def with_env_paths(config: T, env_by_field: dict[str, str]) -> T:
+    """Fill path fields left None from environment variables (weights mounted in containers)."""
+    import os
+
+    updates = {
+        name: Path(os.environ[env])
+        for name, env in env_by_field.items()
+        if getattr(config, name) is None and os.environ.get(env)
+    }
+    return dataclasses.replace(config, **updates) if updates else config

@@ -6,7 +6,8 @@ import numpy as np
 
 
 def write_mp4(frames_thw3: np.ndarray, fps: float) -> bytes:
-    """H.264 mp4 bytes of uint8 RGB frames; odd sizes are padded by one pixel for the codec."""
+    """H.264 mp4 bytes of uint8 RGB frames (imageio-ffmpeg writes yuv420p, which browsers
+    play); odd sizes are padded by one pixel for the codec."""
     import imageio.v3 as iio
 
     frames = np.asarray(frames_thw3, dtype=np.uint8)

@@ -8,7 +8,7 @@ import numpy as np
 
 from gflow.v1 import common_pb2, flow_pb2
 from services.common.artifacts import Artifacts
-from services.common.config import parse_config_json
+from services.common.config import parse_config_json, with_env_paths
 from services.common.errors import ProgressFn, no_progress
 from services.common.preview import encode_png, flow_to_rgb, strip
 from services.common.stage import StageOutputs, run_cached
@@ -26,8 +26,12 @@ def _write_pairs(out: StageOutputs, result: FlowResult, stride: int, suffix: str
     out.array(f"flow_backward{suffix}", np.stack([p.flow_bwd_hw2 for p in pairs]), "THWC")
     out.array(f"consistent_forward{suffix}", np.stack([p.consistent_fwd_hw for p in pairs]), "THW")
     return [
-        {"t0": p.t0, "t1": p.t1, "consistent_share": p.consistent_share,
-         "fb_error_mean_px": p.fb_error_mean}
+        {
+            "t0": p.t0,
+            "t1": p.t1,
+            "consistent_share": p.consistent_share,
+            "fb_error_mean_px": p.fb_error_mean,
+        }
         for p in pairs
     ]
 
@@ -45,7 +49,9 @@ def run_flow(
         result = compute_flow(frames_thw3, config, progress)
         per_pair = _write_pairs(out, result, 1, "")
         if config.extra_stride > 1:
-            per_pair += _write_pairs(out, result, config.extra_stride, f"_stride{config.extra_stride}")
+            per_pair += _write_pairs(
+                out, result, config.extra_stride, f"_stride{config.extra_stride}"
+            )
         consecutive = [p for p in per_pair if p["t1"] - p["t0"] == 1]
         share = float(np.mean([p["consistent_share"] for p in consecutive]))
         error = float(np.mean([p["fb_error_mean_px"] for p in consecutive]))
@@ -54,16 +60,35 @@ def run_flow(
         out.figure("seconds", result.seconds, "s")
         out.figure("peak_memory", result.peak_memory_bytes / 2**20, "MiB")
         first = result.pairs[0]
-        out.file("preview", encode_png(strip([
-            frames_thw3[first.t0], flow_to_rgb(first.flow_fwd_hw2),
-            (np.repeat(first.consistent_fwd_hw[..., None], 3, axis=2) * 255).astype(np.uint8),
-        ])), "image/png", ".png")
-        out.report({
-            "stage": STAGE, "backend": result.backend, "device": result.device,
-            "seconds": result.seconds, "peak_memory_bytes": result.peak_memory_bytes,
-            "memory_kind": result.memory_kind, "fb_consistent_share": share,
-            "fb_error_mean_px": error, "pairs": per_pair,
-        })
+        out.file(
+            "preview",
+            encode_png(
+                strip(
+                    [
+                        frames_thw3[first.t0],
+                        flow_to_rgb(first.flow_fwd_hw2),
+                        (np.repeat(first.consistent_fwd_hw[..., None], 3, axis=2) * 255).astype(
+                            np.uint8
+                        ),
+                    ]
+                )
+            ),
+            "image/png",
+            ".png",
+        )
+        out.report(
+            {
+                "stage": STAGE,
+                "backend": result.backend,
+                "device": result.device,
+                "seconds": result.seconds,
+                "peak_memory_bytes": result.peak_memory_bytes,
+                "memory_kind": result.memory_kind,
+                "fb_consistent_share": share,
+                "fb_error_mean_px": error,
+                "pairs": per_pair,
+            }
+        )
 
     return run_cached(artifacts, STAGE, config.backend, config, [video.content_hash], produce)
 
@@ -71,8 +96,13 @@ def run_flow(
 def flow_from_request(
     artifacts: Artifacts, request: flow_pb2.ComputeFlowRequest, progress: ProgressFn = no_progress
 ) -> common_pb2.StageResult:
-    """The FlowService call, in-process: the server and the embedded pipeline both use this."""
+    """The FlowService call, in-process: the server and the embedded pipeline both use this.
+    Weights not named in the request come from GFLOW_RAFT_WEIGHTS / GFLOW_UNIMATCH_CHECKPOINT."""
     config = parse_config_json(request.config_json, FlowConfig)
     if request.backend:
         config = dataclasses.replace(config, backend=request.backend)
+    config = with_env_paths(
+        config,
+        {"raft_weights": "GFLOW_RAFT_WEIGHTS", "unimatch_checkpoint": "GFLOW_UNIMATCH_CHECKPOINT"},
+    )
     return run_flow(artifacts, request.video, config, progress)

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 import yaml
@@ -21,6 +21,7 @@ from services.common.errors import GFlowError
 from services.common.logs import setup_logging
 from services.common.media import write_mp4
 from services.common.store import S3Settings, StoreConfig, open_store
+from services.fit.config import preset
 from services.pipeline.config import PipelineConfig, RemoteConfig
 from services.pipeline.engine import STAGES, run_pipeline
 from services.pipeline.export import export_run, load_run
@@ -44,6 +45,9 @@ class RunCommand:
     store: str = ""
     # Endpoints file written by `gflow serve`: run every stage on those services and their store.
     remote_config: Path | None = None
+    # Start the fit from a named preset (default = the original's settings, fast, test); it
+    # replaces every --pipeline.fit.* flag.
+    fit_preset: Literal["default", "fast", "test"] | None = None
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     log_level: str = "INFO"
 
@@ -101,6 +105,8 @@ def run_command(command: RunCommand) -> Path:
     """Run the pipeline and export its outputs; returns the report's path."""
     store_config, remote = _store_and_remote(command)
     config = dataclasses.replace(command.pipeline, remote=remote)
+    if command.fit_preset is not None:
+        config = dataclasses.replace(config, fit=preset(command.fit_preset))
     artifacts = Artifacts(open_store(store_config))
     started = time.monotonic()
     with Progress(
@@ -128,7 +134,6 @@ def report_command(command: ReportCommand) -> Path:
 def demo_command(command: DemoCommand) -> Path:
     """Synthetic clip -> mp4 -> the whole embedded pipeline with the fast fit preset."""
     from services.evaluation.synth import SceneConfig, make_scene
-    from services.fit.config import preset
 
     command.out.mkdir(parents=True, exist_ok=True)
     scene = make_scene(
@@ -138,10 +143,12 @@ def demo_command(command: DemoCommand) -> Path:
     )
     clip = command.out / "clip.mp4"
     clip.write_bytes(write_mp4(scene.frames_thw3, fps=10.0))
-    pipeline = PipelineConfig(fit=preset("fast"))
+    pipeline = PipelineConfig()
     pipeline.ingest.max_side = max(command.height, command.width)
     started = time.monotonic()
-    report = run_command(RunCommand(video=clip, out=command.out, pipeline=pipeline))
+    report = run_command(
+        RunCommand(video=clip, out=command.out, fit_preset="fast", pipeline=pipeline)
+    )
     console.print(f"demo finished in {time.monotonic() - started:.1f} s")
     return report
 

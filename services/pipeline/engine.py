@@ -102,8 +102,10 @@ def run_pipeline(
     config: PipelineConfig,
     progress: PipelineProgress = _no_pipeline_progress,
     timeout_s: float | None = None,
+    track_queries: common_pb2.ArtifactRef | None = None,
 ) -> pipeline_pb2.PipelineResult:
-    """Every stage in order on an ingested video, then the HTML report."""
+    """Every stage in order on an ingested video, then the HTML report. `track_queries` (a
+    float32 [Q, 3] array of (t, y, x)) asks the fit for 2D and 3D tracks of those points."""
 
     def run(stage: str, request) -> common_pb2.StageResult:
         def stage_progress(done: int, total: int, message: str) -> None:
@@ -126,7 +128,6 @@ def run_pipeline(
             video=video,
             backend=config.depth.backend,
             config_json=to_json(config.depth),
-            flow=flow,
         ),
     )
     segment = run(
@@ -138,7 +139,12 @@ def run_pipeline(
     fit = run(
         "fit",
         fit_pb2.FitRequest(
-            video=video, depth=depth, flow=flow, segment=segment, config_json=to_json(config.fit)
+            video=video,
+            depth=depth,
+            flow=flow,
+            segment=segment,
+            config_json=to_json(config.fit),
+            track_queries=track_queries,
         ),
     )
     result = pipeline_pb2.PipelineResult(

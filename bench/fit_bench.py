@@ -1,0 +1,176 @@
+"""Fitting engine speed and quality on a synthetic clip with exact priors; prints a table.
+
+Run from the project root (after `make setup`, or with PYTHONPATH=.):
+    .venv/bin/python bench/fit_bench.py                       # 854x480, 50 frames, default + fast
+    .venv/bin/python bench/fit_bench.py --width 64 --height 48 --frames 8 --presets test  # CPU
+
+The clip comes from services/evaluation/synth.py (moving camera, one moving object by default)
+with its exact depth, forward/backward flow, moving masks and intrinsics as the priors, so the
+figures measure the engine alone. Per preset: seconds per frame (fitting only), peak GPU memory
+(CUDA only), mean PSNR, TAP-Vid average Jaccard and occlusion accuracy (queries at each track's
+first visible frame), camera ATE after Sim(3) alignment, mean moving-mask IoU, and the Gaussians
+alive at the last frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import tyro
+
+from services.evaluation import metrics
+from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
+from services.fit.config import preset
+from services.fit.engine import FitPriors, fit, resolve_device
+from services.fit.tracks import track_2d
+
+
+@dataclass
+class BenchConfig:
+    """What to measure."""
+
+    width: int = 854
+    """Clip width in pixels."""
+    height: int = 480
+    """Clip height in pixels."""
+    frames: int = 50
+    """Clip length."""
+    presets: tuple[str, ...] = ("default", "fast")
+    """Fit presets to run (default, fast, test)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to fit (overrides the presets' device)."""
+    camera: Literal["moving", "rotation", "static"] = "moving"
+    """Camera motion of the synthetic clip."""
+    objects: int = 1
+    """Moving objects in the clip (0 to 3)."""
+    tracks: int = 256
+    """Ground-truth tracks sampled for the TAP-Vid figures."""
+    seed: int = 0
+    """Seed of the clip and of the fits."""
+    json_out: Path | None = None
+    """Also write the rows as JSON here."""
+
+
+def priors_of(scene: SyntheticScene) -> FitPriors:
+    return FitPriors(
+        frames_thw3=scene.frames_thw3,
+        depth_thw=scene.depth_thw,
+        K_33=scene.K_33,
+        flow_fwd_t1hw2=scene.flow_fwd_t1hw2,
+        flow_bwd_t1hw2=scene.flow_bwd_t1hw2,
+        moving_thw=scene.moving_thw.astype(np.float32),
+    )
+
+
+def measure(cfg: BenchConfig) -> tuple[list[dict], float]:
+    """One row per preset, and the seconds the clip took to render."""
+    started = time.perf_counter()
+    scene = make_scene(
+        SceneConfig(
+            height=cfg.height,
+            width=cfg.width,
+            n_frames=cfg.frames,
+            seed=cfg.seed,
+            camera=cfg.camera,
+            n_objects=cfg.objects,
+            n_tracks=cfg.tracks,
+        )
+    )
+    synth_seconds = time.perf_counter() - started
+    priors = priors_of(scene)
+    queries = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, "first")
+    query_rows = np.stack(
+        [queries.query_t_q, queries.query_xy_q2[:, 1], queries.query_xy_q2[:, 0]], axis=1
+    )
+    device = resolve_device(cfg.device)
+    rows = []
+    for name in cfg.presets:
+        fit_cfg = dataclasses.replace(preset(name), device=cfg.device, seed=cfg.seed)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        result = fit(priors, fit_cfg)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+        points, occluded = track_2d(result, query_rows)
+        tapvid = metrics.tapvid_metrics(
+            queries.query_t_q,
+            queries.gt_tracks_qt2,
+            queries.gt_occluded_qt,
+            points,
+            occluded,
+            (cfg.height, cfg.width),
+            "first",
+        )
+        iou = [
+            metrics.mask_j(p, g)
+            for p, g in zip(result.moving_mask_thw, scene.moving_thw, strict=True)
+        ]
+        rows.append(
+            dict(
+                preset=name,
+                device=str(device),
+                size=f"{cfg.width}x{cfg.height}x{cfg.frames}",
+                s_per_frame=result.seconds / cfg.frames,
+                peak_gpu_mib=peak,
+                psnr=float(result.psnr_t.mean()),
+                aj=tapvid["average_jaccard"],
+                occ_acc=tapvid["occlusion_accuracy"],
+                ate=metrics.ate_rpe(result.c2w_t44, scene.c2w_t44)["ate"],
+                mask_iou=float(np.mean(iou)),
+                gaussians=len(result.frames[-1]),
+            )
+        )
+    return rows, synth_seconds
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table of the rows."""
+    header = (
+        "preset",
+        "device",
+        "size",
+        "s/frame",
+        "peak GPU MiB",
+        "PSNR dB",
+        "AJ",
+        "occ. acc.",
+        "ATE m",
+        "mask IoU",
+        "Gaussians",
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = (
+            r["preset"],
+            r["device"],
+            r["size"],
+            f"{r['s_per_frame']:.3f}",
+            f"{r['peak_gpu_mib']:.0f}",
+            f"{r['psnr']:.2f}",
+            f"{r['aj']:.3f}",
+            f"{r['occ_acc']:.3f}",
+            f"{r['ate']:.4f}",
+            f"{r['mask_iou']:.3f}",
+            str(r["gaussians"]),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    cfg = tyro.cli(BenchConfig)
+    rows, synth_seconds = measure(cfg)
+    print(f"synthetic clip {cfg.width}x{cfg.height}x{cfg.frames} rendered in {synth_seconds:.1f} s")
+    print(table(rows))
+    if cfg.json_out is not None:
+        cfg.json_out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

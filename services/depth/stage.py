@@ -1,0 +1,97 @@
+"""Depth stage: stored video in, stored depth, confidence, intrinsics (and poses) out."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from gflow.v1 import common_pb2, depth_pb2
+from services.common.artifacts import Artifacts
+from services.common.config import parse_config_json, with_env_paths
+from services.common.errors import ProgressFn, no_progress
+from services.common.preview import colorize, encode_png, strip
+from services.common.stage import StageOutputs, run_cached
+from services.common.video import load_frames
+from services.depth.engine import DepthConfig, estimate_depth
+
+STAGE = "depth"
+
+
+def run_depth(
+    artifacts: Artifacts,
+    video: common_pb2.VideoRef,
+    config: DepthConfig,
+    progress: ProgressFn = no_progress,
+) -> common_pb2.StageResult:
+    """Depth for every frame, cached by content key; repairs are reported, never fatal."""
+
+    def produce(out: StageOutputs) -> None:
+        frames_thw3 = load_frames(artifacts, video)
+        result = estimate_depth(frames_thw3, config, progress)
+        out.array("depth", result.depth_thw.astype(np.float32), "THW")
+        out.array("confidence", result.confidence_thw.astype(np.float32), "THW")
+        fx, fy, cx, cy = (float(v) for v in result.intrinsics)
+        out.json(
+            "intrinsics",
+            {"fx": fx, "fy": fy, "cx": cx, "cy": cy, "height": video.height, "width": video.width},
+        )
+        if result.c2w_t44 is not None:
+            out.array("c2w", result.c2w_t44.astype(np.float64), "TIJ")
+        quality = result.quality
+        out.figure("nonpositive_share", quality.nonpositive_share)
+        out.figure("scale_drift", quality.scale_drift)
+        out.figure("periodic_artefact", quality.periodic_artefact)
+        out.figure("prior_share", quality.prior_share)
+        middle = len(frames_thw3) // 2
+        out.file(
+            "preview",
+            encode_png(
+                strip(
+                    [
+                        frames_thw3[middle],
+                        colorize(result.depth_thw[middle]),
+                        colorize(result.confidence_thw[middle]),
+                    ]
+                )
+            ),
+            "image/png",
+            ".png",
+        )
+        out.report(
+            {
+                "stage": STAGE,
+                "backend": result.backend,
+                "repairs": result.repairs,
+                "intrinsics": [fx, fy, cx, cy],
+                "work_hw": list(result.work_hw),
+                "plan": dataclasses.asdict(result.plan) if result.plan is not None else None,
+                "series": {
+                    "scale_ratio": [float(r) for r in quality.scale_ratio_t],
+                    "median_depth": [float(np.median(d)) for d in result.depth_thw],
+                },
+                "figures": {
+                    "nonpositive_share": quality.nonpositive_share,
+                    "scale_drift": quality.scale_drift,
+                    "periodic_artefact": quality.periodic_artefact,
+                    "artefact_period_px": quality.artefact_period_px,
+                    "prior_share": quality.prior_share,
+                },
+            }
+        )
+
+    return run_cached(artifacts, STAGE, config.backend, config, [video.content_hash], produce)
+
+
+def depth_from_request(
+    artifacts: Artifacts,
+    request: depth_pb2.EstimateDepthRequest,
+    progress: ProgressFn = no_progress,
+) -> common_pb2.StageResult:
+    """The DepthService call, in-process: the server and the embedded pipeline both use this.
+    A MASt3R checkpoint not named in the request comes from GFLOW_MAST3R_CHECKPOINT."""
+    config = parse_config_json(request.config_json, DepthConfig)
+    if request.backend:
+        config = dataclasses.replace(config, backend=request.backend)
+    config = with_env_paths(config, {"mast3r_checkpoint": "GFLOW_MAST3R_CHECKPOINT"})
+    return run_depth(artifacts, request.video, config, progress)

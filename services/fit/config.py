@@ -1,0 +1,140 @@
+"""Fitting configuration: one dataclass with the original GFlow's defaults, and named presets.
+
+Every field is a command-line flag (tyro) and a JSON field of a Fit request. `preset("fast")` trades
+quality for speed; `preset("test")` is tiny, for CPU unit tests at 64x48.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from services.common.errors import InvalidArgumentError
+
+
+@dataclass
+class FitConfig:
+    """How the GFlow engine fits Gaussians and cameras to a clip and its priors."""
+
+    init_points: int = 60_000
+    """Gaussians placed on the first frame (at most one per pixel), as the original's 60k."""
+    max_points: int = 100_000
+    """Upper bound on Gaussians alive at once; densification stops adding beyond it."""
+    texture_share: float = 0.7
+    """Share of first-frame samples drawn in proportion to image gradient (the rest uniform)."""
+    init_opacity: float = 0.8
+    """Opacity of a new Gaussian."""
+
+    iters_first: int = 500
+    """Optimisation iterations on the first frame."""
+    iters: int = 300
+    """Optimisation iterations on each later frame."""
+    camera_iters: int = 150
+    """Camera pose iterations on each later frame (against the still part)."""
+    lr_first: float = 4e-3
+    """Learning rate of the Gaussians on the first frame (means scaled by the scene depth)."""
+    lr: float = 1e-3
+    """Learning rate of the Gaussians on later frames."""
+    camera_lr: float = 5e-4
+    """Learning rate of the camera pose (axis-angle radians, translation in scene depths)."""
+
+    lambda_rgb: float = 1.0
+    """Weight of the photometric term (L2 plus `ssim_share` of 1 - SSIM)."""
+    ssim_share: float = 0.2
+    """Share of (1 - SSIM) in the photometric term; the rest is L2."""
+    lambda_depth: float = 1e-4
+    """Weight of the L1 term between rendered and prior depth (prior depth units)."""
+    lambda_flow: float = 1e-2
+    """Weight of the flow term on moving Gaussians (pixels between projected centre and flow)."""
+    lambda_still: float = 10.0
+    """Weight of the term keeping still Gaussians where they were (squared displacement in units
+    of one pixel's footprint at the median depth of frame 0)."""
+    lambda_isotropic: float = 10.0
+    """Weight of the term pulling each Gaussian's three scales together (relative)."""
+
+    densify_every: int = 100
+    """Iterations between densification passes within a frame (the first pass is at iteration 0
+    of every later frame); 0 = only that first pass."""
+    densify_error: float = 0.1
+    """Mean absolute RGB error (0..1) above which a pixel is an error region; it gets a Gaussian."""
+    densify_alpha: float = 0.5
+    """Rendered opacity below which a pixel is uncovered (new content) and gets a Gaussian."""
+    densify_max: int = 8_000
+    """Most Gaussians one densification pass adds."""
+    prune_opacity: float = 0.005
+    """Gaussians fainter than this are removed at the end of each frame."""
+
+    mask_threshold: float = 0.5
+    """Moving-mask score at or above which a pixel counts as moving."""
+    cluster_min_motion_px: float = 0.5
+    """Below this gap between the two k-means centres (pixels of residual motion) the displacement
+    carries no evidence and the masks alone decide still/moving."""
+
+    checkpoint_every: int = 5
+    """Frames between checkpoints (when a checkpoint sink is given)."""
+    seed: int = 0
+    """Seed of every random choice; the same seed, inputs and device give the same result."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: cuda when available, else cpu."""
+    backend: Literal["auto", "gsplat", "torch"] = "auto"
+    """Renderer: gsplat (CUDA), the PyTorch rasteriser, or auto (gsplat on CUDA when installed)."""
+
+
+PRESETS: dict[str, FitConfig] = {
+    "default": FitConfig(),
+    "fast": FitConfig(
+        init_points=20_000,
+        max_points=50_000,
+        iters_first=200,
+        iters=80,
+        camera_iters=50,
+        lr_first=8e-3,
+        lr=3e-3,
+        camera_lr=1e-3,
+        densify_every=40,
+        densify_max=3_000,
+    ),
+    "test": FitConfig(
+        init_points=1_500,
+        max_points=3_000,
+        iters_first=60,
+        iters=30,
+        camera_iters=10,
+        lr_first=1e-2,
+        lr=5e-3,
+        camera_lr=5e-4,
+        densify_every=0,
+        densify_max=300,
+        checkpoint_every=2,
+        device="cpu",
+    ),
+}
+
+
+def preset(name: str) -> FitConfig:
+    """A fresh copy of a named configuration: default, fast or test."""
+    if name not in PRESETS:
+        raise InvalidArgumentError("preset", f"{name!r} is unknown; use one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])
+
+
+def validate(cfg: FitConfig) -> None:
+    """Refuses values that cannot work, naming the field."""
+    positive = ("init_points", "max_points", "iters_first", "checkpoint_every", "densify_max")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise InvalidArgumentError(name, f"{getattr(cfg, name)} must be at least 1")
+    for name in ("iters", "camera_iters", "densify_every"):
+        if getattr(cfg, name) < 0:
+            raise InvalidArgumentError(name, f"{getattr(cfg, name)} must be >= 0")
+    if cfg.max_points < cfg.init_points:
+        raise InvalidArgumentError("max_points", f"{cfg.max_points} is below init_points")
+    for name in ("texture_share", "ssim_share", "mask_threshold"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise InvalidArgumentError(name, f"{getattr(cfg, name)} is outside 0..1")
+    if not 0.0 < cfg.init_opacity < 1.0:
+        raise InvalidArgumentError("init_opacity", f"{cfg.init_opacity} is outside (0, 1)")
+    for name in ("lr_first", "lr", "camera_lr"):
+        if getattr(cfg, name) <= 0:
+            raise InvalidArgumentError(name, f"{getattr(cfg, name)} must be positive")

@@ -1,0 +1,100 @@
+"""Exports: Gaussians as the PLY that 3DGS viewers read, camera poses as TUM trajectories.
+
+PLY layout (binary little-endian, one float32 per property, the INRIA 3DGS convention):
+x y z nx ny nz f_dc_0 f_dc_1 f_dc_2 opacity scale_0 scale_1 scale_2 rot_0 rot_1 rot_2 rot_3,
+with colours as degree-0 spherical-harmonic coefficients (rgb = 0.5 + C0 * f_dc), opacity as a
+logit, scales as natural logs and rotations as unit quaternions (w, x, y, z); normals are zero.
+TUM: one line per frame, `timestamp tx ty tz qx qy qz qw`, camera-to-world.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from services.common.errors import InvalidArgumentError
+from services.fit.gaussians import FrameGaussians
+
+SH_C0 = 0.28209479177387814
+"""Degree-0 spherical harmonic: rgb = 0.5 + SH_C0 * f_dc."""
+PLY_PROPERTIES = (
+    "x",
+    "y",
+    "z",
+    "nx",
+    "ny",
+    "nz",
+    "f_dc_0",
+    "f_dc_1",
+    "f_dc_2",
+    "opacity",
+    "scale_0",
+    "scale_1",
+    "scale_2",
+    "rot_0",
+    "rot_1",
+    "rot_2",
+    "rot_3",
+)
+_OPACITY_CLIP = 1e-6  # keeps the logit finite for opacities of exactly 0 or 1
+
+
+def ply_bytes(frame: FrameGaussians) -> bytes:
+    """The PLY file of one frame's Gaussians."""
+    n = len(frame)
+    opacity_n = np.clip(frame.opacities_n.astype(np.float64), _OPACITY_CLIP, 1 - _OPACITY_CLIP)
+    quats_n4 = frame.quats_n4 / np.linalg.norm(frame.quats_n4, axis=1, keepdims=True)
+    columns = [
+        frame.means_n3,
+        np.zeros((n, 3)),
+        (frame.colors_n3 - 0.5) / SH_C0,
+        np.log(opacity_n / (1 - opacity_n))[:, None],
+        np.log(frame.scales_n3),
+        quats_n4,
+    ]
+    table = np.concatenate([np.asarray(c, np.float64).reshape(n, -1) for c in columns], axis=1)
+    header = "\n".join(
+        ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
+        + [f"property float {name}" for name in PLY_PROPERTIES]
+        + ["end_header"]
+    )
+    return (header + "\n").encode("ascii") + table.astype("<f4").tobytes()
+
+
+def write_ply(frame: FrameGaussians, path_or_file: str | Path | BinaryIO) -> None:
+    """Writes one frame's Gaussians as a 3DGS PLY to a path or a binary file object."""
+    data = ply_bytes(frame)
+    if isinstance(path_or_file, (str, Path)):
+        Path(path_or_file).write_bytes(data)
+    else:
+        path_or_file.write(data)
+
+
+def tum_lines(c2w_t44: np.ndarray, fps: float) -> list[str]:
+    """One TUM line per frame: `timestamp tx ty tz qx qy qz qw` (timestamp = t / fps)."""
+    c2w_t44 = np.asarray(c2w_t44, np.float64)
+    if c2w_t44.ndim != 3 or c2w_t44.shape[1:] != (4, 4):
+        raise InvalidArgumentError("c2w_t44", f"need [T, 4, 4] poses, got {c2w_t44.shape}")
+    if not fps > 0:
+        raise InvalidArgumentError("fps", f"{fps} must be positive")
+    if len(c2w_t44) == 0:
+        return []
+    quats_t4 = Rotation.from_matrix(c2w_t44[:, :3, :3]).as_quat()  # (x, y, z, w)
+    return [
+        f"{t / fps:.6f} " + " ".join(f"{v:.9f}" for v in (*c2w[:3, 3], *quat))
+        for t, (c2w, quat) in enumerate(zip(c2w_t44, quats_t4, strict=True))
+    ]
+
+
+def write_tum(c2w_t44: np.ndarray, fps: float, path_or_file: str | Path | TextIO) -> None:
+    """Writes the TUM trajectory (with a comment header naming the columns)."""
+    text = "# timestamp tx ty tz qx qy qz qw\n" + "".join(
+        line + "\n" for line in tum_lines(c2w_t44, fps)
+    )
+    if isinstance(path_or_file, (str, Path)):
+        Path(path_or_file).write_text(text)
+    else:
+        path_or_file.write(text)

@@ -1,0 +1,88 @@
+"""Prior-driven placement of new Gaussians: pixels lifted to 3D by the depth prior.
+
+The first frame samples pixels more densely where the image has texture (gradient magnitude),
+mixed with a uniform share so flat regions are covered too; densification reuses the same lifting
+for the pixels it picks. A new Gaussian is a sphere about as wide as the gap to its neighbours.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from services.evaluation.geometry import backproject_p3
+from services.fit.gaussians import Gaussians
+
+_SIGMA_PX_RANGE = (0.5, 4.0)  # footprint of a new Gaussian on screen, pixels (standard deviation)
+_NEIGHBOURS = 3
+
+
+def texture_probability_hw(frame_hw3: np.ndarray, texture_share: float) -> np.ndarray:
+    """Sampling probability per pixel: `texture_share` by gradient magnitude, the rest uniform."""
+    gray = cv2.cvtColor(frame_hw3, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    gradient_hw = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    uniform_hw = np.full(gray.shape, 1.0 / gray.size)
+    total = float(gradient_hw.sum())
+    if total <= 0:
+        return uniform_hw
+    return (1.0 - texture_share) * uniform_hw + texture_share * gradient_hw / total
+
+
+def sample_pixels(
+    probability_hw: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to n distinct pixels drawn by probability: (rows, columns), in raster order."""
+    p = probability_hw.reshape(-1).astype(np.float64)
+    n = min(n, int(np.count_nonzero(p)))
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    flat = np.sort(rng.choice(p.size, size=n, replace=False, p=p / p.sum()))
+    return np.divmod(flat, probability_hw.shape[1])
+
+
+def gaussians_at_pixels(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    frame_hw3: np.ndarray,
+    depth_hw: np.ndarray,
+    moving_hw: np.ndarray,
+    K_33: np.ndarray,
+    c2w_44: np.ndarray,
+    first_id: int,
+    opacity: float,
+    device: torch.device,
+    others_xy_m2: np.ndarray | None = None,
+) -> Gaussians:
+    """One Gaussian per pixel, at the pixel's prior depth, with its colour and moving flag.
+
+    others_xy_m2: on-screen centres of Gaussians already there, so a Gaussian added into a
+    covered area is sized by its gap to them rather than to the other new ones."""
+    xy_p2 = np.stack([cols, rows], axis=1).astype(np.float64)
+    z_p = depth_hw[rows, cols].astype(np.float64)
+    means_p3 = backproject_p3(K_33, c2w_44, xy_p2, z_p)
+    sigma_px = _neighbour_gap_px(xy_p2, others_xy_m2) * 0.5
+    scales_p = np.clip(sigma_px, *_SIGMA_PX_RANGE) * z_p / K_33[0, 0]
+
+    def t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+
+    return Gaussians.create(
+        means_n3=t(means_p3),
+        scales_n3=t(np.repeat(scales_p[:, None], 3, axis=1)),
+        colors_n3=t(frame_hw3[rows, cols] / 255.0),
+        opacity=opacity,
+        moving_n=t(moving_hw[rows, cols], torch.bool),
+        ids_n=torch.arange(first_id, first_id + len(rows), dtype=torch.int64, device=device),
+    )
+
+
+def _neighbour_gap_px(xy_p2: np.ndarray, others_xy_m2: np.ndarray | None) -> np.ndarray:
+    """Mean distance to the nearest few other points, new or existing (pixels); 1 if none."""
+    pool_q2 = xy_p2 if others_xy_m2 is None else np.concatenate([xy_p2, others_xy_m2])
+    if len(xy_p2) == 0 or len(pool_q2) <= 1:
+        return np.ones(len(xy_p2))
+    k = min(_NEIGHBOURS, len(pool_q2) - 1)
+    distances, _ = cKDTree(pool_q2).query(xy_p2, k=k + 1)
+    return distances[:, 1:].mean(axis=1)

@@ -1,0 +1,37 @@
+"""FitService over gRPC: transport only; the work is `services.fit.stage.fit_from_request`.
+
+A worker runs `--max-concurrent-jobs` fits at once (default 1) and refuses more with
+RESOURCE_EXHAUSTED, so a load balancer or the client can take the job to another replica.
+"""
+
+from __future__ import annotations
+
+from gflow.v1 import fit_pb2_grpc
+from services.common.describe import backend_info, device_summary
+from services.common.service import StageServicer, stage_main
+from services.fit.stage import fit_from_request
+
+
+class FitServicer(StageServicer, fit_pb2_grpc.FitServiceServicer):
+    service_name = "gflow.v1.FitService"
+    stage = "fit"
+
+    def backends(self):
+        import torch
+
+        from services.fit.render import resolve_backend
+
+        device = torch.device("cuda" if device_summary()[0].startswith("cuda") else "cpu")
+        renderer = resolve_backend("auto", device)
+        return [backend_info("gflow", True, f"renderer {renderer} on {device}")]
+
+    def Fit(self, request, context):  # noqa: N802 - gRPC method name
+        yield from self.stream(context, lambda p: fit_from_request(self.artifacts, request, p))
+
+
+def main() -> None:
+    stage_main(FitServicer, fit_pb2_grpc.add_FitServiceServicer_to_server, "fit")
+
+
+if __name__ == "__main__":
+    main()

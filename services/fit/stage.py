@@ -1,0 +1,164 @@
+"""Fit stage: the video and the depth, flow and segment results in; cameras, Gaussians, tracks,
+videos and PLY files out. Checkpoints live in the store under the stage's key, so a killed fit
+resumes where it stopped."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from gflow.v1 import common_pb2, fit_pb2
+from services.common.artifacts import Artifacts
+from services.common.config import parse_config_json
+from services.common.errors import ProgressFn, no_progress
+from services.common.stage import StageOutputs, artifact, optional_artifact, run_cached
+from services.common.store import ObjectStore
+from services.common.video import load_frames
+from services.fit.config import FitConfig, validate
+from services.fit.engine import FitPriors, FitResult, fit
+from services.fit.export import ply_bytes, write_tum
+from services.fit.tracks import track_2d, track_3d
+from services.fit.videos import render_videos
+
+STAGE = "fit"
+
+
+class StoreCheckpoints:
+    """The fit engine's CheckpointSink over the object store: `<prefix>/frame_NNNNNN.ckpt`,
+    each published atomically; older ones are removed once a newer one is stored."""
+
+    def __init__(self, store: ObjectStore, prefix: str):
+        self.store = store
+        self.prefix = prefix
+
+    def save(self, frame: int, data: bytes) -> None:
+        self.store.put(f"{self.prefix}/frame_{frame:06d}.ckpt", data)
+        for key in self.store.list(f"{self.prefix}/")[:-1]:
+            self.store.delete(key)
+
+    def load_latest(self) -> tuple[int, bytes] | None:
+        keys = self.store.list(f"{self.prefix}/")
+        if not keys:
+            return None
+        latest = keys[-1]
+        return int(latest.rsplit("_", 1)[1].split(".")[0]), self.store.get(latest)
+
+
+def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest) -> FitPriors:
+    """Everything the engine needs, read from the earlier stages' results and checked for size."""
+    video = request.video
+    hw = (video.height, video.width)
+
+    def array(result: common_pb2.StageResult, name: str, layout: str, field: str) -> np.ndarray:
+        ref = artifact(result, name, field)
+        return artifacts.get_array(ref, layout=layout, expect_hw=hw, field=f"{field}.{name}")
+
+    intrinsics = artifacts.get_json(artifact(request.depth, "intrinsics", "depth"), "depth")
+    K_33 = np.array(
+        [
+            [intrinsics["fx"], 0, intrinsics["cx"]],
+            [0, intrinsics["fy"], intrinsics["cy"]],
+            [0, 0, 1],
+        ],
+        np.float64,
+    )
+    poses_ref = optional_artifact(request.depth, "c2w")
+    return FitPriors(
+        frames_thw3=load_frames(artifacts, video),
+        depth_thw=array(request.depth, "depth", "THW", "depth"),
+        K_33=K_33,
+        flow_fwd_t1hw2=array(request.flow, "flow_forward", "THWC", "flow"),
+        flow_bwd_t1hw2=array(request.flow, "flow_backward", "THWC", "flow"),
+        moving_thw=array(request.segment, "scores", "THW", "segment"),
+        c2w_t44=artifacts.get_array(poses_ref, layout="TIJ", field="depth.c2w")
+        if poses_ref is not None
+        else None,
+    )
+
+
+def _write_outputs(
+    out: StageOutputs,
+    result: FitResult,
+    priors: FitPriors,
+    fps: float,
+    queries_q3: np.ndarray | None,
+) -> None:
+    out.array("c2w", result.c2w_t44, "TIJ")
+    K = result.K_33
+    out.json("intrinsics", {"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2]})
+    tum = io.StringIO()
+    write_tum(result.c2w_t44, fps, tum)
+    out.file("poses_tum", tum.getvalue().encode(), "text/plain", ".txt")
+    out.array("depth", result.depth_thw.astype(np.float32), "THW")
+    out.array("moving_masks", result.moving_mask_thw, "THW")
+    for t, frame in enumerate(result.frames):
+        out.file(f"gaussians_{t:04d}", ply_bytes(frame), "application/x-ply", ".ply")
+    if queries_q3 is not None:
+        points_qt2, occluded_qt = track_2d(result, queries_q3)
+        world_qt3, alive_qt = track_3d(result, queries_q3)
+        out.array("tracks_2d", points_qt2.astype(np.float32), "NTC")
+        out.array("tracks_occluded", occluded_qt, "NT")
+        out.array("tracks_3d", world_qt3.astype(np.float32), "NTC")
+        out.array("tracks_3d_alive", alive_qt, "NT")
+    for name, data in render_videos(result, priors, fps=fps).items():
+        out.file(f"video_{name}", data, "video/mp4", ".mp4")
+    out.figure("psnr_mean", float(np.mean(result.psnr_t)), "dB")
+    out.figure("psnr_min", float(np.min(result.psnr_t)), "dB")
+    out.figure("moving_share_mean", float(np.mean(result.moving_share_t)))
+    out.figure("gaussians_last_frame", len(result.frames[-1].means_n3))
+    out.figure("seconds_per_frame", result.seconds / result.n_frames, "s")
+    out.report(
+        {
+            "stage": STAGE,
+            "seconds": result.seconds,
+            "resumed_from": result.resumed_from,
+            "series": {
+                "psnr_db": [float(v) for v in result.psnr_t],
+                "moving_gaussian_share": [float(v) for v in result.moving_share_t],
+                "gaussians": [len(f.means_n3) for f in result.frames],
+            },
+            "camera_path_xz": result.c2w_t44[:, [0, 2], 3].tolist(),
+        }
+    )
+
+
+def run_fit(
+    artifacts: Artifacts,
+    request: fit_pb2.FitRequest,
+    config: FitConfig,
+    progress: ProgressFn = no_progress,
+) -> common_pb2.StageResult:
+    """Fit the video, cached by content key; a killed fit resumes from its last checkpoint."""
+    validate(config)
+    queries_ref = request.track_queries if request.track_queries.key else None
+    inputs = [
+        request.video.content_hash,
+        request.depth.key,
+        request.flow.key,
+        request.segment.key,
+        queries_ref.sha256 if queries_ref else "",
+    ]
+    # device and backend change how, not what, is computed: keep them out of the key
+    params = {k: v for k, v in vars(config).items() if k not in ("device", "backend")}
+
+    def produce(out: StageOutputs) -> None:
+        priors = load_priors(artifacts, request)
+        queries_q3 = (
+            artifacts.get_array(queries_ref, field="track_queries")
+            if queries_ref is not None
+            else None
+        )
+        checkpoints = StoreCheckpoints(artifacts.store, f"{out.key}/checkpoints")
+        result = fit(priors, config, progress, checkpoints)
+        _write_outputs(out, result, priors, request.video.fps or 10.0, queries_q3)
+
+    return run_cached(artifacts, STAGE, "gflow", params, inputs, produce)
+
+
+def fit_from_request(
+    artifacts: Artifacts, request: fit_pb2.FitRequest, progress: ProgressFn = no_progress
+) -> common_pb2.StageResult:
+    """The FitService call, in-process: the server and the embedded pipeline both use this."""
+    config = parse_config_json(request.config_json, FitConfig)
+    return run_fit(artifacts, request, config, progress)

@@ -1,0 +1,159 @@
+"""Point tracks from a fit: a query pixel follows the Gaussian that dominates it.
+
+A query (t, y, x) (TAP-Vid layout) is attached to the Gaussian with the largest blending weight
+alpha_i * T_i at that pixel of frame t, the same weight the renderer composites with. The track
+is that Gaussian's centre through time: in 3D as is, in 2D projected by each frame's camera.
+Before the Gaussian is born it is held at its first position, after it is pruned at its last, and
+it is reported occluded there. Otherwise it is occluded when it projects outside the image or
+lies behind the rendered surface (its camera z beyond the rendered depth by more than
+`motion.VISIBLE_DEPTH_TOLERANCE`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from services.common.errors import InvalidArgumentError
+from services.evaluation.geometry import backproject_p3, project_p2
+from services.fit.engine import FitResult
+from services.fit.motion import sample_bilinear, visible_n
+from services.fit.projection import project_gaussians
+from services.fit.rasterizer_torch import gaussian_alpha
+
+_QUERY_CHUNK = 256  # queries weighed against all Gaussians at once (memory: chunk x N floats)
+
+
+def _check_queries(result: FitResult, queries_q3: np.ndarray) -> np.ndarray:
+    queries_q3 = np.asarray(queries_q3, np.float64)
+    if queries_q3.ndim != 2 or queries_q3.shape[1] != 3:
+        raise InvalidArgumentError(
+            "queries_q3", f"need [Q, 3] rows of (t, y, x), got {queries_q3.shape}"
+        )
+    t_q = queries_q3[:, 0]
+    if len(t_q) and (np.any(t_q != np.round(t_q)) or t_q.min() < 0 or t_q.max() >= result.n_frames):
+        raise InvalidArgumentError(
+            "queries_q3", f"query frames must be integers in 0..{result.n_frames - 1}"
+        )
+    return queries_q3
+
+
+def attach(result: FitResult, queries_q3: np.ndarray) -> np.ndarray:
+    """Id of the Gaussian that dominates each query pixel at its query frame: int64 [Q].
+
+    Where no Gaussian covers the pixel, the one whose centre projects nearest to it."""
+    queries_q3 = _check_queries(result, queries_q3)
+    ids_q = np.zeros(len(queries_q3), np.int64)
+    for t in np.unique(queries_q3[:, 0]).astype(int):
+        rows = np.flatnonzero(queries_q3[:, 0] == t)
+        xy_r2 = queries_q3[rows][:, [2, 1]]
+        ids_q[rows] = result.frames[t].ids_n[_dominant(result, t, xy_r2)]
+    return ids_q
+
+
+def _dominant(result: FitResult, t: int, xy_r2: np.ndarray) -> np.ndarray:
+    """Index (into frame t's Gaussians) of the largest blending weight at each pixel."""
+    frame = result.frames[t]
+    if len(frame) == 0:
+        raise InvalidArgumentError("queries_q3", f"frame {t} has no Gaussians to attach to")
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, np.float32))
+
+    K_33 = result.K_33.copy()
+    K_33[:2, 2] += 0.5  # the projection works in gsplat's pixel convention (centres at +0.5)
+    with torch.no_grad():
+        proj = project_gaussians(
+            tensor(frame.means_n3),
+            tensor(frame.quats_n4),
+            tensor(frame.scales_n3),
+            tensor(frame.opacities_n),
+            tensor(np.linalg.inv(result.c2w_t44[t])),
+            tensor(K_33),
+            result.width,
+            result.height,
+            near=0.01,
+            far=1e4,
+        )
+        order_n = torch.argsort(proj.depths_n, stable=True)
+        drawn_n = (proj.radii_n2 > 0).all(dim=-1)[order_n]
+        means2d_n2 = proj.means2d_n2[order_n]
+        conics_n3 = proj.conics_n3[order_n]
+        opacities_n = tensor(frame.opacities_n)[order_n]
+        best = []
+        for start in range(0, len(xy_r2), _QUERY_CHUNK):
+            pixels_c2 = tensor(xy_r2[start : start + _QUERY_CHUNK] + 0.5)
+            delta_cn2 = means2d_n2[None] - pixels_c2[:, None]
+            alpha_cn = (
+                gaussian_alpha(
+                    delta_cn2[..., 0],
+                    delta_cn2[..., 1],
+                    conics_n3[:, 0],
+                    conics_n3[:, 1],
+                    conics_n3[:, 2],
+                    opacities_n,
+                )
+                * drawn_n
+            )
+            passed_cn = torch.cumprod(1.0 - alpha_cn, dim=1)
+            before_cn = torch.cat([torch.ones_like(passed_cn[:, :1]), passed_cn[:, :-1]], dim=1)
+            weight_cn = alpha_cn * before_cn
+            nearest_c = torch.argmin(delta_cn2.norm(dim=-1) + (~drawn_n) * 1e9, dim=1)
+            covered_c = weight_cn.amax(dim=1) > 0
+            best.append(torch.where(covered_c, weight_cn.argmax(dim=1), nearest_c))
+        return order_n[torch.cat(best)].numpy()
+
+
+def track_3d(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World tracks of the queried surface points: (float32 [Q, T, 3], alive bool [Q, T]).
+
+    The query pixel is lifted at the rendered depth of its frame; the point then moves with its
+    Gaussian's centre (a fixed offset in world units, exact for still points). Outside the
+    Gaussian's life it is held at its first or last position (alive False there)."""
+    queries_q3 = _check_queries(result, queries_q3)
+    ids_q = attach(result, queries_q3)
+    T, Q = result.n_frames, len(ids_q)
+    centres_qt3 = np.zeros((Q, T, 3), np.float64)
+    alive_qt = np.zeros((Q, T), bool)
+    for t, frame in enumerate(result.frames):
+        if len(frame) == 0:
+            continue
+        slot_q = np.minimum(np.searchsorted(frame.ids_n, ids_q), len(frame) - 1)
+        alive_qt[:, t] = frame.ids_n[slot_q] == ids_q
+        centres_qt3[alive_qt[:, t], t] = frame.means_n3[slot_q[alive_qt[:, t]]]
+    t_q = queries_q3[:, 0].astype(int)
+    for q in range(Q):
+        # A Gaussian lives over one run of frames (ids are never reused), which includes the
+        # query frame.
+        lived = np.flatnonzero(alive_qt[q])
+        centres_qt3[q, : lived[0]] = centres_qt3[q, lived[0]]
+        centres_qt3[q, lived[-1] + 1 :] = centres_qt3[q, lived[-1]]
+    offset_q3 = _surface_points_q3(result, queries_q3) - centres_qt3[np.arange(Q), t_q]
+    return (centres_qt3 + offset_q3[:, None]).astype(np.float32), alive_qt
+
+
+def _surface_points_q3(result: FitResult, queries_q3: np.ndarray) -> np.ndarray:
+    """World points under the query pixels at the rendered depth of their frames."""
+    points_q3 = np.zeros((len(queries_q3), 3))
+    for t in np.unique(queries_q3[:, 0]).astype(int):
+        rows = np.flatnonzero(queries_q3[:, 0] == t)
+        xy_r2 = queries_q3[rows][:, [2, 1]]
+        depth_r = sample_bilinear(result.depth_thw[t][..., None].astype(np.float64), xy_r2)[:, 0]
+        points_q3[rows] = backproject_p3(result.K_33, result.c2w_t44[t], xy_r2, depth_r)
+    return points_q3
+
+
+def track_2d(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TAP-Vid tracks for query rows (t, y, x): (points float32 [Q, T, 2] as (x, y) pixels,
+    occluded bool [Q, T])."""
+    points_qt3, alive_qt = track_3d(result, queries_q3)
+    Q, T = alive_qt.shape
+    points_qt2 = np.zeros((Q, T, 2), np.float32)
+    occluded_qt = np.ones((Q, T), bool)
+    for t in range(T):
+        xy_q2, z_q = project_p2(result.K_33, result.c2w_t44[t], points_qt3[:, t].astype(np.float64))
+        depth_hw = result.depth_thw[t].astype(np.float64)
+        seen_q = visible_n(xy_q2, z_q, depth_hw, (depth_hw > 0).astype(np.float64))
+        points_qt2[:, t] = xy_q2
+        occluded_qt[:, t] = ~(seen_q & alive_qt[:, t])
+    return points_qt2, occluded_qt

@@ -1,0 +1,1 @@
+"""Flow backends, one module each, behind the `FlowBackend` protocol of `base`."""

@@ -1,0 +1,45 @@
+"""OpenCV's DIS optical flow: no weights, CPU only, the default backend."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+# OpenCV's own count for the fast and medium presets; ultrafast has refinement off.
+REFINEMENT_ITERATIONS = 5
+# A pyramid of grey images and flow fields per frame: a generous bound, in bytes per pixel.
+_BYTES_PER_PIXEL = 64
+
+
+def availability() -> tuple[bool, str]:
+    return True, f"OpenCV {cv2.__version__} DIS, CPU; presets {', '.join(PRESETS)}"
+
+
+class DisBackend:
+    """Dense Inverse Search on grey images, one directed pair at a time."""
+
+    name = "dis"
+    device = "cpu"
+    model_bytes = 0
+
+    def __init__(self, preset: str, variational_refinement: bool):
+        self._dis = cv2.DISOpticalFlow_create(PRESETS[preset])
+        self._dis.setVariationalRefinementIterations(
+            REFINEMENT_ITERATIONS if variational_refinement else 0
+        )
+
+    def item_bytes(self, height: int, width: int) -> int:
+        return _BYTES_PER_PIXEL * height * width
+
+    def flow(self, src_bhw3: np.ndarray, dst_bhw3: np.ndarray) -> np.ndarray:
+        flows = []
+        for src_hw3, dst_hw3 in zip(src_bhw3, dst_bhw3, strict=True):
+            src_hw = cv2.cvtColor(src_hw3, cv2.COLOR_RGB2GRAY)
+            dst_hw = cv2.cvtColor(dst_hw3, cv2.COLOR_RGB2GRAY)
+            flows.append(self._dis.calc(src_hw, dst_hw, None))
+        return np.stack(flows).astype(np.float32, copy=False)

@@ -1,0 +1,123 @@
+"""Segment stage: stored flow (and depth) in, per-frame moving masks and soft scores out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gflow.v1 import common_pb2, segment_pb2
+from services.common.artifacts import Artifacts
+from services.common.config import parse_config_json
+from services.common.errors import ProgressFn, no_progress
+from services.common.preview import encode_png, overlay_mask, strip
+from services.common.stage import StageOutputs, artifact, run_cached
+from services.common.video import load_frames
+from services.evaluation.metrics import mask_j
+from services.segment.engine import SegmentConfig, segment_motion, validate_user_masks
+
+STAGE = "segment"
+
+
+def _frame_series(masks_thw: np.ndarray) -> dict[str, list[float | None]]:
+    """Mask coverage per frame and IoU with the previous frame's mask (None at frame 0)."""
+    iou = [None] + [float(mask_j(b, a)) for a, b in zip(masks_thw[:-1], masks_thw[1:], strict=True)]
+    return {"moving_share": [float(m.mean()) for m in masks_thw], "temporal_iou": iou}
+
+
+def run_segment(
+    artifacts: Artifacts,
+    request: segment_pb2.SegmentMotionRequest,
+    config: SegmentConfig,
+    progress: ProgressFn = no_progress,
+) -> common_pb2.StageResult:
+    """Moving masks from the flow stage's result, or the user's masks checked for size."""
+    video = request.video
+    hw = (video.height, video.width)
+    use_depth = bool(request.depth.key)
+    user = request.user_masks if request.user_masks.key else None
+    inputs = [
+        video.content_hash,
+        request.flow.key,
+        request.depth.key if use_depth else "",
+        user.sha256 if user else "",
+    ]
+
+    def produce(out: StageOutputs) -> None:
+        frames_thw3 = load_frames(artifacts, video)
+        stats = []
+        if user is not None:
+            raw = artifacts.get_array(user, expect_hw=hw, field="user_masks")
+            masks_thw = validate_user_masks(raw, video.height, video.width, video.frame_count)
+            scores_thw = masks_thw.astype(np.float32)
+            source = "user"
+        else:
+
+            def flow(name: str) -> np.ndarray:
+                ref = artifact(request.flow, name, "flow")
+                return artifacts.get_array(ref, layout="THWC", expect_hw=hw, field=f"flow.{name}")
+
+            depth_thw = None
+            if use_depth:
+                ref = artifact(request.depth, "depth", "depth")
+                depth_thw = artifacts.get_array(ref, layout="THW", expect_hw=hw, field="depth")
+            result = segment_motion(
+                flow("flow_forward"),
+                flow("flow_backward"),
+                config,
+                depth_thw=depth_thw,
+                progress=progress,
+            )
+            masks_thw, scores_thw, stats = result.masks_thw, result.scores_thw, result.stats
+            source = "flow+depth" if use_depth else "flow"
+        out.array("masks", masks_thw, "THW")
+        out.array("scores", scores_thw.astype(np.float32), "THW")
+        series = _frame_series(masks_thw)
+        out.figure("moving_share_mean", float(masks_thw.mean()))
+        ious = [v for v in series["temporal_iou"] if v is not None]
+        out.figure("temporal_iou_mean", float(np.mean(ious)) if ious else float("nan"))
+        degenerate = [s.t for s in stats if s.degenerate]
+        out.figure("degenerate_frames", len(degenerate))
+        middle = len(frames_thw3) // 2
+        out.file(
+            "preview",
+            encode_png(
+                strip(
+                    [
+                        overlay_mask(frames_thw3[middle], masks_thw[middle]),
+                        (np.repeat(scores_thw[middle][..., None], 3, axis=2) * 255).astype(
+                            np.uint8
+                        ),
+                    ]
+                )
+            ),
+            "image/png",
+            ".png",
+        )
+        out.report(
+            {
+                "stage": STAGE,
+                "source": source,
+                "series": series,
+                "frames": [
+                    {
+                        "t": s.t,
+                        "moving_share": s.moving_share,
+                        "temporal_iou": s.temporal_iou,
+                        "motion_model": s.motion_model,
+                        "degenerate": s.degenerate,
+                    }
+                    for s in stats
+                ],
+            }
+        )
+
+    return run_cached(artifacts, STAGE, "epipolar", config, inputs, produce)
+
+
+def segment_from_request(
+    artifacts: Artifacts,
+    request: segment_pb2.SegmentMotionRequest,
+    progress: ProgressFn = no_progress,
+) -> common_pb2.StageResult:
+    """The SegmentService call, in-process: the server and the embedded pipeline both use this."""
+    config = parse_config_json(request.config_json, SegmentConfig)
+    return run_segment(artifacts, request, config, progress)

@@ -1,0 +1,176 @@
+"""The GFlow engine on a synthetic clip with exact priors (64x48, 8 frames, the `test` preset).
+
+Bounds sit just below the figures measured on a 2-core CPU (docs/fit.md lists them): PSNR 36.1 dB
+mean (33.8 worst frame), camera ATE 3.0 mm after Sim(3) alignment on a 1.1 m path, TAP-Vid AJ
+0.67 (first-frame queries; 0.88 on still points), moving-mask IoU 0.86 mean. Resuming from a
+checkpoint repeats the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from services.common.errors import CancelledError
+from services.evaluation import metrics
+from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
+from services.fit.checkpoint import FolderCheckpoints
+from services.fit.config import preset
+from services.fit.engine import FitPriors, FitResult, fit
+from services.fit.tracks import track_2d, track_3d
+from services.fit.videos import VIDEO_NAMES, render_videos
+
+
+def _priors(scene: SyntheticScene, **overrides) -> FitPriors:
+    priors = FitPriors(
+        frames_thw3=scene.frames_thw3,
+        depth_thw=scene.depth_thw,
+        K_33=scene.K_33,
+        flow_fwd_t1hw2=scene.flow_fwd_t1hw2,
+        flow_bwd_t1hw2=scene.flow_bwd_t1hw2,
+        moving_thw=scene.moving_thw.astype(np.float32),
+    )
+    return dataclasses.replace(priors, **overrides)
+
+
+@pytest.fixture(scope="module")
+def scene() -> SyntheticScene:
+    return make_scene(SceneConfig())
+
+
+@pytest.fixture(scope="module")
+def progress_log() -> list[tuple[int, int, str]]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def fitted(scene, progress_log) -> FitResult:
+    return fit(
+        _priors(scene),
+        preset("test"),
+        progress=lambda done, total, message: progress_log.append((done, total, message)),
+    )
+
+
+def _queries(scene: SyntheticScene, mode: str) -> tuple[metrics.TapvidQueries, np.ndarray]:
+    q = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, mode)
+    return q, np.stack([q.query_t_q, q.query_xy_q2[:, 1], q.query_xy_q2[:, 0]], axis=1)
+
+
+def test_result_shapes_and_progress(fitted, scene, progress_log):
+    T, H, W = scene.depth_thw.shape
+    assert fitted.c2w_t44.shape == (T, 4, 4) and len(fitted.frames) == T
+    assert fitted.depth_thw.shape == (T, H, W) and fitted.moving_mask_thw.shape == (T, H, W)
+    assert np.allclose(fitted.c2w_t44[0], np.eye(4))
+    assert [d for d, _, _ in progress_log] == list(range(1, T + 1))
+    assert all(total == T and "PSNR" in message for _, total, message in progress_log)
+    for frame in fitted.frames:
+        assert len(frame) <= preset("test").max_points
+        assert np.all(np.diff(frame.ids_n) > 0)  # ids are unique and in birth order
+        assert np.allclose(np.linalg.norm(frame.quats_n4, axis=1), 1.0, atol=1e-5)
+
+
+def test_reconstruction_psnr(fitted):
+    assert fitted.psnr_t.mean() > 35.0
+    assert fitted.psnr_t.min() > 32.5
+
+
+def test_camera_trajectory(fitted, scene):
+    errors = metrics.ate_rpe(fitted.c2w_t44, scene.c2w_t44)
+    assert errors["ate"] < 0.006  # metres, on a path of about 1.1 m
+    assert errors["rpe_rot_deg"] < 0.15
+    assert errors["scale"] == pytest.approx(1.0, abs=0.05)  # metric depth in, metric poses out
+
+
+def test_moving_split_matches_the_masks(fitted, scene):
+    iou_t = [
+        metrics.mask_j(p, g) for p, g in zip(fitted.moving_mask_thw, scene.moving_thw, strict=True)
+    ]
+    assert np.mean(iou_t) > 0.8 and min(iou_t) > 0.75
+    assert 0.0 < fitted.moving_share_t.min() and fitted.moving_share_t.max() < 0.2
+
+
+def test_tapvid_tracks(fitted, scene):
+    q, queries = _queries(scene, "first")
+    points, occluded = track_2d(fitted, queries)
+    image_hw = scene.depth_thw.shape[1:]
+    scores = metrics.tapvid_metrics(
+        q.query_t_q, q.gt_tracks_qt2, q.gt_occluded_qt, points, occluded, image_hw, "first"
+    )
+    assert scores["average_jaccard"] > 0.6
+    assert scores["occlusion_accuracy"] > 0.8
+    still = scene.track_object_n[q.track_index_q] < 0
+    still_scores = metrics.tapvid_metrics(
+        q.query_t_q[still],
+        q.gt_tracks_qt2[still],
+        q.gt_occluded_qt[still],
+        points[still],
+        occluded[still],
+        image_hw,
+        "first",
+    )
+    assert still_scores["average_jaccard"] > 0.8
+
+
+def test_3d_tracks_of_still_points(fitted, scene):
+    q, queries = _queries(scene, "first")
+    world_qt3, alive_qt = track_3d(fitted, queries)
+    assert alive_qt[np.arange(len(queries)), q.query_t_q].all()
+    # The fit's world is camera 0's frame; the scene's camera 0 maps it to the scene's world.
+    c2w0 = scene.c2w_t44[0]
+    in_scene_qt3 = world_qt3 @ c2w0[:3, :3].T + c2w0[:3, 3]
+    gt_qt3 = scene.tracks_world_nt3[q.track_index_q]
+    still = scene.track_object_n[q.track_index_q] < 0
+    # Still points stay put (a few mm over the clip) ...
+    assert np.median(np.ptp(in_scene_qt3[still], axis=1).max(axis=-1)) < 0.005
+    # ... where the scene has them, up to the rendered depth's error (about 1.5 % of depth).
+    gt_depth_q = np.linalg.norm(gt_qt3[:, 0] - scene.c2w_t44[0, :3, 3], axis=-1)
+    relative_q = np.linalg.norm(in_scene_qt3[:, 0] - gt_qt3[:, 0], axis=-1) / gt_depth_q
+    assert np.median(relative_q[still]) < 0.03
+
+
+def test_resume_equals_uninterrupted(fitted, scene, tmp_path):
+    sink = FolderCheckpoints(tmp_path / "checkpoints")
+
+    def stop_after_five(done: int, total: int, message: str) -> None:
+        if done == 5:
+            raise CancelledError("stopped on purpose")
+
+    cfg = preset("test")  # checkpoints every 2 frames: the last one before the stop holds 0..3
+    with pytest.raises(CancelledError):
+        fit(_priors(scene), cfg, stop_after_five, sink)
+    assert sink.load_latest()[0] == 3
+    resumed = fit(_priors(scene), cfg, checkpoints=sink)
+    assert resumed.resumed_from == 3 and fitted.resumed_from is None
+    assert np.array_equal(resumed.c2w_t44, fitted.c2w_t44)
+    assert np.array_equal(resumed.psnr_t, fitted.psnr_t)
+    assert np.array_equal(resumed.depth_thw, fitted.depth_thw)
+    for a, b in zip(resumed.frames, fitted.frames, strict=True):
+        assert np.array_equal(a.ids_n, b.ids_n) and np.array_equal(a.moving_n, b.moving_n)
+        assert np.abs(a.means_n3 - b.means_n3).max() <= 1e-6
+        assert np.abs(a.colors_n3 - b.colors_n3).max() <= 1e-6
+    assert sink.load_latest()[0] == len(fitted.frames) - 1
+
+
+def test_videos(fitted, scene):
+    videos = render_videos(fitted, _priors(scene), fps=8.0)
+    assert set(videos) == set(VIDEO_NAMES)
+    T, H, W = scene.depth_thw.shape
+    for name, data in videos.items():
+        frames = iio.imread(data, extension=".mp4")
+        width = 2 * W if name == "reconstruction" else W
+        assert frames.shape == (T, H, width, 3), name
+    reconstruction = iio.imread(videos["reconstruction"], extension=".mp4").astype(float)
+    # Input and render halves agree up to the fit and the codec.
+    assert np.abs(reconstruction[:, :, :W] - reconstruction[:, :, W:]).mean() < 8.0
+
+
+def test_prior_poses_start_the_cameras():
+    short = make_scene(SceneConfig(n_frames=3, seed=5))
+    result = fit(_priors(short, c2w_t44=short.c2w_t44), preset("test"))
+    assert np.allclose(result.c2w_t44[0], short.c2w_t44[0])
+    # Within 3 cm at 3-7 m depth: about 0.4 px at this resolution.
+    assert np.abs(result.c2w_t44[:, :3, 3] - short.c2w_t44[:, :3, 3]).max() < 0.03

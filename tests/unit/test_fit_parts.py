@@ -1,0 +1,370 @@
+"""The fitting engine's parts against exact expectations (test_fit.py runs whole fits)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from services.common.errors import IntegrityError, InvalidArgumentError
+from services.evaluation.geometry import (
+    axis_angle_33,
+    backproject_p3,
+    intrinsics_33,
+    pixel_grid_hw2,
+    project_p2,
+)
+from services.fit.camera import pnp_c2w, pose_update_44
+from services.fit.checkpoint import FolderCheckpoints, pack, unpack
+from services.fit.cluster import split_moving
+from services.fit.config import FitConfig, preset, validate
+from services.fit.engine import FitPriors, FitResult
+from services.fit.export import PLY_PROPERTIES, SH_C0, ply_bytes, tum_lines, write_tum
+from services.fit.gaussians import FrameGaussians, render_frame
+from services.fit.initialise import gaussians_at_pixels, sample_pixels, texture_probability_hw
+from services.fit.losses import photometric_loss, ssim_map_hw
+from services.fit.motion import sample_bilinear, spread_displacement
+from services.fit.tracks import attach, track_2d, track_3d
+from services.fit.videos import draw_trajectories, trajectory_frames
+
+H, W = 48, 64
+K_33 = intrinsics_33(H, W, 60.0)
+
+
+def _pose(angle_deg: float, axis=(0.2, 1.0, 0.1), centre=(0.3, -0.1, 0.2)) -> np.ndarray:
+    c2w = np.eye(4)
+    c2w[:3, :3] = axis_angle_33(np.array(axis, float), np.deg2rad(angle_deg))
+    c2w[:3, 3] = centre
+    return c2w
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_default_preset_has_the_original_defaults():
+    cfg = preset("default")
+    assert (cfg.init_points, cfg.iters_first, cfg.iters, cfg.camera_iters) == (
+        60_000,
+        500,
+        300,
+        150,
+    )
+    assert (cfg.lr_first, cfg.lr, cfg.camera_lr) == (4e-3, 1e-3, 5e-4)
+    assert (cfg.lambda_rgb, cfg.lambda_depth, cfg.lambda_flow) == (1.0, 1e-4, 1e-2)
+    assert (cfg.lambda_still, cfg.lambda_isotropic) == (10.0, 10.0)
+    assert cfg == FitConfig()
+    assert preset("fast").iters < cfg.iters and preset("test").init_points < 2000
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("max_points", 10), ("iters", -1), ("ssim_share", 1.5), ("lr", 0.0)]
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(InvalidArgumentError, match=field):
+        validate(dataclasses.replace(preset("test"), **{field: value}))
+
+
+def test_preset_returns_a_copy_and_refuses_unknown_names():
+    preset("test").iters = 1
+    assert preset("test").iters != 1
+    with pytest.raises(InvalidArgumentError, match="preset"):
+        preset("slow")
+
+
+# -- priors ----------------------------------------------------------------------------------
+
+
+def _priors(T: int = 3) -> FitPriors:
+    return FitPriors(
+        frames_thw3=np.zeros((T, H, W, 3), np.uint8),
+        depth_thw=np.ones((T, H, W), np.float32),
+        K_33=K_33,
+        flow_fwd_t1hw2=np.zeros((T - 1, H, W, 2), np.float32),
+        flow_bwd_t1hw2=None,
+        moving_thw=np.zeros((T, H, W), np.float32),
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("depth_thw", np.ones((3, H, W - 1), np.float32), "shape"),
+        ("flow_fwd_t1hw2", np.zeros((3, H, W, 2), np.float32), "shape"),
+        ("moving_thw", np.full((3, H, W), 2.0, np.float32), "[0, 1]"),
+        ("depth_thw", np.zeros((3, H, W), np.float32), "no positive depth"),
+        ("depth_thw", np.full((3, H, W), np.nan, np.float32), "NaN"),
+        ("c2w_t44", np.zeros((3, 4, 4)), "last rows"),
+        ("frames_thw3", np.zeros((3, H, W, 3), np.float32), "uint8"),
+    ],
+)
+def test_priors_validation_names_the_field(field, value, needle):
+    priors = dataclasses.replace(_priors(), **{field: value})
+    with pytest.raises(InvalidArgumentError, match=field) as info:
+        priors.validate()
+    assert needle in str(info.value)
+
+
+def test_valid_priors_pass():
+    _priors().validate()
+    dataclasses.replace(_priors(), moving_thw=np.zeros((3, H, W), bool)).validate()
+
+
+# -- initialisation, losses, camera ----------------------------------------------------------
+
+
+def test_texture_sampling_prefers_edges_and_is_seeded():
+    frame = np.zeros((H, W, 3), np.uint8)
+    frame[:, W // 2 :] = 255  # one vertical edge
+    probability_hw = texture_probability_hw(frame, texture_share=0.9)
+    assert probability_hw.sum() == pytest.approx(1.0)
+    assert probability_hw[:, W // 2 - 1].min() > 10 * probability_hw[:, 5].max()
+    rows, cols = sample_pixels(probability_hw, 60, np.random.default_rng(1))
+    again = sample_pixels(probability_hw, 60, np.random.default_rng(1))
+    assert np.array_equal(rows, again[0]) and np.array_equal(cols, again[1])
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == 60
+    on_edge = np.abs(cols - (W // 2 - 0.5)) < 1  # the 2 of 64 columns Sobel sees the edge in
+    assert on_edge.mean() > 0.7
+    assert len(sample_pixels(probability_hw, 10**6, np.random.default_rng(1))[0]) == H * W
+
+
+def test_new_gaussians_sit_on_the_depth_prior():
+    rng = np.random.default_rng(0)
+    depth_hw = rng.uniform(2.0, 5.0, (H, W)).astype(np.float32)
+    frame = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+    c2w = _pose(10.0)
+    rows, cols = np.array([0, 10, 47]), np.array([0, 30, 63])
+    g = gaussians_at_pixels(rows, cols, frame, depth_hw, depth_hw > 4, K_33, c2w, 7, 0.8, "cpu")
+    xy, z = project_p2(K_33, c2w, g.means_n3.double().numpy())
+    assert np.allclose(xy, np.stack([cols, rows], 1), atol=1e-3)
+    assert np.allclose(z, depth_hw[rows, cols], rtol=1e-5)
+    assert np.allclose(g.colors_n3.numpy(), frame[rows, cols] / 255.0, atol=0.011)
+    assert g.ids_n.tolist() == [7, 8, 9]
+    assert g.moving_n.tolist() == (depth_hw[rows, cols] > 4).tolist()
+    assert torch.allclose(g.opacities_n, torch.tensor(0.8))
+
+
+def test_ssim_and_photometric_loss():
+    a = torch.rand(H, W, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ssim_map_hw(a, a), torch.ones(H, W), atol=1e-5)
+    assert float(photometric_loss(a, a, 0.2)) == pytest.approx(0.0, abs=1e-6)
+    b = (a + 0.1).clamp(0, 1)
+    weight = torch.zeros(H, W)
+    weight[:10] = 1
+    assert float(photometric_loss(b, a, 0.0, weight)) == pytest.approx(
+        float(((b - a) ** 2)[:10].mean()), rel=1e-5
+    )
+
+
+def test_pose_update_is_the_exponential_map():
+    assert torch.allclose(pose_update_44(torch.zeros(3), torch.zeros(3)), torch.eye(4))
+    omega = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    R = pose_update_44(omega, torch.zeros(3, dtype=torch.float64))[:3, :3].numpy()
+    expected = axis_angle_33(omega.numpy(), float(omega.norm()))
+    assert np.allclose(R, expected, atol=1e-12)
+
+
+def test_pnp_recovers_a_pose_from_exact_correspondences():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform([0, 0], [W - 1, H - 1], (300, 2))
+    points = backproject_p3(K_33, np.eye(4), xy, rng.uniform(2, 6, 300))
+    truth = _pose(4.0)
+    pixels, _ = project_p2(K_33, truth, points)
+    pixels[:30] += rng.uniform(5, 10, (30, 2))  # outliers
+    found = pnp_c2w(points, pixels, K_33, np.eye(4), rng)
+    assert found is not None
+    c2w, inlier_points, _ = found
+    assert np.allclose(c2w, truth, atol=1e-6)
+    assert len(inlier_points) == 270
+
+
+# -- motion and clustering -------------------------------------------------------------------
+
+
+def test_bilinear_sampling_is_exact_on_linear_maps():
+    grid = pixel_grid_hw2(H, W)
+    linear_hw2 = np.stack([2 * grid[..., 0] + grid[..., 1], grid[..., 1] - 3.0], axis=-1)
+    xy = np.array([[0.0, 0.0], [10.25, 7.5], [62.9, 46.1]])
+    expected = np.stack([2 * xy[:, 0] + xy[:, 1], xy[:, 1] - 3.0], axis=1)
+    assert np.allclose(sample_bilinear(linear_hw2, xy), expected)
+
+
+def test_hidden_points_take_their_neighbours_displacement():
+    known = np.array([[0.0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0]])
+    moved = np.array([[1.0, 0, 0], [1, 0, 0], [0, 0, 5], [0, 0, 5]])
+    unknown = np.array([[0.5, 0, 0], [10.5, 0, 0]])
+    out = spread_displacement(known, moved, unknown)
+    # 4 neighbours each: both see all four known points, so both get the mean displacement.
+    assert np.allclose(out, moved.mean(axis=0))
+    assert spread_displacement(known[:0], moved[:0], unknown).shape == (2, 3)
+
+
+def test_split_moving_uses_motion_and_mask_prior():
+    rng = np.random.default_rng(0)
+    residual = np.concatenate([rng.normal(0.1, 0.05, 100), rng.normal(3.0, 0.3, 40)])
+    truth = np.arange(140) >= 100
+    mask = truth.astype(float)
+    mask[95:100] = 1.0  # a dilated mask covers 5 still points: motion says still
+    assert np.array_equal(split_moving(residual, mask, 0.5, 0.5), truth)
+    # No motion evidence: the masks decide.
+    flat = rng.normal(0.1, 0.05, 140)
+    assert np.array_equal(split_moving(flat, mask, 0.5, 0.5), mask >= 0.5)
+    # Motion without any mask: clear motion still wins.
+    unmasked = split_moving(residual, np.zeros(140), 0.5, 0.5)
+    assert not unmasked[:100].any() and unmasked[100:].mean() > 0.85
+    assert split_moving(np.zeros(0), np.zeros(0), 0.5, 0.5).shape == (0,)
+    # A mask over everything: clear motion still finds the still points.
+    assert np.array_equal(split_moving(residual, np.ones(140), 0.5, 0.5), truth)
+
+
+# -- tracks on a hand-made result -------------------------------------------------------------
+
+
+def _two_layer_result() -> FitResult:
+    """A big still back Gaussian and a small front one moving right by 0.3 per frame."""
+    T = 4
+    frames, depth = [], []
+    for t in range(T):
+        frame = FrameGaussians(
+            means_n3=np.array([[0.0, 0.0, 5.0], [0.3 * t, 0.0, 3.0]], np.float32),
+            quats_n4=np.tile(np.array([1, 0, 0, 0], np.float32), (2, 1)),
+            scales_n3=np.array([[3.0] * 3, [0.08] * 3], np.float32),
+            opacities_n=np.array([0.99, 0.99], np.float32),
+            colors_n3=np.array([[0.2] * 3, [0.9] * 3], np.float32),
+            moving_n=np.array([False, True]),
+            ids_n=np.array([3, 5]),
+        )
+        out = render_frame(frame, np.eye(4), K_33, W, H)
+        depth.append((out.depth_hw / out.alpha_hw.clamp_min(1e-6)).numpy())
+        frames.append(frame)
+    return FitResult(
+        c2w_t44=np.tile(np.eye(4), (T, 1, 1)),
+        K_33=K_33,
+        frames=frames,
+        psnr_t=np.zeros(T),
+        moving_share_t=np.full(T, 0.5),
+        depth_thw=np.stack(depth).astype(np.float32),
+        moving_mask_thw=np.zeros((T, H, W), bool),
+        seconds=0.0,
+    )
+
+
+def test_tracks_follow_the_dominant_gaussian():
+    result = _two_layer_result()
+    front_xy, _ = project_p2(K_33, np.eye(4), np.array([[0.0, 0.0, 3.0]]))
+    corner = (2.0, 3.0)  # (y, x) far from the front Gaussian
+    queries = np.array([[0, front_xy[0, 1], front_xy[0, 0]], [1, *corner]])
+    assert attach(result, queries).tolist() == [5, 3]
+    points, occluded = track_2d(result, queries)
+    # The query point is lifted at the rendered depth there (the front surface, blended a little
+    # with the back one) and moves with the front Gaussian.
+    depth = sample_bilinear(result.depth_thw[0][..., None], front_xy)[0, 0]
+    assert 3.0 < depth < 3.3
+    step = K_33[0, 0] * 0.3 / depth
+    assert np.allclose(points[0, :, 0] - front_xy[0, 0], step * np.arange(4), atol=1e-3)
+    assert np.allclose(points[1], [[corner[1], corner[0]]] * 4, atol=1e-3)
+    assert not occluded.any()
+    world, alive = track_3d(result, queries)
+    assert alive.all()
+    assert np.allclose(world[0, :, 0] - world[0, 0, 0], 0.3 * np.arange(4), atol=1e-5)
+    assert np.allclose(world[1, :, 2], 5.0, atol=0.05)
+
+
+def test_track_behind_the_surface_is_occluded():
+    result = _two_layer_result()
+    # The still point under the front Gaussian's path at frame 3 is hidden there, seen at 0.
+    xy3, _ = project_p2(K_33, np.eye(4), np.array([[0.9, 0.0, 3.0]]))
+    hidden_x = xy3[0, 0]
+    back_query = np.array([[0, 23.5, hidden_x]])
+    assert attach(result, back_query).tolist() == [3]
+    _, occluded = track_2d(result, back_query)
+    assert occluded[0].tolist() == [False, False, False, True]
+
+
+def test_queries_are_checked():
+    result = _two_layer_result()
+    with pytest.raises(InvalidArgumentError, match="queries_q3"):
+        track_2d(result, np.array([[9, 1.0, 1.0]]))
+    with pytest.raises(InvalidArgumentError, match="queries_q3"):
+        track_2d(result, np.zeros((2, 2)))
+
+
+# -- trajectories with empty sets (the original crashed there) --------------------------------
+
+
+@pytest.mark.parametrize("moving", [np.zeros(5, bool), np.ones(5, bool), np.zeros(0, bool)])
+def test_draw_trajectories_handles_empty_sets(moving):
+    T = 4
+    frames = np.zeros((T, H, W, 3), np.uint8)
+    n = len(moving)
+    points = np.tile(np.linspace(5, 40, T)[None, :, None], (n, 1, 2))
+    occluded = np.zeros((n, T), bool)
+    drawn = draw_trajectories(frames, points, occluded, moving)
+    assert drawn.shape == frames.shape and drawn.dtype == np.uint8
+    assert (drawn[-1].any(axis=-1).sum() > 0) == (n > 0)
+    if n:
+        colour = drawn[-1][int(points[0, -1, 1]), int(points[0, -1, 0])]
+        assert (colour[2] > colour[0]) == (not moving[0])  # still blue, moving warm
+
+
+@pytest.mark.parametrize("all_moving", [False, True])
+def test_trajectory_video_when_all_points_are_still_or_moving(all_moving):
+    result = _two_layer_result()
+    flagged = [dataclasses.replace(f, moving_n=np.full(2, all_moving)) for f in result.frames]
+    result = dataclasses.replace(result, frames=flagged)
+    frames = np.full((4, H, W, 3), 128, np.uint8)
+    drawn = trajectory_frames(result, frames)
+    assert drawn.shape == frames.shape
+    assert (drawn != 128).any()
+
+
+# -- exports and checkpoints ------------------------------------------------------------------
+
+
+def test_ply_has_the_3dgs_layout_and_values():
+    frame = _two_layer_result().frames[1]
+    data = ply_bytes(frame)
+    header, body = data.split(b"end_header\n")
+    lines = header.decode().splitlines()
+    assert lines[:3] == ["ply", "format binary_little_endian 1.0", "element vertex 2"]
+    assert [line.split()[-1] for line in lines[3:]] == list(PLY_PROPERTIES)
+    table = np.frombuffer(body, dtype=[(p, "<f4") for p in PLY_PROPERTIES])
+    assert np.allclose(np.stack([table["x"], table["y"], table["z"]], 1), frame.means_n3)
+    assert np.allclose(0.5 + SH_C0 * table["f_dc_0"], frame.colors_n3[:, 0], atol=1e-6)
+    assert np.allclose(1 / (1 + np.exp(-table["opacity"])), frame.opacities_n, atol=1e-6)
+    assert np.allclose(np.exp(table["scale_0"]), frame.scales_n3[:, 0], rtol=1e-6)
+    assert np.allclose(table["rot_0"], 1.0)
+
+
+def test_tum_lines_round_trip():
+    c2w = np.stack([np.eye(4), _pose(30.0, axis=(0, 0, 1), centre=(1, 2, 3))])
+    lines = tum_lines(c2w, fps=5.0)
+    assert lines[0].split() == ["0.000000"] + ["0.000000000"] * 6 + ["1.000000000"]
+    values = np.array(lines[1].split(), float)
+    half = np.deg2rad(15.0)
+    assert np.allclose(values, [0.2, 1, 2, 3, 0, 0, np.sin(half), np.cos(half)], atol=1e-8)
+    text = io.StringIO()
+    write_tum(c2w, 5.0, text)
+    assert text.getvalue().splitlines()[1:] == lines
+    with pytest.raises(InvalidArgumentError, match="fps"):
+        tum_lines(c2w, 0.0)
+
+
+def test_folder_checkpoints_keep_the_latest(tmp_path):
+    sink = FolderCheckpoints(tmp_path / "ckpt")
+    assert sink.load_latest() is None
+    sink.save(1, b"one")
+    sink.save(3, b"three")
+    assert sink.load_latest() == (3, b"three")
+    assert len(list((tmp_path / "ckpt").iterdir())) == 1
+
+
+def test_checkpoint_encoding_round_trips_and_rejects_garbage():
+    arrays = {"a": np.arange(5, dtype=np.int64), "b": np.eye(2, dtype=np.float32)}
+    back, meta = unpack(pack(arrays, {"frame": 3}))
+    assert meta == {"frame": 3}
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
+    with pytest.raises(IntegrityError):
+        unpack(b"not a checkpoint")

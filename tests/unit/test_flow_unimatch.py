@@ -1,0 +1,114 @@
+"""UniMatch adapter: its pure parts always; the model itself where the unimatch package is present
+(it has no PyPI release: clone autonomousvision/unimatch and put the clone on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from services.common.errors import FailedPreconditionError
+from services.flow.backends import unimatch
+from services.flow.backends.base import Pads, crop_flow, pad_frames, pads_for
+from services.flow.engine import FlowConfig, compute_flow
+
+UNIMATCH_READY, UNIMATCH_DETAIL = unimatch.availability()
+needs_unimatch = pytest.mark.skipif(
+    not UNIMATCH_READY, reason=f"unimatch package missing: {UNIMATCH_DETAIL}"
+)
+FRAMES_THW3 = np.random.default_rng(0).integers(0, 256, (2, 50, 70, 3)).astype(np.uint8)
+
+
+def test_pads_reach_the_size_multiple_centred_and_crop_back():
+    assert pads_for(480, 854, 32) == Pads(0, 0, 5, 5)  # 480 x 864
+    assert pads_for(50, 70, 32) == Pads(7, 7, 13, 13)  # 64 x 96
+    assert pads_for(64, 96, 32) == Pads(0, 0, 0, 0)
+    assert pads_for(60, 90, 8, min_side=128) == Pads(34, 34, 19, 19)
+    padded = pad_frames(FRAMES_THW3, pads_for(50, 70, 32))
+    assert padded.shape == (2, 64, 96, 3)
+    np.testing.assert_array_equal(padded[:, 7:57, 13:83], FRAMES_THW3)
+    np.testing.assert_array_equal(padded[:, :7, 13:83], np.repeat(FRAMES_THW3[:, :1], 7, axis=1))
+    flow_bhw2 = np.arange(2 * 64 * 96 * 2, dtype=np.float32).reshape(2, 64, 96, 2)
+    np.testing.assert_array_equal(
+        crop_flow(flow_bhw2, pads_for(50, 70, 32)), flow_bhw2[:, 7:57, 13:83]
+    )
+
+
+def test_arguments_are_those_of_gmflow_scale2_regrefine6():
+    # scripts/gmflow_demo.sh: --num_scales 2 --upsample_factor 4 --reg_refine; main_flow.py
+    # defaults for the rest (128 channels, 1 head, ffn x4, 6 transformer layers).
+    assert unimatch.model_kwargs() == {
+        "feature_channels": 128,
+        "num_scales": 2,
+        "upsample_factor": 4,
+        "num_head": 1,
+        "ffn_dim_expansion": 4,
+        "num_transformer_layers": 6,
+        "reg_refine": True,
+        "task": "flow",
+    }
+    # --attn_splits_list 2 8 --corr_radius_list -1 4 --prop_radius_list -1 1 --num_reg_refine 6
+    assert unimatch.forward_kwargs() == {
+        "attn_type": "swin",
+        "attn_splits_list": [2, 8],
+        "corr_radius_list": [-1, 4],
+        "prop_radius_list": [-1, 1],
+        "num_reg_refine": 6,
+        "task": "flow",
+        "pred_bidir_flow": False,
+    }
+
+
+def test_checkpoint_tensors_are_found_under_model_or_at_the_top():
+    tensors = {"backbone.conv1.weight": torch.zeros(1)}
+    assert unimatch.state_dict_of({"model": tensors, "step": 5}) is tensors
+    assert unimatch.state_dict_of(tensors) is tensors
+
+
+@pytest.mark.skipif(UNIMATCH_READY, reason="the unimatch package is importable here")
+def test_missing_package_is_a_precondition_saying_how_to_install():
+    with pytest.raises(FailedPreconditionError, match="unimatch package: git clone .*PYTHONPATH"):
+        compute_flow(FRAMES_THW3, FlowConfig(backend="unimatch", unimatch_checkpoint=None))
+
+
+@needs_unimatch
+def test_missing_checkpoint_is_a_precondition_naming_the_file(tmp_path):
+    missing = tmp_path / "gmflow.pth"
+    cfg = FlowConfig(backend="unimatch", unimatch_checkpoint=missing)
+    with pytest.raises(
+        FailedPreconditionError, match=f"unimatch_checkpoint: no weights .*{missing}"
+    ):
+        compute_flow(FRAMES_THW3, cfg)
+
+
+@needs_unimatch
+def test_unimatch_runs_from_a_checkpoint_and_matches_a_direct_call(tmp_path):
+    from unimatch.unimatch import UniMatch
+
+    torch.manual_seed(0)
+    net = UniMatch(**unimatch.model_kwargs()).eval()
+    path = tmp_path / "gmflow-random.pth"
+    torch.save({"model": net.state_dict(), "step": 0}, path)
+    result = compute_flow(FRAMES_THW3, FlowConfig(backend="unimatch", unimatch_checkpoint=path))
+    pair = result.pairs[0]
+    assert pair.flow_fwd_hw2.shape == (50, 70, 2) and np.isfinite(pair.flow_fwd_hw2).all()
+
+    def direct(src_hw3: np.ndarray, dst_hw3: np.ndarray) -> np.ndarray:
+        def prepare(image_hw3: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(image_hw3).permute(2, 0, 1)[None].float()
+            return torch.nn.functional.pad(x, (13, 13, 7, 7), mode="replicate")
+
+        with torch.inference_mode():
+            out = net(prepare(src_hw3), prepare(dst_hw3), **unimatch.forward_kwargs())
+        return out["flow_preds"][-1][0, :, 7:57, 13:83].permute(1, 2, 0).numpy()
+
+    np.testing.assert_allclose(pair.flow_fwd_hw2, direct(*FRAMES_THW3), atol=1e-3)
+    np.testing.assert_allclose(pair.flow_bwd_hw2, direct(*FRAMES_THW3[::-1]), atol=1e-3)
+
+
+@needs_unimatch
+def test_a_checkpoint_lacking_tensors_is_refused(tmp_path):
+    path = tmp_path / "partial.pth"
+    torch.save({"model": {"backbone.conv1.weight": torch.zeros(64, 3, 7, 7)}}, path)
+    with pytest.raises(FailedPreconditionError, match="does not fit gmflow-scale2-regrefine6"):
+        compute_flow(FRAMES_THW3, FlowConfig(backend="unimatch", unimatch_checkpoint=path))
