@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# GPU measurements in few device calls (see docs/renderer.md, docs/fit.md, docs/flow.md).
+# Usage on the GPU machine, from the repo root, with wheels in .whl and stubs in gflow/:
+#   bash bench/gpu_session.sh render   # gsplat JIT build, parity test, renderer bench
+#   bash bench/gpu_session.sh fit-default | fit-fast | flow
+set -uo pipefail
+OUT=${OUT:-/tmp/gflow-gpu-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
+python3 -c "import torch, importlib.util as u; print('torch', torch.__version__, torch.cuda.get_device_name(0)); print({m: u.find_spec(m) is not None for m in ['cv2','scipy','tyro','gsplat','torchvision','imageio_ffmpeg','grpc','minio','yaml']})"
+case "${1:-render}" in
+  render)
+    start=$(date +%s)
+    python3 -c "import torch, gsplat; from gsplat.cuda._backend import _C; print('gsplat', gsplat.__version__, 'built', _C is not None)" 2>&1 | tail -3
+    echo "gsplat JIT build took $(( $(date +%s) - start )) s"
+    python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_render_parity.py 2>&1 | tee "$OUT/parity.log"
+    python3 bench/render_bench.py 2>&1 | tee "$OUT/render_bench.log"
+    ;;
+  fit-default|fit-fast)
+    preset=${1#fit-}
+    python3 bench/fit_bench.py --presets "$preset" --json-out "$OUT/fit_$preset.json" 2>&1 | tee "$OUT/fit_$preset.log"
+    ;;
+  flow)
+    python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_flow_gpu.py 2>&1 | tee "$OUT/flow_gpu.log"
+    python3 bench/flow_bench.py --help >/dev/null 2>&1 && python3 bench/flow_bench.py --raft-random-weights 2>&1 | tee "$OUT/flow_bench.log"
+    ;;
+esac
