@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import socket
@@ -28,6 +29,20 @@ def free_port() -> int:
 def weed_binary() -> str | None:
     beside_python = Path(sys.executable).parent / "weed"
     return str(beside_python) if beside_python.exists() else shutil.which("weed")
+
+
+# Listeners newer `weed` releases (4.4x) open beside S3 on fixed ports (8181, 9101): a second
+# server on the same machine then dies with "address already in use". We need neither.
+SIDE_LISTENER_FLAGS = ("-s3.port.iceberg", "-s3.port.lance")
+
+
+@functools.cache
+def _side_listeners_off(binary: str) -> tuple[str, ...]:
+    """The flags that switch the side listeners off, for those this binary knows."""
+    usage = subprocess.run(
+        [binary, "server", "-h"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ).stdout
+    return tuple(f"{flag}=0" for flag in SIDE_LISTENER_FLAGS if f"{flag} " in usage)
 
 
 @dataclass
@@ -94,6 +109,7 @@ def start_seaweed_s3(
         f"-s3.config={config}",
         "-volume.max=400",
         "-master.volumeSizeLimitMB=32",
+        *_side_listeners_off(binary),
     ]
     log_path = workdir / "weed.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
