@@ -124,6 +124,10 @@ def measure(cfg: BenchConfig) -> tuple[list[dict], float]:
                 ate=metrics.ate_rpe(result.c2w_t44, scene.c2w_t44)["ate"],
                 mask_iou=float(np.mean(iou)),
                 gaussians=len(result.frames[-1]),
+                phase_s_per_frame={
+                    phase: round(seconds / cfg.frames, 4)
+                    for phase, seconds in sorted(result.phase_seconds.items())
+                },
             )
         )
     return rows, synth_seconds
@@ -163,11 +167,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def phase_table(rows: list[dict]) -> str:
+    """Seconds per frame spent in each phase of the fit, one column per preset."""
+    phases = sorted({phase for r in rows for phase in r["phase_s_per_frame"]})
+    lines = [
+        "| phase | " + " | ".join(r["preset"] for r in rows) + " |",
+        "|" + "---|" * (len(rows) + 1),
+    ]
+    for phase in phases:
+        cells = [f"{r['phase_s_per_frame'].get(phase, 0.0):.3f}" for r in rows]
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     cfg = tyro.cli(BenchConfig)
     rows, synth_seconds = measure(cfg)
     print(f"synthetic clip {cfg.width}x{cfg.height}x{cfg.frames} rendered in {synth_seconds:.1f} s")
     print(table(rows))
+    print("\nseconds per frame by phase (checkpoint time is not part of s/frame)")
+    print(phase_table(rows))
     if cfg.json_out is not None:
         cfg.json_out.write_text(json.dumps(rows, indent=2))
 

@@ -3,6 +3,7 @@
 # Usage on the GPU machine, from the repo root, with wheels in .whl and stubs in gflow/:
 #   bash bench/gpu_session.sh render   # gsplat JIT build, parity test, renderer bench
 #   bash bench/gpu_session.sh fit-default | fit-fast | flow
+#   bash bench/gpu_session.sh profile  # phases and top operators of default and fast fits
 set -uo pipefail
 OUT=${OUT:-/tmp/gflow-gpu-out}
 mkdir -p "$OUT"
@@ -21,6 +22,12 @@ case "${1:-render}" in
   fit-default|fit-fast)
     preset=${1#fit-}
     python3 bench/fit_bench.py --presets "$preset" --json-out "$OUT/fit_$preset.json" 2>&1 | tee "$OUT/fit_$preset.log"
+    ;;
+  profile)
+    for preset in default fast; do
+      python3 bench/fit_profile.py --preset "$preset" --frames 6 --profiled-frames 3 2>&1 \
+        | grep -v "^USDT" | tee "$OUT/fit_profile_$preset.log"
+    done
     ;;
   flow)
     python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_flow_gpu.py 2>&1 | tee "$OUT/flow_gpu.log"

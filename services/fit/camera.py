@@ -36,16 +36,35 @@ def project_n2(
     return xy_n2, z_n
 
 
-def pose_update_44(omega_3: torch.Tensor, tau_3: torch.Tensor) -> torch.Tensor:
-    """Rigid motion exp([omega, tau]) (axis-angle rotation, translation) as a 4x4 matrix."""
-    twist_44 = torch.zeros(4, 4, dtype=omega_3.dtype, device=omega_3.device)
+def _hat_33(omega_3: torch.Tensor) -> torch.Tensor:
+    """The cross-product matrix of omega."""
     wx, wy, wz = omega_3.unbind()
     zero = torch.zeros_like(wx)
-    twist_44[:3, :3] = torch.stack(
+    return torch.stack(
         [torch.stack([zero, -wz, wy]), torch.stack([wz, zero, -wx]), torch.stack([-wy, wx, zero])]
     )
-    twist_44[:3, 3] = tau_3
-    return torch.linalg.matrix_exp(twist_44)
+
+
+def pose_update_44(omega_3: torch.Tensor, tau_3: torch.Tensor) -> torch.Tensor:
+    """Rigid motion exp([omega, tau]) (axis-angle rotation, translation) as a 4x4 matrix.
+
+    Closed form (Rodrigues, and the SE(3) left Jacobian for the translation) with Taylor series
+    near zero rotation: unlike `torch.linalg.matrix_exp` it never waits for the GPU, and the
+    camera refinement calls it every iteration."""
+    theta2 = (omega_3 * omega_3).sum()
+    theta = theta2.clamp_min(1e-12).sqrt()
+    small = theta2 < 1e-8
+    sin, cos = torch.sin(theta), torch.cos(theta)
+    a = torch.where(small, 1 - theta2 / 6, sin / theta)  # sin(t) / t
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - cos) / theta**2)  # (1 - cos(t)) / t^2
+    c = torch.where(small, 1 / 6 - theta2 / 120, (theta - sin) / theta**3)  # (t - sin(t)) / t^3
+    hat_33 = _hat_33(omega_3)
+    hat2_33 = hat_33 @ hat_33
+    eye_33 = torch.eye(3, dtype=omega_3.dtype, device=omega_3.device)
+    rotation_33 = eye_33 + a * hat_33 + b * hat2_33
+    translation_3 = (eye_33 + b * hat_33 + c * hat2_33) @ tau_3
+    bottom_14 = torch.tensor([[0, 0, 0, 1]], dtype=omega_3.dtype, device=omega_3.device)
+    return torch.cat([torch.cat([rotation_33, translation_3[:, None]], dim=1), bottom_14])
 
 
 def pnp_c2w(
@@ -144,19 +163,22 @@ def optimise_pose(
     height, width = weight_hw.shape
     omega_3 = torch.zeros(3, dtype=w2c_init_44.dtype, device=w2c_init_44.device, requires_grad=True)
     tau_3 = torch.zeros(3, dtype=w2c_init_44.dtype, device=w2c_init_44.device, requires_grad=True)
-    optimiser = torch.optim.Adam([omega_3, tau_3], lr=lr)
+    optimiser = torch.optim.Adam([omega_3, tau_3], lr=lr, fused=True)
     with torch.no_grad():
         means, quats = still.means_n3, still.unit_quats_n4
         scales, opacities, colors = still.scales_n3, still.opacities_n, still.colors_n3
     still_params = (means, quats, scales, opacities, colors)
-    best_loss, best_w2c_44 = float("inf"), w2c_init_44
+    # The best so far stays on the device: comparing on the host would wait for every iteration.
+    best_loss = torch.tensor(float("inf"), dtype=w2c_init_44.dtype, device=w2c_init_44.device)
+    best_w2c_44 = w2c_init_44
     for _ in range(iters):
         w2c_44 = pose_update_44(omega_3, tau_3 * scene_scale) @ w2c_init_44
         out = render(*still_params, w2c_44, K_33, width, height, backend=backend)
         loss = photometric_loss(out.rgb_hw3, target_hw3, ssim_share, weight_hw)
         loss = loss + lambda_flow * flow_loss(project_n2(points_p3, w2c_44, K_33)[0], pixels_p2)
-        if float(loss.detach()) < best_loss:
-            best_loss, best_w2c_44 = float(loss.detach()), w2c_44.detach()
+        better = loss.detach() < best_loss
+        best_loss = torch.where(better, loss.detach(), best_loss)
+        best_w2c_44 = torch.where(better, w2c_44.detach(), best_w2c_44)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -53,6 +53,7 @@ from services.fit.motion import (
     spread_displacement,
     visible_n,
 )
+from services.fit.timing import PhaseTimer
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,8 @@ class FitResult:
     moving_mask_thw: np.ndarray  # bool [T, H, W] pixels the moving set dominates
     seconds: float  # fitting time summed over every run that contributed (resumes included)
     resumed_from: int | None = None  # last frame of the checkpoint this run resumed from
+    # the fitting time split by phase (camera_refine, optimise, densify, ...)
+    phase_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def n_frames(self) -> int:
@@ -207,6 +210,7 @@ class _Fitter:
         self.gaussians: Gaussians | None = None
         self.next_id = 0
         self.seconds = 0.0
+        self.timer = PhaseTimer(self.device)
         self.resumed_from: int | None = None
 
     # -- driver ---------------------------------------------------------------------------
@@ -217,12 +221,14 @@ class _Fitter:
         for t in range(len(self.out.frames), self.T):
             started = time.perf_counter()
             c2w_44 = self._fit_first() if t == 0 else self._fit_next(t)
-            self._finish_frame(t, c2w_44)
+            with self.timer.phase("finish_frame"):
+                self._finish_frame(t, c2w_44)
             self.seconds += time.perf_counter() - started
             if self.sink is not None and (
                 (t + 1) % self.cfg.checkpoint_every == 0 or t == self.T - 1
             ):
-                self.sink.save(t, self._checkpoint(fingerprint))
+                with self.timer.phase("checkpoint"):
+                    self.sink.save(t, self._checkpoint(fingerprint))
             self.progress(
                 t + 1,
                 self.T,
@@ -238,6 +244,7 @@ class _Fitter:
             depth_thw=np.stack(self.out.depth),
             moving_mask_thw=np.stack(self.out.moving_mask),
             seconds=self.seconds,
+            phase_seconds=dict(self.timer.seconds),
             resumed_from=self.resumed_from,
         )
 
@@ -247,10 +254,11 @@ class _Fitter:
         """Prior-driven initialisation on frame 0, then optimisation on it."""
         p, cfg = self.priors, self.cfg
         c2w_44 = np.eye(4) if p.c2w_t44 is None else np.asarray(p.c2w_t44[0], np.float64)
-        probability_hw = texture_probability_hw(p.frames_thw3[0], cfg.texture_share)
-        probability_hw = probability_hw * self.depth_valid_thw[0]
-        rows, cols = sample_pixels(probability_hw, cfg.init_points, self._rng(0))
-        self.gaussians = self._new_gaussians(rows, cols, 0, c2w_44, depth_scale=1.0)
+        with self.timer.phase("initialise"):
+            probability_hw = texture_probability_hw(p.frames_thw3[0], cfg.texture_share)
+            probability_hw = probability_hw * self.depth_valid_thw[0]
+            rows, cols = sample_pixels(probability_hw, cfg.init_points, self._rng(0))
+            self.gaussians = self._new_gaussians(rows, cols, 0, c2w_44, depth_scale=1.0)
         self.out.depth_scale.append(1.0)
         self._optimise(0, c2w_44, cfg.iters_first, cfg.lr_first, densify_first=False)
         return c2w_44
@@ -258,15 +266,17 @@ class _Fitter:
     def _fit_next(self, t: int) -> np.ndarray:
         cfg = self.cfg
         c2w_prev = self.out.c2w[t - 1]
-        with torch.no_grad():
+        with self.timer.phase("split_and_move"), torch.no_grad():
             out_prev = self.gaussians.render(
                 self._w2c(c2w_prev), self.K_t, self.W, self.H, backend=cfg.backend
             )
-        depth_prev_hw = mean_depth_hw(out_prev).cpu().numpy().astype(np.float64)
-        alpha_prev_hw = out_prev.alpha_hw.cpu().numpy().astype(np.float64)
+            depth_prev_hw = mean_depth_hw(out_prev).cpu().numpy().astype(np.float64)
+            alpha_prev_hw = out_prev.alpha_hw.cpu().numpy().astype(np.float64)
         c2w_44 = self._camera(t, c2w_prev)
-        self.out.depth_scale.append(self._depth_scale(t, c2w_44))
-        flow = self._split_and_move(t, c2w_prev, c2w_44, depth_prev_hw, alpha_prev_hw)
+        with self.timer.phase("depth_scale"):
+            self.out.depth_scale.append(self._depth_scale(t, c2w_44))
+        with self.timer.phase("split_and_move"):
+            flow = self._split_and_move(t, c2w_prev, c2w_44, depth_prev_hw, alpha_prev_hw)
         self._optimise(
             t,
             c2w_44,
@@ -335,39 +345,40 @@ class _Fitter:
         previous one; that guess stands when PnP fails), refined against the still part."""
         p, cfg, g = self.priors, self.cfg, self.gaussians
         c2w_guess = c2w_prev if p.c2w_t44 is None else np.asarray(p.c2w_t44[t], np.float64)
-        reliable_hw = self._reliable_still_hw(t)
-        points_p3, pixels_p2 = flow_correspondences(
-            self._prior_depth(t - 1), reliable_hw, p.flow_fwd_t1hw2[t - 1], self.K_33, c2w_prev
-        )
-        found = pnp_c2w(points_p3, pixels_p2, self.K_33, c2w_guess, self._rng(t, 1))
+        with self.timer.phase("camera_pnp"):
+            reliable_hw = self._reliable_still_hw(t)
+            points_p3, pixels_p2 = flow_correspondences(
+                self._prior_depth(t - 1), reliable_hw, p.flow_fwd_t1hw2[t - 1], self.K_33, c2w_prev
+            )
+            found = pnp_c2w(points_p3, pixels_p2, self.K_33, c2w_guess, self._rng(t, 1))
         if found is None:
             c2w_init, points_p3, pixels_p2 = c2w_guess, points_p3[:0], pixels_p2[:0]
         else:
             c2w_init, points_p3, pixels_p2 = found
-        still_n = ~g.moving_n
-        still = g.subset(still_n)
-        w2c_init = self._w2c(c2w_init)
-        with torch.no_grad():
-            out = still.render(w2c_init, self.K_t, self.W, self.H, backend=cfg.backend)
-        weight_hw = (out.alpha_hw >= COVERED_ALPHA) & self._tensor(
-            self.moving_thw[t] < cfg.mask_threshold
-        )
-        w2c_44 = optimise_pose(
-            still,
-            self._frame(t),
-            weight_hw.float(),
-            w2c_init,
-            self.K_t,
-            self._tensor(points_p3.astype(np.float32)),
-            self._tensor(pixels_p2.astype(np.float32)),
-            lambda_flow=cfg.lambda_flow,
-            iters=cfg.camera_iters,
-            lr=cfg.camera_lr,
-            scene_scale=self.scene_scale,
-            ssim_share=cfg.ssim_share,
-            backend=cfg.backend,
-        )
-        return np.linalg.inv(w2c_44.detach().cpu().numpy().astype(np.float64))
+        with self.timer.phase("camera_refine"):
+            still = g.subset(~g.moving_n)
+            w2c_init = self._w2c(c2w_init)
+            with torch.no_grad():
+                out = still.render(w2c_init, self.K_t, self.W, self.H, backend=cfg.backend)
+            weight_hw = (out.alpha_hw >= COVERED_ALPHA) & self._tensor(
+                self.moving_thw[t] < cfg.mask_threshold
+            )
+            w2c_44 = optimise_pose(
+                still,
+                self._frame(t),
+                weight_hw.float(),
+                w2c_init,
+                self.K_t,
+                self._tensor(points_p3.astype(np.float32)),
+                self._tensor(pixels_p2.astype(np.float32)),
+                lambda_flow=cfg.lambda_flow,
+                iters=cfg.camera_iters,
+                lr=cfg.camera_lr,
+                scene_scale=self.scene_scale,
+                ssim_share=cfg.ssim_share,
+                backend=cfg.backend,
+            )
+            return np.linalg.inv(w2c_44.detach().cpu().numpy().astype(np.float64))
 
     def _reliable_still_hw(self, t: int) -> np.ndarray:
         """Pixels of frame t-1 whose flow to t is trustworthy for the camera: known depth, still
@@ -456,37 +467,40 @@ class _Fitter:
         prior_hw = self._tensor(self._prior_depth(t))
         prior_valid_hw = self._tensor(self.depth_valid_thw[t])
         optimiser = None
-        for it in range(iters):
-            due = (it == 0 and densify_first) or (
-                cfg.densify_every > 0 and it > 0 and it % cfg.densify_every == 0
-            )
-            if due:
-                added = self._densify(t, c2w_44, it)
-                if anchor_n3 is not None:
-                    anchor_n3 = torch.cat([anchor_n3, added.means_n3])
-                optimiser = None
-            g = self.gaussians
-            if optimiser is None:
-                optimiser = self._optimiser(g, lr)
-            out = g.render(w2c_44, self.K_t, self.W, self.H, backend=cfg.backend)
-            depth_weight_hw = ((out.alpha_hw.detach() >= COVERED_ALPHA) & prior_valid_hw).float()
-            loss = cfg.lambda_rgb * photometric_loss(out.rgb_hw3, target_hw3, cfg.ssim_share)
-            loss = loss + cfg.lambda_depth * depth_loss(
-                mean_depth_hw(out), prior_hw, depth_weight_hw
-            )
-            loss = loss + cfg.lambda_isotropic * isotropic_loss(g.log_scales_n3)
-            if anchor_n3 is not None:
-                still_n = ~g.moving_n
-                loss = loss + cfg.lambda_still * still_loss(
-                    g.means_n3[still_n], anchor_n3[still_n], self.pixel_footprint
+        with self.timer.phase("optimise"):
+            for it in range(iters):
+                due = (it == 0 and densify_first) or (
+                    cfg.densify_every > 0 and it > 0 and it % cfg.densify_every == 0
                 )
-            if flow is not None:
-                index, target_n2 = flow
-                projected_n2, _ = project_n2(g.means_n3[index], w2c_44, self.K_t)
-                loss = loss + cfg.lambda_flow * flow_loss(projected_n2, target_n2)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+                if due:
+                    with self.timer.phase("densify"):
+                        added = self._densify(t, c2w_44, it)
+                    if anchor_n3 is not None:
+                        anchor_n3 = torch.cat([anchor_n3, added.means_n3])
+                    optimiser = None
+                g = self.gaussians
+                if optimiser is None:
+                    optimiser = self._optimiser(g, lr)
+                out = g.render(w2c_44, self.K_t, self.W, self.H, backend=cfg.backend)
+                depth_weight_hw = (
+                    (out.alpha_hw.detach() >= COVERED_ALPHA) & prior_valid_hw
+                ).float()
+                loss = cfg.lambda_rgb * photometric_loss(out.rgb_hw3, target_hw3, cfg.ssim_share)
+                loss = loss + cfg.lambda_depth * depth_loss(
+                    mean_depth_hw(out), prior_hw, depth_weight_hw
+                )
+                loss = loss + cfg.lambda_isotropic * isotropic_loss(g.log_scales_n3)
+                if anchor_n3 is not None:
+                    loss = loss + cfg.lambda_still * still_loss(
+                        g.means_n3, anchor_n3, ~g.moving_n, self.pixel_footprint
+                    )
+                if flow is not None:
+                    index, target_n2 = flow
+                    projected_n2, _ = project_n2(g.means_n3[index], w2c_44, self.K_t)
+                    loss = loss + cfg.lambda_flow * flow_loss(projected_n2, target_n2)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
         self.gaussians.requires_grad_(False)
 
     def _optimiser(self, g: Gaussians, lr: float) -> torch.optim.Adam:
@@ -495,7 +509,7 @@ class _Fitter:
         for name, tensor in g.parameters().items():
             scale = _LR_SCALE[name] * (self.scene_scale if name == "means" else 1.0)
             groups.append({"params": [tensor], "lr": lr * scale, "name": name})
-        return torch.optim.Adam(groups, eps=1e-15)
+        return torch.optim.Adam(groups, eps=1e-15, fused=True)  # one kernel per group
 
     def _densify(self, t: int, c2w_44: np.ndarray, iteration: int) -> Gaussians:
         """Adds Gaussians at uncovered or badly rendered pixels of frame t; returns the new ones."""
@@ -625,6 +639,7 @@ class _Fitter:
             "frames_done": len(out.frames),
             "next_id": self.next_id,
             "seconds": self.seconds,
+            "phase_seconds": self.timer.seconds,
         }
         return ckpt.pack(arrays, meta)
 
@@ -662,5 +677,6 @@ class _Fitter:
         )
         self.next_id = int(meta["next_id"])
         self.seconds = float(meta["seconds"])
+        self.timer.seconds = {k: float(v) for k, v in meta.get("phase_seconds", {}).items()}
         self.resumed_from = done - 1
         logger.info("resuming the fit after frame %d of %d", done - 1, self.T)

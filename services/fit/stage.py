@@ -113,6 +113,7 @@ def _write_outputs(
             "stage": STAGE,
             "seconds": result.seconds,
             "resumed_from": result.resumed_from,
+            "phase_seconds": result.phase_seconds,
             "series": {
                 "psnr_db": [float(v) for v in result.psnr_t],
                 "moving_gaussian_share": [float(v) for v in result.moving_share_t],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from services.fit.gaussians import FrameGaussians, render_frame
 from services.fit.initialise import gaussians_at_pixels, sample_pixels, texture_probability_hw
 from services.fit.losses import photometric_loss, ssim_map_hw
 from services.fit.motion import sample_bilinear, spread_displacement
+from services.fit.timing import PhaseTimer
 from services.fit.tracks import attach, track_2d, track_3d
 from services.fit.videos import draw_trajectories, trajectory_frames
 
@@ -158,12 +160,45 @@ def test_ssim_and_photometric_loss():
     )
 
 
-def test_pose_update_is_the_exponential_map():
-    assert torch.allclose(pose_update_44(torch.zeros(3), torch.zeros(3)), torch.eye(4))
-    omega = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
-    R = pose_update_44(omega, torch.zeros(3, dtype=torch.float64))[:3, :3].numpy()
-    expected = axis_angle_33(omega.numpy(), float(omega.norm()))
-    assert np.allclose(R, expected, atol=1e-12)
+def test_ssim_equals_the_two_dimensional_window_definition():
+    """The separable blur must give SSIM with the full 11x11 Gaussian window (zero padding)."""
+    generator = torch.Generator().manual_seed(1)
+    a = torch.rand(H, W, 3, generator=generator, dtype=torch.float64)
+    b = (a + 0.2 * torch.rand(H, W, 3, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    x = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-(x**2) / (2 * 1.5**2))
+    window_11x11 = torch.outer(g, g) / torch.outer(g, g).sum()
+
+    def blur(image_hw3: torch.Tensor) -> torch.Tensor:
+        padded = torch.nn.functional.pad(image_hw3.permute(2, 0, 1), (5, 5, 5, 5))
+        patches = padded.unfold(1, 11, 1).unfold(2, 11, 1)  # [3, H, W, 11, 11]
+        return (patches * window_11x11).sum(dim=(-1, -2)).permute(1, 2, 0)
+
+    mu_a, mu_b = blur(a), blur(b)
+    cov = blur(a * b) - mu_a * mu_b
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
+    c1, c2 = 0.01**2, 0.03**2
+    expected_hw = (
+        (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    ).mean(dim=-1)
+    assert torch.allclose(ssim_map_hw(a, b), expected_hw, atol=1e-12)
+    assert float(ssim_map_hw(a, b).mean()) < 0.97  # the noise is visible to the measure
+
+
+@pytest.mark.parametrize("angle", [0.0, 1e-5, 0.37, 2.5])
+def test_pose_update_is_the_exponential_map(angle):
+    axis = torch.tensor([0.2, -0.6, 0.77], dtype=torch.float64)
+    omega = axis / axis.norm() * angle
+    tau = torch.tensor([0.3, -0.1, 0.5], dtype=torch.float64)
+    twist_44 = torch.zeros(4, 4, dtype=torch.float64)
+    twist_44[:3, :3] = torch.tensor(
+        [[0, -omega[2], omega[1]], [omega[2], 0, -omega[0]], [-omega[1], omega[0], 0]]
+    )
+    twist_44[:3, 3] = tau
+    pose_44 = pose_update_44(omega, tau)
+    assert torch.allclose(pose_44, torch.linalg.matrix_exp(twist_44), atol=1e-12)
+    expected_33 = axis_angle_33(omega.numpy(), angle) if angle > 0 else np.eye(3)
+    assert np.allclose(pose_44[:3, :3].numpy(), expected_33, atol=1e-12)
 
 
 def test_pnp_recovers_a_pose_from_exact_correspondences():
@@ -368,3 +403,16 @@ def test_checkpoint_encoding_round_trips_and_rejects_garbage():
     assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
     with pytest.raises(IntegrityError):
         unpack(b"not a checkpoint")
+
+
+def test_phase_timer_does_not_count_nested_phases_twice():
+    timer = PhaseTimer(torch.device("cpu"))
+    with timer.phase("optimise"):
+        time.sleep(0.05)
+        with timer.phase("densify"):
+            time.sleep(0.1)
+    with timer.phase("optimise"):
+        time.sleep(0.05)
+    assert set(timer.seconds) == {"optimise", "densify"}
+    assert 0.1 <= timer.seconds["densify"] < 0.15
+    assert 0.1 <= timer.seconds["optimise"] < 0.15  # the nested 0.1 s is densify's alone

@@ -1,0 +1,84 @@
+"""Where the fit spends its time on a synthetic clip: phases, then the top operators.
+
+Run on the GPU machine (bench/gpu_session.sh profile) or on CPU at small sizes:
+    .venv/bin/python bench/fit_profile.py --width 64 --height 48 --frames 4 --preset test
+
+First an unprofiled fit gives seconds per frame by phase (the engine's own phase timer); then a
+fit of `profiled_frames` frames under torch.profiler gives the operators that take the most device
+and host time, so an optimisation targets what is actually slow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import tyro
+from torch.profiler import ProfilerActivity, profile
+
+from bench.fit_bench import priors_of
+from services.evaluation.synth import SceneConfig, make_scene
+from services.fit.config import preset
+from services.fit.engine import FitPriors, fit, resolve_device
+
+
+@dataclass
+class ProfileConfig:
+    width: int = 854
+    """Clip width in pixels."""
+    height: int = 480
+    """Clip height in pixels."""
+    frames: int = 8
+    """Frames of the unprofiled fit."""
+    profiled_frames: int = 3
+    """Frames of the profiled fit (the profiler's own overhead grows with them)."""
+    preset: str = "default"
+    """Fit preset (default, fast, test)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to fit."""
+    top: int = 25
+    """Operators listed per table."""
+
+
+def _first_frames(priors: FitPriors, n: int) -> FitPriors:
+    cut = {
+        f.name: getattr(priors, f.name)[: n - 1 if f.name.startswith("flow") else n]
+        for f in dataclasses.fields(priors)
+        if f.name != "K_33" and getattr(priors, f.name) is not None
+    }
+    return dataclasses.replace(priors, **cut)
+
+
+def main() -> None:
+    cfg = tyro.cli(ProfileConfig)
+    scene = make_scene(SceneConfig(height=cfg.height, width=cfg.width, n_frames=cfg.frames))
+    priors = priors_of(scene)
+    fit_cfg = dataclasses.replace(preset(cfg.preset), device=cfg.device)
+    device = resolve_device(cfg.device)
+    fit(_first_frames(priors, 2), dataclasses.replace(fit_cfg, iters_first=2, iters=2))  # warm-up
+
+    started = time.perf_counter()
+    result = fit(priors, fit_cfg)
+    wall = time.perf_counter() - started
+    print(
+        f"{cfg.preset} {cfg.width}x{cfg.height}x{cfg.frames} on {device}: "
+        f"{result.seconds / cfg.frames:.3f} s/frame fitting, {wall:.1f} s wall, "
+        f"{len(result.frames[-1])} Gaussians at the end"
+    )
+    print("| phase | s/frame | share |\n|---|---|---|")
+    for phase, seconds in sorted(result.phase_seconds.items(), key=lambda kv: -kv[1]):
+        print(f"| {phase} | {seconds / cfg.frames:.3f} | {seconds / result.seconds:.1%} |")
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fit(_first_frames(priors, cfg.profiled_frames), fit_cfg)
+    averages = prof.key_averages()
+    if device.type == "cuda":
+        print(averages.table(sort_by="self_cuda_time_total", row_limit=cfg.top))
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=cfg.top))
+
+
+if __name__ == "__main__":
+    main()
