@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.errors import InvalidArgumentError
 from services.depth.engine import DepthConfig
 from services.fit.config import FitConfig
 from services.flow.engine import FlowConfig
@@ -26,6 +27,27 @@ class RemoteConfig:
     # PEM root certificate when the services use TLS.
     tls_ca: Path | None = None
     max_message_bytes: int = 16 * 1024 * 1024
+    # Calls a remote stage gets in all when it answers RESOURCE_EXHAUSTED (every replica busy)
+    # or UNAVAILABLE (replica or its store down); 1 = no retry. Other errors are not retried.
+    retry_attempts: int = 6
+    # Seconds before the first retry; each later wait is `retry_factor` times the one before,
+    # at most `retry_max_delay_s` (defaults: 1, 2, 4, 8, 16 s, about half a minute in all).
+    retry_first_delay_s: float = 1.0
+    retry_factor: float = 2.0
+    retry_max_delay_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        """Refuse retry settings that cannot work, naming the field."""
+        lowest = {
+            "retry_attempts": 1,
+            "retry_first_delay_s": 0.0,
+            "retry_factor": 1.0,
+            "retry_max_delay_s": 0.0,
+        }
+        for name, limit in lowest.items():
+            value = getattr(self, name)
+            if value < limit:
+                raise InvalidArgumentError(f"remote.{name}", f"{value} must be at least {limit}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ before, which is also how a killed run resumes (and fit resumes from its last ch
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from gflow.v1 import (
 from services.common.artifacts import Artifacts
 from services.common.client import Endpoint, collect_stage, open_channel
 from services.common.config import to_json
-from services.common.errors import ProgressFn
+from services.common.errors import ProgressFn, ResourceExhaustedError, UnavailableError
 from services.depth.stage import depth_from_request
 from services.fit.stage import fit_from_request
 from services.flow.stage import flow_from_request
@@ -78,6 +79,13 @@ def _endpoint(remote: RemoteConfig, stage: str) -> Endpoint | None:
     )
 
 
+def _retry_wait_s(remote: RemoteConfig, attempt: int) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1, 2, ...): exponential, capped."""
+    return min(
+        remote.retry_first_delay_s * remote.retry_factor ** (attempt - 1), remote.retry_max_delay_s
+    )
+
+
 def call_stage(
     artifacts: Artifacts,
     stage: str,
@@ -86,14 +94,45 @@ def call_stage(
     progress: ProgressFn,
     timeout_s: float | None,
 ) -> common_pb2.StageResult:
-    """Run one stage where the configuration puts it; errors arrive as our exception types."""
+    """Run one stage where the configuration puts it; errors arrive as our exception types.
+
+    A remote stage that answers RESOURCE_EXHAUSTED (its replicas are full) or UNAVAILABLE (a
+    replica or its store is down) is called again after a growing wait, on a fresh channel so
+    round-robin can pick another replica. Stage work is keyed by content, so a retry never redoes
+    what an attempt finished (and a fit resumes from its checkpoint). Waits never run past the
+    caller's deadline.
+    """
     call = _CALLS[stage]
     endpoint = _endpoint(remote, stage)
     if endpoint is None:
         return call.local(artifacts, request, progress)
-    with open_channel(endpoint) as channel:
-        stream = getattr(call.stub(channel), call.method)(request, timeout=timeout_s)
-        return collect_stage(stream, progress)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    attempt = 0
+    while True:
+        attempt += 1
+        left_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            with open_channel(endpoint) as channel:
+                stream = getattr(call.stub(channel), call.method)(request, timeout=left_s)
+                return collect_stage(stream, progress)
+        except (ResourceExhaustedError, UnavailableError) as exc:
+            wait_s = _retry_wait_s(remote, attempt)
+            past_deadline = deadline is not None and time.monotonic() + wait_s >= deadline
+            if attempt == remote.retry_attempts or past_deadline:
+                raise type(exc)(
+                    f"{stage} at {endpoint.target} gave up after {attempt} attempt(s): {exc}",
+                    reason=exc.reason,
+                ) from exc
+            log.warning(
+                "%s at %s answered %s; retry %d of %d in %.2f s",
+                stage,
+                endpoint.target,
+                exc.reason,
+                attempt,
+                remote.retry_attempts - 1,
+                wait_s,
+            )
+            time.sleep(wait_s)
 
 
 def run_pipeline(

@@ -1,0 +1,178 @@
+"""End to end: one small clip embedded on a local folder, and across separate service processes
+over gRPC on a real SeaweedFS S3 store (what `gflow serve` starts). Both runs must give the same
+artifacts under the same keys with the same numbers, and a second run through the pipeline service
+must be answered from the store.
+
+Measured on the 2-core development machine: every array, JSON, PLY and figure of the two runs is
+bit-identical (max |difference| 0), so the tolerances below only leave room for a different
+thread count changing float summation order; figures that measure the run itself (unit s or MiB)
+differ and are not compared. Wall time of this file: about 55 s there (the five services take
+about 17 s to start, each run about 10 s).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from gflow.v1 import common_pb2, pipeline_pb2, pipeline_pb2_grpc
+from services.common import codec
+from services.common.artifacts import JSON_MEDIA_TYPE, Artifacts
+from services.common.client import Endpoint, open_channel
+from services.common.config import to_json
+from services.common.media import write_mp4
+from services.common.runtime import DEFAULT_PORTS
+from services.common.store import LocalFolderStore, S3Settings, S3Store
+from services.evaluation.synth import SceneConfig, make_scene
+from services.fit.config import preset
+from services.pipeline.cli import RunCommand, run_command
+from services.pipeline.config import PipelineConfig
+from services.pipeline.engine import STAGES, run_pipeline
+from services.pipeline.export import load_run
+from services.pipeline.ingest import ingest
+from services.pipeline.local_services import (
+    BUCKET,
+    LocalServices,
+    ServeCommand,
+    start_local_services,
+)
+from services.pipeline.seaweed import free_port
+
+RTOL, ATOL = 1e-5, 1e-6
+RUN_MEASUREMENT_UNITS = ("s", "MiB")  # figures about the run (time, memory), not its result
+PLY_HEADER_END = b"end_header\n"
+PLY_COLUMNS = 17  # float32 properties per Gaussian (services/fit/export.py)
+
+
+@dataclass
+class Run:
+    artifacts: Artifacts
+    result: pipeline_pb2.PipelineResult
+
+
+def _config() -> PipelineConfig:
+    return PipelineConfig(fit=preset("test"))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A 64x48, 8-frame synthetic clip (moving camera, one moving object) as an mp4."""
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    path.write_bytes(write_mp4(make_scene(SceneConfig()).frames_thw3, fps=10.0))
+    return path
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """SeaweedFS and the depth, flow, segment, fit and pipeline services as processes."""
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    serve = ServeCommand(dir=tmp_path_factory.mktemp("serve"), s3_port=0, ports=ports)
+    started = start_local_services(serve)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded(clip, tmp_path_factory) -> Run:
+    artifacts = Artifacts(LocalFolderStore(tmp_path_factory.mktemp("embedded") / "store"))
+    config = _config()
+    return Run(artifacts, run_pipeline(artifacts, ingest(artifacts, clip, config.ingest), config))
+
+
+@pytest.fixture(scope="module")
+def remote(clip, services: LocalServices, tmp_path_factory) -> Run:
+    """`gflow run CLIP --remote-config endpoints.yaml --fit-preset test`."""
+    out = tmp_path_factory.mktemp("remote")
+    command = RunCommand(
+        video=clip, out=out, remote_config=services.endpoints_file, fit_preset="test"
+    )
+    report = run_command(command)
+    assert report.is_file() and b"<html" in report.read_bytes()[:200].lower()
+    settings = S3Settings(
+        endpoint=services.s3.endpoint,
+        access_key=services.s3.access_key,
+        secret_key=services.s3.secret_key,
+    )
+    return Run(Artifacts(S3Store(BUCKET, settings)), load_run(out)[1])
+
+
+def _ply_gaussians(data: bytes) -> np.ndarray:
+    """float32 [N, 17] table of a binary PLY written by services/fit/export.py."""
+    return np.frombuffer(data.split(PLY_HEADER_END, 1)[1], "<f4").reshape(-1, PLY_COLUMNS)
+
+
+def _assert_same_content(
+    name: str, media_type: str, embedded_data: bytes, remote_data: bytes
+) -> None:
+    """Numbers within tolerance for arrays, JSON and PLY files; encoded media (PNG, MP4,
+    text) is checked by its key, media type and integrity only."""
+    if media_type == codec.MEDIA_TYPE:
+        ours = codec.decode_array(embedded_data)
+        theirs = codec.decode_array(remote_data)
+        assert theirs.dtype == ours.dtype and theirs.shape == ours.shape, name
+        if np.issubdtype(ours.dtype, np.floating):
+            np.testing.assert_allclose(theirs, ours, rtol=RTOL, atol=ATOL, err_msg=name)
+        else:
+            np.testing.assert_array_equal(theirs, ours, err_msg=name)
+    elif media_type == JSON_MEDIA_TYPE:
+        assert json.loads(remote_data) == pytest.approx(json.loads(embedded_data), RTOL, ATOL)
+    elif media_type == "application/x-ply":
+        ours, theirs = _ply_gaussians(embedded_data), _ply_gaussians(remote_data)
+        assert theirs.shape == ours.shape, name
+        np.testing.assert_allclose(theirs, ours, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def _figures(result: common_pb2.StageResult) -> dict[str, float]:
+    return {q.name: q.value for q in result.quality if q.unit not in RUN_MEASUREMENT_UNITS}
+
+
+def test_services_over_grpc_give_the_embedded_artifacts(embedded: Run, remote: Run):
+    for stage in STAGES:
+        ours, theirs = getattr(embedded.result, stage), getattr(remote.result, stage)
+        assert theirs.key == ours.key and theirs.backend == ours.backend
+        assert not ours.cached and not theirs.cached  # both runs did the work
+        assert [(a.name, a.ref.key) for a in theirs.artifacts] == [
+            (a.name, a.ref.key) for a in ours.artifacts
+        ]
+        for mine, served in zip(ours.artifacts, theirs.artifacts, strict=True):
+            assert served.ref.media_type == mine.ref.media_type
+            _assert_same_content(
+                f"{stage}.{mine.name}",
+                mine.ref.media_type,
+                embedded.artifacts.get_bytes(mine.ref),
+                remote.artifacts.get_bytes(served.ref),  # also checks the recorded sha256
+            )
+        assert _figures(theirs) == pytest.approx(_figures(ours), RTOL, ATOL, nan_ok=True)
+    fit_figures = _figures(remote.result.fit)
+    assert fit_figures["psnr_mean"] > 25.0  # the fit actually reconstructed the clip
+    assert remote.result.report.key == embedded.result.report.key
+    assert b"<html" in remote.artifacts.get_bytes(remote.result.report)[:200].lower()
+
+
+def test_second_run_through_the_pipeline_service_comes_from_the_store(
+    clip, services: LocalServices, remote: Run
+):
+    endpoints = yaml.safe_load(services.endpoints_file.read_text())
+    upload = remote.artifacts.put_bytes("uploads/clip.mp4", clip.read_bytes(), "video/mp4")
+    request = pipeline_pb2.RunPipelineRequest(video_file=upload, config_json=to_json(_config()))
+    endpoint = Endpoint(
+        target=endpoints["pipeline"], auth_token_file=Path(endpoints["remote"]["auth_token_file"])
+    )
+    with open_channel(endpoint) as channel:
+        events = list(
+            pipeline_pb2_grpc.PipelineServiceStub(channel).RunPipeline(request, timeout=120)
+        )
+    progressed = {e.progress.stage for e in events if e.HasField("progress")}
+    assert progressed == {*STAGES, "report"}
+    assert events[-1].HasField("result")
+    again = events[-1].result
+    assert again.video.content_hash == remote.result.video.content_hash
+    for stage in STAGES:
+        assert getattr(again, stage).cached, stage
+        assert getattr(again, stage).key == getattr(remote.result, stage).key
+    assert again.report.key == remote.result.report.key
