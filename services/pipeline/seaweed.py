@@ -54,9 +54,11 @@ class SeaweedS3:
     log_path: Path
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL: weed 4.48 often hangs after "Gracefully stopping gRPC server",
+        with its data already on disk, so a long wait only delays every shutdown."""
         self.process.terminate()
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=3)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -106,6 +108,7 @@ def start_seaweed_s3(
         f"-filer.port.grpc={free_port()}",
         "-s3",
         f"-s3.port={s3}",
+        f"-s3.port.grpc={free_port()}",  # its default, S3 port + 10000, can pass 65535
         f"-s3.config={config}",
         "-volume.max=400",
         "-master.volumeSizeLimitMB=32",
