@@ -135,6 +135,49 @@ def call_stage(
             time.sleep(wait_s)
 
 
+def flow_request(video: common_pb2.VideoRef, config: PipelineConfig) -> flow_pb2.ComputeFlowRequest:
+    return flow_pb2.ComputeFlowRequest(
+        video=video, backend=config.flow.backend, config_json=to_json(config.flow)
+    )
+
+
+def depth_request(
+    video: common_pb2.VideoRef, config: PipelineConfig
+) -> depth_pb2.EstimateDepthRequest:
+    return depth_pb2.EstimateDepthRequest(
+        video=video, backend=config.depth.backend, config_json=to_json(config.depth)
+    )
+
+
+def segment_request(
+    video: common_pb2.VideoRef,
+    flow: common_pb2.StageResult,
+    depth: common_pb2.StageResult,
+    config: PipelineConfig,
+) -> segment_pb2.SegmentMotionRequest:
+    return segment_pb2.SegmentMotionRequest(
+        video=video, flow=flow, depth=depth, config_json=to_json(config.segment)
+    )
+
+
+def fit_request(
+    video: common_pb2.VideoRef,
+    depth: common_pb2.StageResult,
+    flow: common_pb2.StageResult,
+    segment: common_pb2.StageResult,
+    config: PipelineConfig,
+    track_queries: common_pb2.ArtifactRef | None = None,
+) -> fit_pb2.FitRequest:
+    return fit_pb2.FitRequest(
+        video=video,
+        depth=depth,
+        flow=flow,
+        segment=segment,
+        config_json=to_json(config.fit),
+        track_queries=track_queries,
+    )
+
+
 def run_pipeline(
     artifacts: Artifacts,
     video: common_pb2.VideoRef,
@@ -155,37 +198,10 @@ def run_pipeline(
         progress(stage, 1, 1, "cached" if result.cached else "done")
         return result
 
-    flow = run(
-        "flow",
-        flow_pb2.ComputeFlowRequest(
-            video=video, backend=config.flow.backend, config_json=to_json(config.flow)
-        ),
-    )
-    depth = run(
-        "depth",
-        depth_pb2.EstimateDepthRequest(
-            video=video,
-            backend=config.depth.backend,
-            config_json=to_json(config.depth),
-        ),
-    )
-    segment = run(
-        "segment",
-        segment_pb2.SegmentMotionRequest(
-            video=video, flow=flow, depth=depth, config_json=to_json(config.segment)
-        ),
-    )
-    fit = run(
-        "fit",
-        fit_pb2.FitRequest(
-            video=video,
-            depth=depth,
-            flow=flow,
-            segment=segment,
-            config_json=to_json(config.fit),
-            track_queries=track_queries,
-        ),
-    )
+    flow = run("flow", flow_request(video, config))
+    depth = run("depth", depth_request(video, config))
+    segment = run("segment", segment_request(video, flow, depth, config))
+    fit = run("fit", fit_request(video, depth, flow, segment, config, track_queries))
     result = pipeline_pb2.PipelineResult(
         video=video, depth=depth, flow=flow, segment=segment, fit=fit
     )
