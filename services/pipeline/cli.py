@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.common.artifacts import Artifacts
-from services.common.config import from_dict
+from services.common.config import from_dict, to_json
 from services.common.errors import GFlowError
 from services.common.logs import setup_logging
 from services.common.media import write_mp4
@@ -76,7 +76,9 @@ def _store_and_remote(command: RunCommand) -> tuple[StoreConfig, RemoteConfig]:
             command.pipeline.remote
         )
     endpoints = yaml.safe_load(command.remote_config.read_text())
-    remote = from_dict(RemoteConfig, endpoints["remote"], "remote_config.remote")
+    # The file's keys win; flags give the rest (e.g. --pipeline.remote.retry-attempts).
+    flags = json.loads(to_json(command.pipeline.remote))
+    remote = from_dict(RemoteConfig, flags | endpoints["remote"], "remote_config.remote")
     store = endpoints["store"]
     settings = S3Settings(
         endpoint=store["endpoint"],
