@@ -4,14 +4,18 @@
 #   bash bench/gpu_session.sh render   # gsplat JIT build, parity test, renderer bench
 #   bash bench/gpu_session.sh fit-default | fit-fast | flow
 #   bash bench/gpu_session.sh profile  # phases and top operators of default and fast fits
+#   bash bench/gpu_session.sh profile fit-fast  # several modes run in order
+# gsplat's JIT build (about 100 s) goes to .gl/torch_extensions: carry `.gl` to skip it next time.
 set -uo pipefail
 OUT=${OUT:-/tmp/gflow-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.gl/torch_extensions}
 python3 -c "import torch, importlib.util as u; print('torch', torch.__version__, torch.cuda.get_device_name(0)); print({m: u.find_spec(m) is not None for m in ['cv2','scipy','tyro','gsplat','torchvision','imageio_ffmpeg','grpc','minio','yaml']})"
-case "${1:-render}" in
+for mode in "${@:-render}"; do
+case "$mode" in
   render)
     start=$(date +%s)
     python3 -c "import torch, gsplat; from gsplat.cuda._backend import _C; print('gsplat', gsplat.__version__, 'built', _C is not None)" 2>&1 | tail -3
@@ -20,7 +24,7 @@ case "${1:-render}" in
     python3 bench/render_bench.py 2>&1 | tee "$OUT/render_bench.log"
     ;;
   fit-default|fit-fast)
-    preset=${1#fit-}
+    preset=${mode#fit-}
     python3 bench/fit_bench.py --presets "$preset" --json-out "$OUT/fit_$preset.json" 2>&1 | tee "$OUT/fit_$preset.log"
     ;;
   profile)
@@ -34,3 +38,4 @@ case "${1:-render}" in
     python3 bench/flow_bench.py --help >/dev/null 2>&1 && python3 bench/flow_bench.py --raft-random-weights 2>&1 | tee "$OUT/flow_bench.log"
     ;;
 esac
+done
