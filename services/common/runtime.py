@@ -33,7 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gflow.v1 import common_pb2
-from services.common import errors
+from services.common import errors, jobs
 from services.common.logs import request_id_var
 from services.common.store import StoreConfig
 
@@ -121,20 +121,6 @@ def abort_with(context: grpc.ServicerContext, exc: BaseException) -> None:
 # Stage calls: run the engine in a thread, stream its progress, end with the result
 
 
-class JobLimiter:
-    """At most `limit` stage jobs at once on this worker."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
-
-    def try_acquire(self) -> bool:
-        return self._slots.acquire(blocking=False)
-
-    def release(self) -> None:
-        self._slots.release()
-
-
 def check_alive(context: grpc.ServicerContext) -> None:
     """Raise when the client went away or the deadline passed, so long work stops early."""
     remaining = context.time_remaining()
@@ -146,23 +132,18 @@ def check_alive(context: grpc.ServicerContext) -> None:
 
 def stream_job(
     context: grpc.ServicerContext,
-    limiter: JobLimiter,
+    limiter: jobs.JobLimiter,
     name: str,
     work: Callable[[Callable[[common_pb2.Progress], None]], Message],
     event_type: type[Message],
 ) -> Iterator[Message]:
     """Run `work(emit)` in a thread; yield `event_type(progress=...)` for every Progress it
     emits, then `event_type(result=...)` with what it returns (StageEvent and PipelineEvent both
-    have this shape). A job past the worker's limit is refused with RESOURCE_EXHAUSTED."""
-    if not limiter.try_acquire():
-        abort_with(
-            context,
-            errors.ResourceExhaustedError(
-                f"this {name} worker already runs {limiter.limit} job(s); retry on another replica"
-            ),
-        )
+    have this shape). The work claims a slot of `limiter` when it starts real work
+    (`jobs.claim_job_slot`); past the worker's limit that refuses it with RESOURCE_EXHAUSTED."""
     events: queue.Queue = queue.Queue()
     request_id = request_id_var.get()
+    slot = jobs.JobSlot(limiter, name)
 
     def emit(progress: common_pb2.Progress) -> None:
         check_alive(context)
@@ -170,12 +151,13 @@ def stream_job(
 
     def run() -> None:
         request_id_var.set(request_id)
+        jobs.current_slot.set(slot)
         try:
             events.put(("result", work(emit)))
         except BaseException as exc:  # handed to the streaming thread, which maps it
             events.put(exc)
         finally:
-            limiter.release()
+            slot.release()
 
     threading.Thread(target=run, name=f"{name}-job-{request_id}", daemon=True).start()
     while True:
@@ -196,7 +178,7 @@ def stream_job(
 
 def stream_stage(
     context: grpc.ServicerContext,
-    limiter: JobLimiter,
+    limiter: jobs.JobLimiter,
     stage: str,
     work: Callable[[errors.ProgressFn], common_pb2.StageResult],
 ) -> Iterator[common_pb2.StageEvent]:

@@ -17,6 +17,7 @@ from services.common import runtime
 from services.common.artifacts import Artifacts
 from services.common.describe import describe_response
 from services.common.errors import ProgressFn
+from services.common.jobs import JobLimiter
 from services.common.logs import setup_logging
 from services.common.store import open_store
 
@@ -31,7 +32,7 @@ class StageServicer:
 
     def __init__(self, artifacts: Artifacts, max_concurrent_jobs: int = 1):
         self.artifacts = artifacts
-        self.limiter = runtime.JobLimiter(max_concurrent_jobs)
+        self.limiter = JobLimiter(max_concurrent_jobs)
 
     def backends(self) -> list[common_pb2.BackendInfo]:
         return []

@@ -17,6 +17,7 @@ import numpy as np
 from gflow.v1 import common_pb2
 from services.common.artifacts import Artifacts
 from services.common.errors import InvalidArgumentError
+from services.common.jobs import claim_job_slot
 from services.common.keys import content_key
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,31 @@ def run_cached(
 ) -> common_pb2.StageResult:
     """The stored result for this work if there is one, else `produce` it and commit it."""
     key = content_key(stage, backend, params, inputs)
-    marker = f"{key}/result.pb"
+    cached = _stored_result(artifacts, stage, key)
+    if cached is not None:  # answered even while the worker is busy
+        return cached
+    claim_job_slot()
     with _lock_for(key):  # two requests for the same work in one process do it once
-        if artifacts.store.exists(marker):
-            result = common_pb2.StageResult.FromString(artifacts.store.get(marker))
-            result.cached = True
-            log.info("%s: answered from the store (%s)", stage, key)
-            return result
+        cached = _stored_result(artifacts, stage, key)
+        if cached is not None:
+            return cached
         outputs = StageOutputs(artifacts, stage, backend, key)
         produce(outputs)
-        artifacts.put_bytes(marker, outputs.result.SerializeToString(), RESULT_MEDIA_TYPE)
+        artifacts.put_bytes(_marker(key), outputs.result.SerializeToString(), RESULT_MEDIA_TYPE)
         return outputs.result
+
+
+def _marker(key: str) -> str:
+    return f"{key}/result.pb"
+
+
+def _stored_result(artifacts: Artifacts, stage: str, key: str) -> common_pb2.StageResult | None:
+    if not artifacts.store.exists(_marker(key)):
+        return None
+    result = common_pb2.StageResult.FromString(artifacts.store.get(_marker(key)))
+    result.cached = True
+    log.info("%s: answered from the store (%s)", stage, key)
+    return result
 
 
 def artifact(result: common_pb2.StageResult, name: str, field: str) -> common_pb2.ArtifactRef:

@@ -18,6 +18,7 @@ from services.common.artifacts import Artifacts
 from services.common.config import parse_config_json
 from services.common.describe import backend_info
 from services.common.errors import InvalidArgumentError
+from services.common.jobs import claim_job_slot
 from services.common.service import StageServicer, serve_forever
 from services.pipeline.config import PipelineConfig, RemoteConfig
 from services.pipeline.engine import STAGES, run_pipeline
@@ -46,6 +47,7 @@ class PipelineServicer(StageServicer, pipeline_pb2_grpc.PipelineServiceServicer)
 
     def RunPipeline(self, request, context):  # noqa: N802 - gRPC method name
         def job(emit):
+            claim_job_slot()  # every call runs stages and a report: real work from the start
             config = parse_config_json(request.config_json, PipelineConfig)
             if config.remote != RemoteConfig():
                 raise InvalidArgumentError(

@@ -14,17 +14,19 @@ from gflow.v1 import common_pb2, flow_pb2_grpc
 from services.common import runtime
 from services.common.describe import describe_response
 from services.common.errors import InvalidArgumentError
+from services.common.jobs import JobLimiter, claim_job_slot
 from services.common.store import S3Settings, S3Store
 
 
 class ProbeFlowService(flow_pb2_grpc.FlowServiceServicer):
     def __init__(self, max_jobs: int = 1):
-        self.limiter = runtime.JobLimiter(max_jobs)
+        self.limiter = JobLimiter(max_jobs)
 
     def ComputeFlow(self, request, context):
         script = json.loads(request.config_json or "{}")
 
         def work(progress):
+            claim_job_slot()  # the scripted sleep is the probe's real work
             steps = script.get("steps", 3)
             for step in range(steps):
                 progress(step, steps, "working")

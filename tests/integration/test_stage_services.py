@@ -15,6 +15,7 @@ sit a little beyond what was measured on the 2-core development machine, stated 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import uuid
@@ -40,6 +41,7 @@ from gflow.v1 import (
 from services.common import codec, errors, runtime
 from services.common.artifacts import JSON_MEDIA_TYPE, Artifacts
 from services.common.client import Endpoint, collect_stage, open_channel
+from services.common.config import to_json
 from services.common.media import write_mp4
 from services.common.service import StageServicer
 from services.common.store import S3Store
@@ -473,6 +475,47 @@ def test_fit_worker_refuses_a_second_job_while_busy(fit):
     assert not fit.call.result.cached  # the first fit went on and finished
 
 
+@dataclass
+class BusyFit:
+    short: common_pb2.StageResult  # the fit that held the worker's only slot
+    again: StageCall  # a repeat of the finished fit, sent meanwhile
+    refused: BaseException | None  # what new work got meanwhile
+
+
+@pytest.fixture(scope="module")
+def busy_fit(served, video, flow, depth, segment, fit) -> BusyFit:
+    """While a short fit (one step per frame) holds the worker's only slot: the finished fit
+    again, and a fit nobody has run."""
+    done = _fit_request(video, depth.result, flow.result, segment.result)
+
+    def with_seed(seed: int) -> fit_pb2.FitRequest:
+        request = fit_pb2.FitRequest()
+        request.CopyFrom(done)
+        config = dataclasses.replace(
+            preset("test"), seed=seed, iters_first=1, iters=1, camera_iters=1
+        )
+        request.config_json = to_json(config)
+        return request
+
+    running = served.stream("fit", with_seed(1))
+    assert next(running).HasField("progress")  # it holds the slot now
+    again = served.call("fit", done)
+    refused = None
+    try:
+        served.call("fit", with_seed(2))
+    except errors.GFlowError as exc:
+        refused = exc
+    return BusyFit(collect_stage(running), again, refused)
+
+
+def test_busy_fit_worker_still_answers_finished_work_from_the_store(busy_fit, fit):
+    assert busy_fit.again.result.cached and busy_fit.again.result.key == fit.call.result.key
+    assert not busy_fit.again.progress
+    assert isinstance(busy_fit.refused, errors.ResourceExhaustedError), busy_fit.refused
+    assert "already runs 1 job" in str(busy_fit.refused)
+    assert not busy_fit.short.cached  # the short fit went on and finished
+
+
 # ---------------------------------------------------------------------------------------------
 # Describe
 
@@ -581,12 +624,12 @@ def test_fit_with_a_prior_missing_from_the_store_is_not_found(served, video, flo
 
 
 def test_nothing_was_left_in_the_bucket_but_published_artifacts(
-    served, flow, depth, segment, fit, large_depth, exact_segment
+    served, flow, depth, segment, fit, large_depth, exact_segment, busy_fit
 ):
     """Every key is under a stage result, an ingested video or a test's own input: no temporary
     upload keys and nothing from the refused calls."""
-    calls = [flow, depth, segment, fit.call, large_depth, exact_segment]
-    prefixes = tuple(f"{c.result.key}/" for c in calls) + ("video/", "test/")
+    results = [c.result for c in (flow, depth, segment, fit.call, large_depth, exact_segment)]
+    prefixes = tuple(f"{r.key}/" for r in [*results, busy_fit.short]) + ("video/", "test/")
     stray = [key for key in served.store.list() if not key.startswith(prefixes)]
     assert stray == []
     assert served.store.stat(f"{flow.result.key}/report.json").media_type == JSON_MEDIA_TYPE
