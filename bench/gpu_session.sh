@@ -3,7 +3,7 @@
 # Usage on the GPU machine, from the repo root, with wheels in .whl and stubs in gflow/:
 #   bash bench/gpu_session.sh render   # gsplat JIT build, parity test, renderer bench
 #   bash bench/gpu_session.sh fit-default | fit-fast | flow
-#   bash bench/gpu_session.sh profile  # phases and top operators of default and fast fits
+#   bash bench/gpu_session.sh profile  # phases of 16-frame default and fast fits, operators of frames 14-15
 #   bash bench/gpu_session.sh profile fit-fast  # several modes run in order
 # gsplat's JIT build (about 100 s) goes to .gl/torch_extensions: carry `.gl` to skip it next time.
 set -uo pipefail
@@ -29,7 +29,7 @@ case "$mode" in
     ;;
   profile)
     for preset in default fast; do
-      python3 bench/fit_profile.py --preset "$preset" --frames 6 --profiled-frames 3 2>&1 \
+      python3 bench/fit_profile.py --preset "$preset" --frames 16 --profiled-frames 2 2>&1 \
         | grep -v "^USDT" | tee "$OUT/fit_profile_$preset.log"
     done
     ;;
