@@ -43,11 +43,10 @@ from services.pipeline.local_services import (
     start_local_services,
 )
 from services.pipeline.seaweed import free_port
+from tests.integration.ply import ply_gaussians
 
 RTOL, ATOL = 1e-5, 1e-6
 RUN_MEASUREMENT_UNITS = ("s", "MiB")  # figures about the run (time, memory), not its result
-PLY_HEADER_END = b"end_header\n"
-PLY_COLUMNS = 17  # float32 properties per Gaussian (services/fit/export.py)
 
 
 @dataclass
@@ -119,11 +118,6 @@ def remote(clip, services: LocalServices, tmp_path_factory) -> Run:
     return Run(Artifacts(S3Store(BUCKET, settings)), load_run(out)[1])
 
 
-def _ply_gaussians(data: bytes) -> np.ndarray:
-    """float32 [N, 17] table of a binary PLY written by services/fit/export.py."""
-    return np.frombuffer(data.split(PLY_HEADER_END, 1)[1], "<f4").reshape(-1, PLY_COLUMNS)
-
-
 def _assert_same_content(
     name: str, media_type: str, embedded_data: bytes, remote_data: bytes
 ) -> None:
@@ -140,7 +134,7 @@ def _assert_same_content(
     elif media_type == JSON_MEDIA_TYPE:
         assert json.loads(remote_data) == pytest.approx(json.loads(embedded_data), RTOL, ATOL)
     elif media_type == "application/x-ply":
-        ours, theirs = _ply_gaussians(embedded_data), _ply_gaussians(remote_data)
+        ours, theirs = ply_gaussians(embedded_data), ply_gaussians(remote_data)
         assert theirs.shape == ours.shape, name
         np.testing.assert_allclose(theirs, ours, rtol=RTOL, atol=ATOL, err_msg=name)
 
