@@ -1,11 +1,13 @@
 """Where the fit spends its time on a synthetic clip: phases, then the top operators.
 
-Run on the GPU machine (bench/gpu_session.sh profile) or on CPU at small sizes:
+Run on the GPU machine (bench/gpu_session.sh profile) or on CPU at small sizes, from the project
+root with PYTHONPATH=. (it imports bench.fit_bench):
     .venv/bin/python bench/fit_profile.py --width 64 --height 48 --frames 4 --preset test
 
 First an unprofiled fit gives seconds per frame by phase (the engine's own phase timer); then a
-fit of `profiled_frames` frames under torch.profiler gives the operators that take the most device
-and host time, so an optimisation targets what is actually slow.
+second fit of the same clip, with torch.profiler on for its last `profiled_frames` frames, gives
+the operators that take the most device and host time, so an optimisation targets what is
+actually slow.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class ProfileConfig:
     height: int = 480
     """Clip height in pixels."""
     frames: int = 8
-    """Frames of the unprofiled fit."""
+    """Clip length (both fits run over all of it)."""
     profiled_frames: int = 3
     """Frames profiled: the last ones of a second, profiled fit of the same clip (the profiler's
     own overhead grows with them; late frames cost more than early ones)."""
