@@ -9,8 +9,8 @@ import numpy as np
 
 from gflow.v1 import common_pb2
 from services.common import codec
-from services.common.errors import InvalidArgumentError, NotFoundError
-from services.common.store import ObjectStore, StoredObject
+from services.common.errors import IntegrityError, InvalidArgumentError, NotFoundError
+from services.common.store import ObjectStore, StoredObject, check_key, sha256_hex
 
 JSON_MEDIA_TYPE = "application/json"
 
@@ -46,12 +46,41 @@ class Artifacts:
         record = self.store.put(key, codec.encode_array(array, layout), codec.MEDIA_TYPE)
         return self._ref(record, array.shape, str(array.dtype))
 
+    def put_array_once(self, key: str, array: np.ndarray, layout: str) -> common_pb2.ArtifactRef:
+        """`put_array`, skipped when `key` already holds exactly these bytes; anything else
+        stored there (a different or a corrupt object) is replaced, never trusted."""
+        data = codec.encode_array(array, layout)
+        record = self.store.stat(key)
+        if record is None or record.sha256 != sha256_hex(data):
+            record = self.store.put(key, data, codec.MEDIA_TYPE)
+        return self._ref(record, array.shape, str(array.dtype))
+
     def put_json(self, key: str, value: Any) -> common_pb2.ArtifactRef:
         data = json.dumps(value, indent=1, sort_keys=True).encode()
         return self._ref(self.store.put(key, data, JSON_MEDIA_TYPE))
 
     def put_bytes(self, key: str, data: bytes, media_type: str) -> common_pb2.ArtifactRef:
         return self._ref(self.store.put(key, data, media_type))
+
+    def pinned(self, ref: common_pb2.ArtifactRef, field: str) -> common_pb2.ArtifactRef:
+        """A copy of `ref` carrying the checksum the store recorded for its object (what a
+        server may derive keys from, and what reads are then held to); refused when the object
+        is missing, has no checksum, or disagrees with `ref.sha256`."""
+        if not ref.key:
+            raise InvalidArgumentError(field, "artifact reference is empty (no key)")
+        record = self.store.stat(check_key(ref.key))
+        if record is None:
+            raise NotFoundError(f"{field}: no artifact at {self.store.url}/{ref.key}")
+        if not record.sha256:
+            raise IntegrityError(f"{field}: {ref.key} has no recorded sha256; re-upload it")
+        if ref.sha256 and ref.sha256 != record.sha256:
+            raise InvalidArgumentError(
+                f"{field}.sha256", f"{ref.sha256[:12]}... is not the stored object's checksum"
+            )
+        copy = common_pb2.ArtifactRef()
+        copy.CopyFrom(ref)
+        copy.sha256 = record.sha256
+        return copy
 
     def get_bytes(self, ref: common_pb2.ArtifactRef, field: str = "ref") -> bytes:
         if not ref.key:
@@ -75,4 +104,8 @@ class Artifacts:
         return codec.decode_array(data, layout=layout, expect_hw=expect_hw, field=field)
 
     def get_json(self, ref: common_pb2.ArtifactRef, field: str = "ref") -> Any:
-        return json.loads(self.get_bytes(ref, field))
+        data = self.get_bytes(ref, field)
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise IntegrityError(f"{field}: {ref.key} is not valid JSON ({exc})") from exc

@@ -7,6 +7,8 @@ pipeline handles an embedded and a remote stage alike.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,16 +109,55 @@ def error_from_rpc(err: grpc.RpcError) -> errors.GFlowError:
     return kind(details, reason=info.reason or None)
 
 
+class SilenceWatchdog:
+    """Cancels a streaming call that sends nothing for `silence_s` seconds: a stalled worker
+    (stopped, hung, or never answering) then ends the call instead of holding it forever."""
+
+    def __init__(self, call: grpc.Future, silence_s: float):
+        self.call = call
+        self.silence_s = silence_s
+        self.fired = False
+        self._last_heard = time.monotonic()
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, name="silence-watchdog", daemon=True).start()
+
+    def heard(self) -> None:
+        self._last_heard = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.silence_s / 4)):
+            if time.monotonic() - self._last_heard > self.silence_s:
+                self.fired = True
+                self.call.cancel()
+                return
+
+
 def collect_stage(
-    events: Iterator[common_pb2.StageEvent], progress: errors.ProgressFn = errors.no_progress
+    events: Iterator[common_pb2.StageEvent],
+    progress: errors.ProgressFn = errors.no_progress,
+    silence_s: float | None = None,
 ) -> common_pb2.StageResult:
-    """Forward progress events and return the final StageResult of a stage stream."""
+    """Forward progress events and return the final StageResult of a stage stream. With
+    `silence_s`, `events` must be the call itself: silence that long is DEADLINE_EXCEEDED."""
+    watchdog = SilenceWatchdog(events, silence_s) if silence_s is not None else None
     try:
         for event in events:
+            if watchdog is not None:
+                watchdog.heard()
             if event.HasField("progress"):
                 progress(event.progress.done, event.progress.total, event.progress.message)
             elif event.HasField("result"):
                 return event.result
     except grpc.RpcError as err:
+        if watchdog is not None and watchdog.fired:
+            raise errors.DeadlineError(
+                f"no progress for {silence_s:g} s: the stage stalled", reason="STAGE_SILENT"
+            ) from err
         raise error_from_rpc(err) from err
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
     raise errors.UnavailableError("the stage stream ended without a result")

@@ -8,6 +8,7 @@ expects and a mismatch is refused with a message instead of silently transposed.
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import numpy as np
@@ -17,6 +18,7 @@ from services.common.errors import IntegrityError, InvalidArgumentError
 MEDIA_TYPE = "application/x-gflow-array"
 _MAGIC = b"GFLOWARR"
 _VERSION = 1
+_MAX_DIM = 2**31  # any one axis; products are taken in Python integers, which cannot overflow
 _ALLOWED_DTYPES = {"uint8", "bool", "int32", "int64", "float16", "float32", "float64"}
 
 
@@ -49,12 +51,34 @@ def encode_array(array: np.ndarray, layout: str) -> bytes:
 
 
 def _split(data: bytes) -> tuple[dict, bytes]:
-    """(header, payload) of an encoded array."""
-    if data[: len(_MAGIC)] != _MAGIC:
+    """(header, payload) of an encoded array; a malformed header is DATA_LOSS, never a crash."""
+    if data[: len(_MAGIC)] != _MAGIC or len(data) < len(_MAGIC) + 4:
         raise IntegrityError("not a gflow array artifact (bad magic bytes)")
     (length,) = struct.unpack("<I", data[len(_MAGIC) : len(_MAGIC) + 4])
     start = len(_MAGIC) + 4
-    return json.loads(data[start : start + length]), data[start + length :]
+    if start + length > len(data):
+        raise IntegrityError(f"array header claims {length} bytes, the artifact has {len(data)}")
+    try:
+        header = json.loads(data[start : start + length])
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError(f"array header is not valid JSON ({type(exc).__name__})") from exc
+    _check_header(header)
+    return header, data[start + length :]
+
+
+def _check_header(header: object) -> None:
+    """Types and ranges of every header field a reader relies on."""
+    if not isinstance(header, dict):
+        raise IntegrityError("array header is not a JSON object")
+    if header.get("dtype") not in _ALLOWED_DTYPES:
+        raise IntegrityError(
+            f"array header dtype {header.get('dtype')!r} not in {sorted(_ALLOWED_DTYPES)}"
+        )
+    shape, layout = header.get("shape"), header.get("layout")
+    if not isinstance(shape, list) or not all(type(n) is int and 0 <= n < _MAX_DIM for n in shape):
+        raise IntegrityError(f"array header shape {shape!r} is not a list of sizes")
+    if not isinstance(layout, str) or len(layout) != len(shape):
+        raise IntegrityError(f"array header layout {layout!r} does not name the {shape} axes")
 
 
 def read_header(data: bytes) -> dict:
@@ -87,7 +111,7 @@ def decode_array(
     if _hw_of(shape, header["layout"]) != (stored_hw if "height" in header else None):
         raise IntegrityError(f"{field}: header (H, W) {stored_hw} disagrees with shape {shape}")
     dtype = np.dtype(header["dtype"])
-    expected_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected_bytes = math.prod(shape) * dtype.itemsize
     if len(payload) != expected_bytes:
         raise IntegrityError(
             f"{field}: payload has {len(payload)} bytes, shape {shape} {dtype} "

@@ -87,7 +87,23 @@ def parse_config_json(text: str, config_type: type[T], field: str = "config_json
         values = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidArgumentError(field, f"not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidArgumentError(field, "JSON nested too deeply") from exc
     return from_dict(config_type, values, field)
+
+
+def refuse_server_fields(config: Any, env_by_field: dict[str, str], field: str) -> None:
+    """Fields that choose server files (weights paths) or how far to trust them are the
+    server's configuration: a remote caller must leave them at their defaults, so it can neither
+    make a server load a file it picks nor probe which files exist through error messages."""
+    defaults = type(config)()
+    for name, env in env_by_field.items():
+        if getattr(config, name) != getattr(defaults, name):
+            raise InvalidArgumentError(
+                f"{field}.{name}",
+                f"is the server's configuration (its operator sets {env}), not a request "
+                "field: leave it out",
+            )
 
 
 def with_env_paths(config: T, env_by_field: dict[str, str]) -> T:

@@ -2,8 +2,9 @@
 
 A call whose answer is already in the store (same content key) costs a lookup, so a busy worker
 answers it at once instead of refusing it with RESOURCE_EXHAUSTED: `run_cached` claims the slot
-only before it produces. Work that is not cached (the pipeline service, test probes) claims at
-its start. Outside a served call (embedded runs) there is no slot and claiming does nothing.
+only before it produces. The pipeline service claims none for orchestrating (several runs
+proceed at once; the stages it runs in-process claim theirs when they compute). Outside a served
+call (embedded runs) there is no slot and claiming does nothing.
 """
 
 from __future__ import annotations

@@ -78,6 +78,8 @@ class ServerConfig:
     tls_key: Path | None = None
     # Seconds in-flight calls get to finish after SIGTERM.
     drain_seconds: float = 30.0
+    # Seconds between checks that the object store answers; health is NOT_SERVING while not.
+    store_check_s: float = 2.0
     log_json: bool = True
     store: StoreConfig = field(default_factory=StoreConfig)
 
@@ -286,11 +288,22 @@ class RunningServer:
         self._health = health_servicer
         self._names = names
         self._drain_seconds = drain_seconds
+        self._stopping = False
+
+    def set_serving(self, serving: bool) -> None:
+        """Health of every service on this server (stays NOT_SERVING once stopping)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving and not self._stopping
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._names]:
+            self._health.set(name, status)
 
     def stop(self, grace: float | None = None) -> None:
         """Mark NOT_SERVING, refuse new calls, let in-flight calls finish within the grace."""
-        for name in ["", *self._names]:
-            self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._stopping = True
+        self.set_serving(False)
         grace = self._drain_seconds if grace is None else grace
         log.info("draining: up to %.1f s for in-flight calls", grace)
         self.server.stop(grace).wait()
@@ -353,9 +366,9 @@ def serve(bindings: list[ServiceBinding], config: ServerConfig) -> RunningServer
     if port == 0:
         raise errors.UnavailableError(f"cannot bind {address}: port in use or address invalid")
     server.start()
-    for name in ["", *names]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningServer(server, port, health_servicer, names, config.drain_seconds)
+    running.set_serving(True)
     log.info(
         "serving %s on %s:%d (tls=%s)", ", ".join(names), config.host, port, bool(config.tls_cert)
     )
-    return RunningServer(server, port, health_servicer, names, config.drain_seconds)
+    return running

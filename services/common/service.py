@@ -7,6 +7,8 @@ method that parses the request and calls the stage function: transport only.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -16,10 +18,10 @@ from gflow.v1 import common_pb2
 from services.common import runtime
 from services.common.artifacts import Artifacts
 from services.common.describe import describe_response
-from services.common.errors import ProgressFn
+from services.common.errors import GFlowError, ProgressFn, UnavailableError
 from services.common.jobs import JobLimiter
 from services.common.logs import setup_logging
-from services.common.store import open_store
+from services.common.store import ObjectStore, StoreConfig, open_store
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +53,79 @@ class StageServicer:
         )
 
 
+STORE_PROBE_KEY = "health/store-probe"
+
+
+def store_reachable(store: ObjectStore) -> str | None:
+    """None when the store serves reads (the probe object is read back), else why not (one
+    line). A stat alone is not enough: SeaweedFS answers it before its volumes are back."""
+    try:
+        if store.exists(STORE_PROBE_KEY):
+            store.get(STORE_PROBE_KEY)
+        else:
+            store.put(STORE_PROBE_KEY, b"ok", "text/plain")
+    except GFlowError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def open_store_when_up(config: StoreConfig, retry_s: float) -> ObjectStore:
+    """The configured store, waiting (with one log line, not a traceback) while it is down."""
+    waiting = False
+    while True:
+        try:
+            store = open_store(config)
+        except UnavailableError as exc:
+            why = str(exc).splitlines()[0]
+        else:
+            why = store_reachable(store)
+            if why is None:
+                if waiting:
+                    log.info("the object store %s is up", config.url)
+                return store
+        if not waiting:
+            log.warning("waiting for the object store %s: %s", config.url, why)
+            waiting = True
+        time.sleep(retry_s)
+
+
+def watch_store(server: runtime.RunningServer, store: ObjectStore, every_s: float) -> None:
+    """Health follows the store: NOT_SERVING while it is unreachable, so probes and balancers
+    stop sending work that could only fail."""
+
+    def loop() -> None:
+        serving = True
+        while True:
+            time.sleep(every_s)
+            why = store_reachable(store)
+            if (why is None) != serving:
+                serving = why is None
+                if serving:
+                    log.info("the object store answers again: SERVING")
+                else:
+                    log.warning("the object store is unreachable (%s): NOT_SERVING", why)
+                server.set_serving(serving)
+
+    threading.Thread(target=loop, name="store-health", daemon=True).start()
+
+
 def serve_forever(
     make_servicer: Callable[[Artifacts, int], StageServicer],
     add_to_server: Callable,
     config: runtime.ServerConfig,
 ) -> None:
-    """Open the store, start the server, drain on SIGTERM, block until stopped."""
+    """Wait for the store, start the server, track the store in health, drain on SIGTERM,
+    block until stopped. A store that refuses our credentials ends it with one line."""
     setup_logging("INFO", json_lines=config.log_json)
-    servicer = make_servicer(Artifacts(open_store(config.store)), config.max_concurrent_jobs)
+    try:
+        store = open_store_when_up(config.store, config.store_check_s)
+    except GFlowError as exc:
+        log.error("cannot use the object store %s: %s", config.store.url, exc)
+        raise SystemExit(2) from None
+    servicer = make_servicer(Artifacts(store), config.max_concurrent_jobs)
     binding = runtime.ServiceBinding(servicer.service_name, servicer, add_to_server)
     server = runtime.serve([binding], config)
+    watch_store(server, store, config.store_check_s)
     server.install_sigterm_drain()
     server.wait()
 

@@ -13,12 +13,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from gflow.v1 import common_pb2
 from services.common.artifacts import Artifacts
-from services.common.errors import InvalidArgumentError
+from services.common.errors import IntegrityError, InvalidArgumentError, NotFoundError
 from services.common.jobs import claim_job_slot
 from services.common.keys import content_key
+from services.common.store import check_key
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,12 @@ def _lock_for(key: str) -> threading.Lock:
 class StageOutputs:
     """Collects one stage run's artifacts, figures and report under its content key."""
 
-    def __init__(self, artifacts: Artifacts, stage: str, backend: str, key: str):
+    def __init__(self, artifacts: Artifacts, stage: str, backend: str, key: str, video_sha256: str):
         self.artifacts = artifacts
         self.key = key
-        self.result = common_pb2.StageResult(stage=stage, backend=backend, key=key)
+        self.result = common_pb2.StageResult(
+            stage=stage, backend=backend, key=key, video_sha256=video_sha256
+        )
 
     def _add(self, name: str, ref: common_pb2.ArtifactRef) -> common_pb2.ArtifactRef:
         self.result.artifacts.add(name=name, ref=ref)
@@ -68,20 +72,27 @@ def run_cached(
     stage: str,
     backend: str,
     params: Any,
+    video_sha256: str,
     inputs: Sequence[str],
     produce: Callable[[StageOutputs], None],
 ) -> common_pb2.StageResult:
-    """The stored result for this work if there is one, else `produce` it and commit it."""
-    key = content_key(stage, backend, params, inputs)
-    cached = _stored_result(artifacts, stage, key)
+    """The stored result for this work if there is one, else `produce` it and commit it.
+
+    The key derives from `video_sha256` (the stored frames' checksum, see
+    `services.common.video.frames_sha256`) and `inputs`, which the caller must also have checked
+    against the store: a client's word never chooses where a result is cached."""
+    key = content_key(stage, backend, params, [video_sha256, *inputs])
+    cached = stored_result(artifacts, key)
     if cached is not None:  # answered even while the worker is busy
-        return cached
-    claim_job_slot()
-    with _lock_for(key):  # two requests for the same work in one process do it once
-        cached = _stored_result(artifacts, stage, key)
+        return _from_store(cached, stage)
+    # Two requests for the same work in one process do it once: the second waits, holding no
+    # job slot, and is answered from the store.
+    with _lock_for(key):
+        cached = stored_result(artifacts, key)
         if cached is not None:
-            return cached
-        outputs = StageOutputs(artifacts, stage, backend, key)
+            return _from_store(cached, stage)
+        claim_job_slot()
+        outputs = StageOutputs(artifacts, stage, backend, key, video_sha256)
         produce(outputs)
         artifacts.put_bytes(_marker(key), outputs.result.SerializeToString(), RESULT_MEDIA_TYPE)
         return outputs.result
@@ -91,13 +102,66 @@ def _marker(key: str) -> str:
     return f"{key}/result.pb"
 
 
-def _stored_result(artifacts: Artifacts, stage: str, key: str) -> common_pb2.StageResult | None:
-    if not artifacts.store.exists(_marker(key)):
-        return None
-    result = common_pb2.StageResult.FromString(artifacts.store.get(_marker(key)))
+def _from_store(result: common_pb2.StageResult, stage: str) -> common_pb2.StageResult:
     result.cached = True
-    log.info("%s: answered from the store (%s)", stage, key)
+    log.info("%s: answered from the store (%s)", stage, result.key)
     return result
+
+
+def stored_result(artifacts: Artifacts, key: str) -> common_pb2.StageResult | None:
+    """The committed result under `key`, verified: its marker parses and names this key, and
+    every artifact it names exists with the checksum it records. A bad one counts as absent
+    (logged with the key), so the work is redone instead of failing every later run."""
+    try:
+        data = artifacts.store.get(_marker(key))
+    except NotFoundError:
+        return None
+    except IntegrityError as exc:
+        return _unusable(key, str(exc))
+    try:
+        result = common_pb2.StageResult.FromString(data)
+    except DecodeError:
+        return _unusable(key, "its result.pb does not parse")
+    if result.key != key:
+        return _unusable(key, f"its result.pb names another key ({result.key!r})")
+    refs = [item.ref for item in result.artifacts]
+    if result.report.key:
+        refs.append(result.report)
+    for ref in refs:
+        record = artifacts.store.stat(ref.key)
+        if record is None:
+            return _unusable(key, f"its artifact {ref.key} is missing")
+        if not record.sha256 or record.sha256 != ref.sha256:
+            return _unusable(key, f"its artifact {ref.key} has another checksum than recorded")
+    return result
+
+
+def _unusable(key: str, why: str) -> None:
+    log.warning("stored result %s is unusable (%s): computing it again", key, why)
+    return None
+
+
+def upstream_result(
+    artifacts: Artifacts,
+    sent: common_pb2.StageResult,
+    stage: str,
+    field: str,
+    video_sha256: str,
+) -> common_pb2.StageResult:
+    """The stored `stage` result that `sent` names by key, checked to belong to the request's
+    video: the server reads it from the store rather than trusting the client's copy."""
+    if not sent.key:
+        raise InvalidArgumentError(field, f"names no {stage} result (empty key)")
+    stored = stored_result(artifacts, check_key(sent.key))
+    if stored is None or stored.stage != stage:
+        raise InvalidArgumentError(
+            field, f"{sent.key!r} is not a stored {stage} result: run the {stage} stage first"
+        )
+    if stored.video_sha256 != video_sha256:
+        raise InvalidArgumentError(
+            field, f"the {stage} result {sent.key!r} was computed from another video's frames"
+        )
+    return stored
 
 
 def artifact(result: common_pb2.StageResult, name: str, field: str) -> common_pb2.ArtifactRef:

@@ -47,11 +47,22 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+MAX_KEY_BYTES = 1024  # S3's limit
+
+
 def check_key(key: str) -> str:
-    """Keys are relative slash-separated paths; refuse anything that could escape the store."""
+    """Keys are relative slash-separated paths of printable characters; refuse anything that
+    could escape the store or that S3 would reject (a bad key is the caller's error, never a
+    store outage that callers would retry)."""
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise InvalidArgumentError("key", f"{key!r} is not a relative path of non-empty parts")
+    if "\\" in key or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise InvalidArgumentError(
+            "key", f"{key!r} holds a backslash or a control character: use '/' and printable text"
+        )
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidArgumentError("key", f"is {len(key.encode())} bytes, over {MAX_KEY_BYTES}")
     if key.startswith(TMP_PREFIX):
         raise InvalidArgumentError("key", f"{key!r} is inside the reserved prefix {TMP_PREFIX}")
     return key
@@ -98,6 +109,11 @@ class ObjectStore(ABC):
         record = self.stat(key)
         if record is None:
             raise NotFoundError(f"no artifact at {self.url}/{key}")
+        if not record.sha256:
+            raise IntegrityError(
+                f"{key} has no recorded sha256 (not written by gflow, or its metadata was lost); "
+                "delete it and re-run"
+            )
         data = self._read(key)
         actual = sha256_hex(data)
         for name, wanted in (("recorded", record.sha256), ("requested", expected_sha256)):

@@ -20,7 +20,9 @@ class DepthServicer(StageServicer, depth_pb2_grpc.DepthServiceServicer):
         ]
 
     def EstimateDepth(self, request, context):  # noqa: N802 - gRPC method name
-        yield from self.stream(context, lambda p: depth_from_request(self.artifacts, request, p))
+        yield from self.stream(
+            context, lambda p: depth_from_request(self.artifacts, request, p, remote_caller=True)
+        )
 
 
 def main() -> None:

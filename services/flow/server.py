@@ -20,7 +20,9 @@ class FlowServicer(StageServicer, flow_pb2_grpc.FlowServiceServicer):
         ]
 
     def ComputeFlow(self, request, context):  # noqa: N802 - gRPC method name
-        yield from self.stream(context, lambda p: flow_from_request(self.artifacts, request, p))
+        yield from self.stream(
+            context, lambda p: flow_from_request(self.artifacts, request, p, remote_caller=True)
+        )
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ import numpy as np
 
 from gflow.v1 import common_pb2, flow_pb2
 from services.common.artifacts import Artifacts
-from services.common.config import parse_config_json, with_env_paths
+from services.common.config import parse_config_json, refuse_server_fields, with_env_paths
 from services.common.errors import ProgressFn, no_progress
 from services.common.preview import encode_png, flow_to_rgb, strip
 from services.common.stage import StageOutputs, run_cached
-from services.common.video import load_frames
+from services.common.video import frames_sha256, load_frames
 from services.flow.engine import FlowConfig, FlowResult, compute_flow
 
 STAGE = "flow"
@@ -44,8 +44,10 @@ def run_flow(
 ) -> common_pb2.StageResult:
     """Flow for every consecutive pair (and stride pairs on request), cached by content key."""
 
+    video_sha256 = frames_sha256(artifacts, video)
+
     def produce(out: StageOutputs) -> None:
-        frames_thw3 = load_frames(artifacts, video)
+        frames_thw3 = load_frames(artifacts, video, video_sha256)
         result = compute_flow(frames_thw3, config, progress)
         per_pair = _write_pairs(out, result, 1, "")
         if config.extra_stride > 1:
@@ -90,19 +92,30 @@ def run_flow(
             }
         )
 
-    return run_cached(artifacts, STAGE, config.backend, config, [video.content_hash], produce)
+    return run_cached(artifacts, STAGE, config.backend, config, video_sha256, [], produce)
+
+
+# Request fields that only the server's operator may set, and the variables that set them.
+SERVER_FIELDS = {
+    "raft_weights": "GFLOW_RAFT_WEIGHTS",
+    "unimatch_checkpoint": "GFLOW_UNIMATCH_CHECKPOINT",
+}
 
 
 def flow_from_request(
-    artifacts: Artifacts, request: flow_pb2.ComputeFlowRequest, progress: ProgressFn = no_progress
+    artifacts: Artifacts,
+    request: flow_pb2.ComputeFlowRequest,
+    progress: ProgressFn = no_progress,
+    *,
+    remote_caller: bool = False,
 ) -> common_pb2.StageResult:
     """The FlowService call, in-process: the server and the embedded pipeline both use this.
-    Weights not named in the request come from GFLOW_RAFT_WEIGHTS / GFLOW_UNIMATCH_CHECKPOINT."""
+    Weights not named in the request come from GFLOW_RAFT_WEIGHTS / GFLOW_UNIMATCH_CHECKPOINT;
+    a `remote_caller` may not name them (`SERVER_FIELDS`)."""
     config = parse_config_json(request.config_json, FlowConfig)
     if request.backend:
         config = dataclasses.replace(config, backend=request.backend)
-    config = with_env_paths(
-        config,
-        {"raft_weights": "GFLOW_RAFT_WEIGHTS", "unimatch_checkpoint": "GFLOW_UNIMATCH_CHECKPOINT"},
-    )
+    if remote_caller:
+        refuse_server_fields(config, SERVER_FIELDS, "config_json")
+    config = with_env_paths(config, SERVER_FIELDS)
     return run_flow(artifacts, request.video, config, progress)

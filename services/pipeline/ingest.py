@@ -54,7 +54,9 @@ def _read_folder(folder: Path) -> list[np.ndarray]:
     return frames
 
 
-def _read_container(data: bytes, suffix: str) -> tuple[list[np.ndarray], float]:
+def _read_container(data: bytes, suffix: str, name: str) -> tuple[list[np.ndarray], float]:
+    """Decode through a temporary file; an undecodable input is one line naming `name` (the
+    user's file), not ffmpeg's dump about the temporary one."""
     import imageio.v3 as iio
 
     with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
@@ -64,19 +66,25 @@ def _read_container(data: bytes, suffix: str) -> tuple[list[np.ndarray], float]:
             meta = iio.immeta(tmp.name, plugin="FFMPEG")
             frames = [np.asarray(f)[..., :3] for f in iio.imiter(tmp.name, plugin="FFMPEG")]
         except Exception as exc:  # imageio raises many types for undecodable input
-            raise InvalidArgumentError("video", f"cannot decode the video: {exc}") from exc
+            log.debug("ffmpeg could not decode %s: %s", name, exc)
+            raise InvalidArgumentError(
+                "video", f"cannot decode {name}: not a video file ffmpeg can read"
+            ) from None
     return frames, float(meta.get("fps") or 0.0)
 
 
-def decode_video(source: Path | bytes, suffix: str = ".mp4") -> tuple[list[np.ndarray], float]:
-    """(frames as RGB uint8 [H, W, 3], fps or 0) from a folder, a video file or its bytes."""
+def decode_video(
+    source: Path | bytes, suffix: str = ".mp4", name: str = "the uploaded video"
+) -> tuple[list[np.ndarray], float]:
+    """(frames as RGB uint8 [H, W, 3], fps or 0) from a folder, a video file or its bytes
+    (`name` says which file the bytes came from, for errors)."""
     if isinstance(source, Path):
         if not source.exists():
             raise InvalidArgumentError("video", f"{source} does not exist")
         if source.is_dir():
             return _read_folder(source), 0.0
-        return _read_container(source.read_bytes(), source.suffix or suffix)
-    return _read_container(source, suffix)
+        return _read_container(source.read_bytes(), source.suffix or suffix, str(source))
+    return _read_container(source, suffix, name)
 
 
 def working_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -110,10 +118,15 @@ def prepare_frames(frames: list[np.ndarray], config: IngestConfig) -> np.ndarray
 
 
 def ingest(
-    artifacts: Artifacts, source: Path | bytes, config: IngestConfig, suffix: str = ".mp4"
+    artifacts: Artifacts,
+    source: Path | bytes,
+    config: IngestConfig,
+    suffix: str = ".mp4",
+    name: str = "the uploaded video",
 ) -> common_pb2.VideoRef:
-    """Decode `source` (a folder, a file, or a file's bytes with its `suffix`) and store it."""
-    frames, fps = decode_video(source, suffix)
+    """Decode `source` (a folder, a file, or the bytes of the file `name` with its `suffix`)
+    and store it."""
+    frames, fps = decode_video(source, suffix, name)
     frames_thw3 = prepare_frames(frames, config)
     log.info("ingested %d frames at %dx%d", *frames_thw3.shape[:3])
     return store_frames(artifacts, frames_thw3, fps or config.fps)

@@ -1,4 +1,6 @@
-"""`gflow serve`: a local S3 store and every service as separate processes on loopback."""
+"""`gflow serve`: a local S3 store and every service as separate processes on loopback,
+supervised: a crashed worker (or the store) is restarted with backoff, SIGTERM or SIGINT drains
+and stops them all, and none outlives `gflow serve` even when it is killed."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.errors import UnavailableError
 from services.common.runtime import DEFAULT_PORTS
-from services.pipeline.seaweed import SeaweedS3, start_seaweed_s3
+from services.pipeline.seaweed import (
+    SeaweedS3,
+    die_with_parent,
+    restart_seaweed_s3,
+    start_seaweed_s3,
+    write_secret,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +38,8 @@ BUCKET = "gflow"
 @dataclass
 class ServeCommand:
     """Start a local SeaweedFS S3 store and the depth, flow, segment, fit and pipeline services
-    as separate processes on 127.0.0.1, and write the endpoints file `gflow run` reads."""
+    as separate processes on 127.0.0.1, and write the endpoints file `gflow run` reads. A
+    crashed service is restarted (after 1, 2, 4 ... 30 s); SIGTERM or Ctrl-C stops them all."""
 
     # Folder for the store's data, the auth token, credentials, endpoints file and logs.
     dir: Path = Path("gflow-serve")
@@ -41,24 +51,117 @@ class ServeCommand:
     start_timeout_s: float = 120.0
 
 
+# A crashed worker is restarted after 1 s, then 2, 4, ... at most 30 s while it keeps crashing;
+# once it has run STABLE_AFTER_S the wait starts from 1 s again.
+RESTART_FIRST_DELAY_S = 1.0
+RESTART_MAX_DELAY_S = 30.0
+STABLE_AFTER_S = 60.0
+# Seconds a worker gets to drain after SIGTERM before it is killed (its own drain is 30 s).
+STOP_GRACE_S = 35.0
+
+
+@dataclass
+class Worker:
+    """One supervised service process and how to start it again."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restart_delay_s: float = RESTART_FIRST_DELAY_S
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(signal.SIGTERM),
+            )
+        self.started_at = time.monotonic()
+
+    def restart_if_exited(self) -> None:
+        """Schedule a restart of an exited worker, saying so, and do it when its wait is over."""
+        now = time.monotonic()
+        code = self.process.poll()
+        if code is None:
+            if now - self.started_at > STABLE_AFTER_S:
+                self.restart_delay_s = RESTART_FIRST_DELAY_S
+            return
+        if self.restart_at is None:
+            self.restart_at = now + self.restart_delay_s
+            log.warning(
+                "the %s worker exited with code %s; restarting it in %.0f s (log: %s)",
+                self.name,
+                code,
+                self.restart_delay_s,
+                self.log_path,
+            )
+        elif now >= self.restart_at:
+            self.start()
+            self.restart_at = None
+            self.restart_delay_s = min(2 * self.restart_delay_s, RESTART_MAX_DELAY_S)
+            log.warning("the %s worker restarted (pid %d)", self.name, self.process.pid)
+
+
 @dataclass
 class LocalServices:
-    """What `start_local_services` started; `stop()` drains and ends everything."""
+    """What `start_local_services` started; `supervise` keeps it up, `stop()` ends it all."""
 
     s3: SeaweedS3
-    processes: dict[str, subprocess.Popen]
+    workers: dict[str, Worker]
     endpoints_file: Path
 
+    def supervise(self, stop: threading.Event) -> None:
+        """Until `stop` is set: restart the store or any worker that exited."""
+        while not stop.wait(0.5):
+            if self.s3.process.poll() is not None:
+                log.warning(
+                    "the object store exited with code %s; restarting it (log: %s)",
+                    self.s3.process.returncode,
+                    self.s3.log_path,
+                )
+                self.s3 = restart_seaweed_s3(self.s3)
+                log.warning("the object store restarted on %s", self.s3.endpoint)
+            for worker in self.workers.values():
+                worker.restart_if_exited()
+
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
+        """SIGTERM every worker (each drains its calls), kill what outlives the grace, then
+        stop the store."""
+        running = [w.process for w in self.workers.values() if w.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in running:
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
         self.s3.stop()
+
+
+def run_until_signalled(services: LocalServices) -> None:
+    """Supervise until SIGTERM or SIGINT, then drain and stop every child: none is left."""
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        log.info("%s received: draining and stopping every service", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        services.supervise(stop)
+    finally:
+        services.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("stopped")
 
 
 def _wait_serving(port: int, deadline: float) -> None:
@@ -79,17 +182,16 @@ def start_local_services(command: ServeCommand) -> LocalServices:
     """SeaweedFS, then the four stage services, then the pipeline service pointed at them."""
     root = command.dir.resolve()
     (root / "logs").mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
     token_file = root / "token"
     if not token_file.exists():
-        token_file.write_text(secrets.token_urlsafe(24))
-        token_file.chmod(0o600)
+        write_secret(token_file, secrets.token_urlsafe(24))
     secret_file = root / "s3-secret-key"
     if not secret_file.exists():
-        secret_file.write_text(secrets.token_urlsafe(24))
-        secret_file.chmod(0o600)
+        write_secret(secret_file, secrets.token_urlsafe(24))
     s3 = start_seaweed_s3(root / "s3", secret_file.read_text(), s3_port=command.s3_port)
     access_file = root / "s3-access-key"
-    access_file.write_text(s3.access_key)
+    write_secret(access_file, s3.access_key)
     env = {
         **os.environ,
         "GFLOW_S3_ENDPOINT": s3.endpoint,
@@ -103,8 +205,8 @@ def start_local_services(command: ServeCommand) -> LocalServices:
         str(token_file),
         "--no-log-json",
     ]
-    processes: dict[str, subprocess.Popen] = {}
-    started = LocalServices(s3, processes, root / "endpoints.yaml")
+    workers: dict[str, Worker] = {}
+    started = LocalServices(s3, workers, root / "endpoints.yaml")
     try:
         for stage in [*STAGE_SERVICES, "pipeline"]:
             args = ["--port", str(command.ports[stage]), *common]
@@ -113,15 +215,11 @@ def start_local_services(command: ServeCommand) -> LocalServices:
                 for remote in STAGE_SERVICES:
                     args += [f"--remote.{remote}", f"127.0.0.1:{command.ports[remote]}"]
                 args += ["--remote.auth-token-file", str(token_file)]
-            log_file = open(root / "logs" / f"{stage}.log", "ab")  # noqa: SIM115 - lives with the process
-            processes[stage] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{stage}.server", *args],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+            argv = [sys.executable, "-m", f"services.{stage}.server", *args]
+            workers[stage] = Worker(stage, argv, env, root / "logs" / f"{stage}.log")
+            workers[stage].start()
         deadline = time.monotonic() + command.start_timeout_s
-        for stage in processes:
+        for stage in workers:
             _wait_serving(command.ports[stage], deadline)
     except BaseException:
         started.stop()

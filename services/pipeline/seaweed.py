@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
+import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +49,39 @@ def _side_listeners_off(binary: str) -> tuple[str, ...]:
     return tuple(f"{flag}=0" for flag in SIDE_LISTENER_FLAGS if f"{flag} " in usage)
 
 
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def die_with_parent(sig: int):
+    """A `preexec_fn` asking the kernel to send `sig` to the child when the process that
+    started it dies, even by SIGKILL: no store or worker outlives `gflow serve` (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def set_death_signal() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
+
+    return set_death_signal
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a secret readable by its owner only (0600, also when the file already existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(text)
+
+
+# SeaweedFS's security settings (security.toml keys as WEED_* variables, see `weed scaffold
+# -config=security`): with these set, its volume and filer HTTP ports refuse reads and writes
+# that carry no JWT signed with the key; only the S3 gateway (which signs them) gets through.
+JWT_KEY_VARIABLES = (
+    "WEED_JWT_SIGNING_KEY",  # volume writes
+    "WEED_JWT_SIGNING_READ_KEY",  # volume reads
+    "WEED_JWT_FILER_SIGNING_KEY",  # filer writes
+    "WEED_JWT_FILER_SIGNING_READ_KEY",  # filer reads
+)
+
+
 @dataclass
 class SeaweedS3:
     endpoint: str
@@ -52,6 +89,8 @@ class SeaweedS3:
     secret_key: str
     process: subprocess.Popen
     log_path: Path
+    # Every port it listens on, by flag name ("-filer.port", "-volume.port", ...).
+    ports: dict[str, int]
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL: weed 4.48 often hangs after "Gracefully stopping gRPC server",
@@ -72,7 +111,9 @@ def start_seaweed_s3(
     timeout_s: float = 60.0,
 ) -> SeaweedS3:
     """Start `weed server` (master, volume, filer, S3) with every port given explicitly, so
-    parallel runs never collide; `s3_port` 0 picks a free one."""
+    parallel runs never collide; `s3_port` 0 picks a free one. Its folder and secrets are the
+    owner's only, and fresh JWT signing keys (held in its environment only) lock its filer and
+    volume HTTP ports: the S3 gateway with the access and secret key is the only way in."""
     binary = weed_binary()
     if binary is None:
         raise FailedPreconditionError(
@@ -80,6 +121,7 @@ def start_seaweed_s3(
         )
     data = workdir / "weed-data"
     data.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o700)
     identities = {
         "identities": [
             {
@@ -90,25 +132,26 @@ def start_seaweed_s3(
         ]
     }
     config = workdir / "identities.json"
-    config.write_text(json.dumps(identities))
-    master, volume, filer, master_grpc, volume_grpc = (free_port() for _ in range(5))
-    s3 = s3_port or free_port()
+    write_secret(config, json.dumps(identities))
+    ports = {
+        "-master.port": free_port(),
+        "-master.port.grpc": free_port(),
+        "-volume.port": free_port(),
+        "-volume.port.grpc": free_port(),
+        "-filer.port": free_port(),
+        "-filer.port.grpc": free_port(),
+        "-s3.port": s3_port or free_port(),
+        "-s3.port.grpc": free_port(),  # its default, S3 port + 10000, can pass 65535
+    }
     command = [
         binary,
         "server",
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
         f"-dir={data}",
-        f"-master.port={master}",
-        f"-master.port.grpc={master_grpc}",
-        f"-volume.port={volume}",
-        f"-volume.port.grpc={volume_grpc}",
         "-filer",
-        f"-filer.port={filer}",
-        f"-filer.port.grpc={free_port()}",
         "-s3",
-        f"-s3.port={s3}",
-        f"-s3.port.grpc={free_port()}",  # its default, S3 port + 10000, can pass 65535
+        *(f"{flag}={port}" for flag, port in ports.items()),
         f"-s3.config={config}",
         "-volume.max=400",
         "-master.volumeSizeLimitMB=32",
@@ -116,8 +159,16 @@ def start_seaweed_s3(
     ]
     log_path = workdir / "weed.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    server = SeaweedS3(f"127.0.0.1:{s3}", access_key, secret_key, process, log_path)
+    env = {**os.environ, **{name: secrets.token_hex(32) for name in JWT_KEY_VARIABLES}}
+    process = subprocess.Popen(
+        command,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=env,
+        preexec_fn=die_with_parent(signal.SIGKILL),  # its data is on disk; SIGTERM can hang it
+    )
+    endpoint = f"127.0.0.1:{ports['-s3.port']}"
+    server = SeaweedS3(endpoint, access_key, secret_key, process, log_path, ports)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -127,6 +178,16 @@ def start_seaweed_s3(
         time.sleep(0.3)
     server.stop()
     raise UnavailableError(f"weed S3 not ready in {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+
+
+def restart_seaweed_s3(server: SeaweedS3) -> SeaweedS3:
+    """The same store started again (same folder, keys and S3 port) after it exited."""
+    return start_seaweed_s3(
+        server.log_path.parent,
+        server.secret_key,
+        server.access_key,
+        s3_port=server.ports["-s3.port"],
+    )
 
 
 def _s3_ready(server: SeaweedS3) -> bool:

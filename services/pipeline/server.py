@@ -15,11 +15,12 @@ import tyro
 from gflow.v1 import common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from services.common import runtime
 from services.common.artifacts import Artifacts
-from services.common.config import parse_config_json
+from services.common.config import parse_config_json, refuse_server_fields
 from services.common.describe import backend_info
 from services.common.errors import InvalidArgumentError
-from services.common.jobs import claim_job_slot
 from services.common.service import StageServicer, serve_forever
+from services.depth.stage import SERVER_FIELDS as DEPTH_SERVER_FIELDS
+from services.flow.stage import SERVER_FIELDS as FLOW_SERVER_FIELDS
 from services.pipeline.config import PipelineConfig, RemoteConfig
 from services.pipeline.engine import STAGES, run_pipeline
 from services.pipeline.ingest import ingest
@@ -41,26 +42,41 @@ class PipelineServicer(StageServicer, pipeline_pb2_grpc.PipelineServiceServicer)
             return request.video
         if request.HasField("video_file"):
             data = self.artifacts.get_bytes(request.video_file, "video_file")
-            suffix = PurePosixPath(request.video_file.key).suffix or ".mp4"
-            return ingest(self.artifacts, data, config.ingest, suffix=suffix)
+            upload = PurePosixPath(request.video_file.key)
+            return ingest(
+                self.artifacts,
+                data,
+                config.ingest,
+                suffix=upload.suffix or ".mp4",
+                name=upload.name,
+            )
         raise InvalidArgumentError("source", "give video_file (an uploaded file) or video")
 
     def RunPipeline(self, request, context):  # noqa: N802 - gRPC method name
         def job(emit):
-            claim_job_slot()  # every call runs stages and a report: real work from the start
+            # No job slot for orchestration: stages run in this process claim one only when
+            # they compute (services.common.stage.run_cached); remote stage workers hold theirs.
             config = parse_config_json(request.config_json, PipelineConfig)
             if config.remote != RemoteConfig():
                 raise InvalidArgumentError(
                     "config_json.remote", "stage endpoints are the server's --remote.* flags"
                 )
+            refuse_server_fields(config.depth, DEPTH_SERVER_FIELDS, "config_json.depth")
+            refuse_server_fields(config.flow, FLOW_SERVER_FIELDS, "config_json.flow")
             config = dataclasses.replace(config, remote=self.remote)
             video = self._video(request, config)
 
             def progress(stage: str, done: int, total: int, message: str) -> None:
                 emit(common_pb2.Progress(stage=stage, done=done, total=total, message=message))
 
+            queries = request.track_queries if request.HasField("track_queries") else None
             return run_pipeline(
-                self.artifacts, video, config, progress, runtime.remaining_timeout(context)
+                self.artifacts,
+                video,
+                config,
+                progress,
+                runtime.remaining_timeout(context),
+                track_queries=queries,
             )
 
         yield from runtime.stream_job(

@@ -44,6 +44,7 @@ from services.common.client import Endpoint, collect_stage, open_channel
 from services.common.config import to_json
 from services.common.media import write_mp4
 from services.common.service import StageServicer
+from services.common.stage import RESULT_MEDIA_TYPE
 from services.common.store import S3Store
 from services.common.video import store_frames
 from services.depth.server import DepthServicer
@@ -247,14 +248,21 @@ def exact_segment(served, video, scene) -> StageCall:
     depth = common_pb2.StageResult(stage="depth", backend="exact", key=f"{prefix}/depth")
     ref = served.artifacts.put_array(f"{depth.key}/depth", scene.depth_thw, "THW")
     depth.artifacts.add(name="depth", ref=ref)
+    for result in (
+        flow,
+        depth,
+    ):  # committed as a stage commits: servers read results from the store
+        result.video_sha256 = served.artifacts.pinned(video.frames, "video.frames").sha256
+        served.artifacts.put_bytes(
+            f"{result.key}/result.pb", result.SerializeToString(), RESULT_MEDIA_TYPE
+        )
     return served.call("segment", _segment_request(video, flow, depth))
 
 
 @dataclass
 class FitRun:
     call: StageCall
-    busy_error: BaseException | None  # what a second fit got while the first one ran
-    busy_cause: BaseException | None  # the grpc.RpcError behind it
+    second: StageCall  # an identical fit sent while the first one ran
 
 
 @pytest.fixture(scope="module")
@@ -265,13 +273,9 @@ def fit(served, video, flow, depth, segment) -> FitRun:
     first = _recorded(served.stream("fit", request), events)
     first_event = next(first)  # the job holds the worker's only slot now
     assert first_event.HasField("progress"), first_event
-    busy_error = busy_cause = None
-    try:
-        served.call("fit", request)
-    except errors.GFlowError as exc:
-        busy_error, busy_cause = exc, exc.__cause__
+    second = served.call("fit", request)  # waits for the first, holding no slot
     result = collect_stage(first)
-    return FitRun(StageCall(events, result), busy_error, busy_cause)
+    return FitRun(StageCall(events, result), second)
 
 
 def _stage_calls(request: pytest.FixtureRequest) -> dict[str, Callable[[], StageCall]]:
@@ -466,11 +470,11 @@ def test_fit_streams_frames_stores_cameras_and_gaussians(served, fit):
     assert figures["gaussians_last_frame"] == count
 
 
-def test_fit_worker_refuses_a_second_job_while_busy(fit):
-    assert isinstance(fit.busy_error, errors.ResourceExhaustedError), fit.busy_error
-    assert fit.busy_cause.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "already runs 1 job(s)" in str(fit.busy_error)
-    assert not fit.call.result.cached  # the first fit went on and finished
+def test_a_second_identical_fit_waits_for_the_first_and_is_answered_from_the_store(fit):
+    """Same work on a busy worker is done once (a different fit is refused: busy_fit)."""
+    assert not fit.call.result.cached  # the first fit did the work
+    assert fit.second.result.cached and fit.second.result.key == fit.call.result.key
+    assert fit.second.progress == []
 
 
 @dataclass
@@ -606,19 +610,17 @@ def test_flow_on_stored_frames_with_nan_is_invalid(served, video, scene):
 def test_fit_without_the_segment_prior_is_invalid(served, video, flow, depth):
     request = _fit_request(video, depth.result, flow.result, common_pb2.StageResult())
     exc = _refused(served, "fit", request)
-    _assert_invalid(exc, "segment", "has no artifact 'scores'")
+    _assert_invalid(exc, "segment", "names no segment result (empty key)")
 
 
-def test_fit_with_a_prior_missing_from_the_store_is_not_found(served, video, flow, depth, segment):
+def test_fit_with_a_prior_missing_from_the_store_is_invalid(served, video, flow, depth, segment):
     gone = common_pb2.StageResult()
     gone.CopyFrom(depth.result)
     gone.key = f"depth/{uuid.uuid4().hex}"  # a result this store never held
     for item in gone.artifacts:
         item.ref.key = f"{gone.key}/{item.name}"
     exc = _refused(served, "fit", _fit_request(video, gone, flow.result, segment.result))
-    assert isinstance(exc, errors.NotFoundError), exc
-    assert exc.__cause__.code() == grpc.StatusCode.NOT_FOUND
-    assert f"no artifact at {served.store.url}/{gone.key}/intrinsics" in str(exc)
+    _assert_invalid(exc, "depth", f"{gone.key!r} is not a stored depth result")
 
 
 def test_nothing_was_left_in_the_bucket_but_published_artifacts(
