@@ -59,6 +59,12 @@ MemoryPlan = planner.MemoryPlan
 BACKENDS = ("offline", "mast3r")
 MIN_SIDE_PX = 16
 ARTEFACT_FRAMES = 8  # frames (evenly spread) the periodic artefact score is computed on
+PARALLAX_REFERENCE_SIDE = 512  # long side (px) at which min_parallax_px is given
+PARALLAX_FLOOR_PX = 0.5  # twice DIS flow's own error (0.25-0.3 px): below it parallax is noise
+PRIOR_WARNING = (
+    "depth of {count} of {total} frames ({share:.0%}) is the smooth prior, not measured: the "
+    "camera barely translates there, so parallax cannot give depth; use the mast3r backend"
+)
 
 
 @dataclass
@@ -89,6 +95,11 @@ class DepthConfig:
     """mast3r pair graph: logwin pairs offsets 1, 2, 4, ...; swin the next frames."""
     mast3r_winsize: int = 3
     """mast3r: neighbours per side in the pair graph."""
+    mast3r_niter: int = 300
+    """mast3r: iterations of each of the two alignment phases (MASt3R's demo: 300 each)."""
+    mast3r_long_side: int = 512
+    """mast3r: largest working long side (px, a multiple of 16; the model was trained at 512);
+    the memory plan may choose a smaller one. Lower is faster and less detailed."""
     offline_long_side: int = 512
     """offline: frames are processed with at most this long side, then upsampled edge-aware."""
     flow_stride: int = 3
@@ -96,8 +107,9 @@ class DepthConfig:
     min_parallax_deg: float = 0.5
     """offline: median ray angle (deg) a partner frame needs to triangulate against."""
     min_parallax_px: float = 1.0
-    """offline: median flow (px, working size) that no pure rotation explains, likewise; a frame
-    with no such partner (the camera barely translates) gets the smooth prior."""
+    """offline: median flow that no pure rotation explains, likewise, in px at a 512-px long
+    side (scaled with the working size, never below 0.5 px); a frame with no such partner (the
+    camera barely translates) gets the smooth prior."""
     max_fill_share: float = 0.3
     """A frame with more bad depths than this share is re-run rather than filled."""
     stitch_shift: bool = False
@@ -116,6 +128,7 @@ class DepthResult:
     backend: str
     work_hw: tuple[int, int] = (0, 0)  # resolution the backend worked at (depth is at [H, W])
     prior_t: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # frames on the prior
+    warnings: list[str] = field(default_factory=list)  # what makes the depth less than measured
 
 
 def describe_backends() -> list[tuple[str, bool, str]]:
@@ -192,6 +205,8 @@ def _validate_config(cfg: DepthConfig) -> None:
         raise InvalidArgumentError(
             "mast3r_scene_graph", f"{cfg.mast3r_scene_graph!r}: use logwin or swin"
         )
+    if cfg.mast3r_niter < 1:
+        raise InvalidArgumentError("mast3r_niter", f"{cfg.mast3r_niter} must be >= 1")
     if cfg.mast3r_winsize < 1:
         raise InvalidArgumentError("mast3r_winsize", f"{cfg.mast3r_winsize} must be >= 1")
     if cfg.offline_long_side < MIN_SIDE_PX:
@@ -220,6 +235,12 @@ def _resolve_device(cfg: DepthConfig) -> str:
 
 
 def _system_available_bytes() -> int:
+    """Memory the system can give without swapping: MemAvailable (free plus reclaimable cache).
+    Free pages alone are near zero on a machine whose page cache is full."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -239,6 +260,7 @@ def _memory_plan(cfg: DepthConfig, height: int, width: int, n_frames: int) -> Me
         n_frames,
         budget,
         budget_source=source,
+        max_long_side=cfg.mast3r_long_side,
         max_window=cfg.window,
         overlap=cfg.overlap,
         subsample=cfg.subsample,
@@ -293,6 +315,8 @@ class WindowRunner:
             scene_graph=self.cfg.mast3r_scene_graph,
             winsize=self.cfg.mast3r_winsize,
             subsample=self.cfg.subsample,
+            niter1=self.cfg.mast3r_niter,
+            niter2=self.cfg.mast3r_niter,
         )
         return mast3r.settings_ladder(first)
 
@@ -459,7 +483,9 @@ def estimate_depth(
             focal_px=focal_px * work_hw[1] / width,
             flow_stride=cfg.flow_stride,
             min_parallax_deg=cfg.min_parallax_deg,
-            min_parallax_px=cfg.min_parallax_px,
+            min_parallax_px=max(
+                cfg.min_parallax_px * max(work_hw) / PARALLAX_REFERENCE_SIDE, PARALLAX_FLOOR_PX
+            ),
         ),
         model=backend,
     )
@@ -499,6 +525,12 @@ def estimate_depth(
         artefact_period_px=period,
         prior_share=float(prior_t.mean()),
     )
+    warnings = []
+    if prior_t.any():
+        warnings.append(
+            PRIOR_WARNING.format(count=int(prior_t.sum()), total=n_frames, share=prior_t.mean())
+        )
+        log.warning(warnings[-1])
     progress(len(spans) + 1, len(spans) + 1, f"depth {cfg.backend}: done")
     return DepthResult(
         depth_thw=depth,
@@ -511,4 +543,5 @@ def estimate_depth(
         backend=cfg.backend,
         work_hw=work_hw,
         prior_t=prior_t,
+        warnings=warnings,
     )

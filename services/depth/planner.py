@@ -7,9 +7,9 @@ none is given), before any work starts: a small budget gets shorter windows or a
 (slower, more overlap to recompute), and a budget too small for anything is refused up front with
 the figure it would need, instead of dying mid-video.
 
-The cost model's constants are estimates from the model's size and the tensors that MASt3R's
-sparse alignment keeps per image and per pair (see docs/depth.md); tests/gpu/test_depth_gpu.py
-checks them against a measured peak when a GPU and a checkpoint are present.
+The cost model's constants are fitted to peaks measured on a GPU with the real architecture
+(bench/depth_memory.py, docs/depth.md); tests/gpu/test_depth_gpu.py checks them against a
+measured peak when a GPU and a checkpoint are present.
 """
 
 from __future__ import annotations
@@ -26,25 +26,28 @@ MIN_WINDOW = 3  # the fewest frames a window can align (two overlap with the nex
 
 @dataclass(frozen=True)
 class CostModel:
-    """Estimated peak bytes of one MASt3R window on the GPU; every constant is an estimate read
-    off the tensors MASt3R's code creates (docs/depth.md), not a measurement."""
+    """Peak bytes of one MASt3R window on the GPU, fitted to torch.cuda.max_memory_allocated
+    on an H200 (real ViT-L/512 architecture, 512x288 working size, windows of 3, 8 and 16
+    frames with 6 to 82 directed pairs: 3.26-3.29 GiB; bench/depth_memory.py, docs/depth.md).
+    Per-pixel terms are the fit times 1.25 (bench/depth_memory.py's `margin`)."""
 
-    model_bytes: int = 2_750_000_000
-    """ViT-L encoder + ViT-B decoder + two heads, float32 (the checkpoint's size, ~689M params)."""
+    model_bytes: int = 2_764_912_640
+    """ViT-L encoder + ViT-B decoder + two heads, float32, as allocated on the device."""
     runtime_bytes: int = 512 * 2**20
-    """CUDA context, cuBLAS workspace and allocator slack outside the tensors."""
-    pair_bytes_per_px: int = 3 * 1024
-    """Inference of one pair (no_grad) per pixel of one image: the DPT heads' full- and
-    half-resolution feature maps (~1 KiB/px at a time) plus the four views' outputs (points,
-    confidence, 24-d descriptors: ~0.5 KiB/px), doubled for safety."""
-    canonical_bytes_per_px: int = 48
-    """Per pair of the frame being made canonical: its point maps and confidences stacked and
-    pixel-unshuffled (about 12 float32 per pixel), one frame at a time."""
-    frame_bytes_per_px: int = 64
-    """Per frame of the window, kept for the whole alignment: anchors, depth parameters,
-    sub-sampled predictions and optimiser state (float32, generous)."""
-    pair_cache_bytes_per_px: int = 8
-    """Per directed pair of the window: correspondences and their autograd state."""
+    """CUDA context, cuBLAS workspace and allocator slack outside the tensors (not measured by
+    max_memory_allocated, so kept as an allowance)."""
+    pair_bytes_per_px: int = 6270
+    """The transient of inference or of making one frame canonical, per pixel of one image:
+    the fit's intercept (0.74 GB above the weights at 512x288)."""
+    canonical_bytes_per_px: int = 1045
+    """Per pair of the frame being made canonical (one sixth of the above: never the larger
+    term for the pair graphs the engine builds)."""
+    frame_bytes_per_px: int = 20
+    """Per frame of the window, kept for the whole alignment: the fit's slope (16 frames held
+    33 MB more than 3)."""
+    pair_cache_bytes_per_px: int = 0
+    """Per directed pair of the window: not separable from the per-frame slope in the
+    measurements (82 pairs vs 6 added nothing beyond it)."""
     usable_fraction: float = 0.85
     """Share of the budget the plan fills (fragmentation and small temporaries)."""
 
@@ -114,6 +117,16 @@ def window_spans(n_frames: int, window: int, overlap: int) -> list[tuple[int, in
     return [(s, s + window) for s in dict.fromkeys(starts)]
 
 
+def long_sides(max_long_side: int) -> list[int]:
+    """Working long sides to try, best first: `max_long_side` (a multiple of 16), then the
+    standard ones below it."""
+    if max_long_side < PATCH_PX or max_long_side % PATCH_PX:
+        raise InvalidArgumentError(
+            "mast3r_long_side", f"{max_long_side} must be a positive multiple of {PATCH_PX}"
+        )
+    return [max_long_side] + [side for side in LONG_SIDES if side < max_long_side]
+
+
 def plan_memory(
     height: int,
     width: int,
@@ -121,6 +134,7 @@ def plan_memory(
     budget_bytes: int,
     *,
     budget_source: str = "config",
+    max_long_side: int = LONG_SIDES[0],
     max_window: int = 16,
     overlap: int = 4,
     subsample: int = 8,
@@ -130,15 +144,17 @@ def plan_memory(
 ) -> MemoryPlan:
     """The best (resolution, window) whose estimated peak fits `budget_bytes`.
 
-    Prefers the highest resolution with a window of at least 8 frames (or all of them), then any
-    resolution with a window of at least 3. Raises ResourceExhaustedError when nothing fits,
-    naming the budget the smallest plan would need.
+    Resolutions are tried from `max_long_side` down. Prefers the highest resolution with a
+    window of at least 8 frames (or all of them), then any resolution with a window of at least
+    3. Raises ResourceExhaustedError when nothing fits, naming the budget the smallest plan
+    would need.
     """
     neighbours = pairs_per_frame(scene_graph, winsize)
+    sides = long_sides(max_long_side)
     usable = cost.usable_fraction * budget_bytes
     longest = min(max_window, n_frames)
     for floor in (min(PREFERRED_MIN_WINDOW, longest), min(MIN_WINDOW, longest)):
-        for long_side in LONG_SIDES:
+        for long_side in sides:
             work_hw = working_size(height, width, long_side)
             for window in range(longest, floor - 1, -1):
                 peak = estimate_peak_bytes(work_hw, window, neighbours, cost)
@@ -157,11 +173,11 @@ def plan_memory(
                         n_windows=len(window_spans(n_frames, window, max(ov, 1))),
                     )
     smallest = estimate_peak_bytes(
-        working_size(height, width, LONG_SIDES[-1]), min(MIN_WINDOW, longest), neighbours, cost
+        working_size(height, width, sides[-1]), min(MIN_WINDOW, longest), neighbours, cost
     )
     raise ResourceExhaustedError(
         f"memory_budget_gb: MASt3R needs about {smallest / cost.usable_fraction / 2**30:.1f} GiB "
-        f"even with {min(MIN_WINDOW, longest)}-frame windows at {LONG_SIDES[-1]} px, but the "
+        f"even with {min(MIN_WINDOW, longest)}-frame windows at {sides[-1]} px, but the "
         f"budget ({budget_source}) is {budget_bytes / 2**30:.1f} GiB; free GPU memory, use a "
         "larger card, or use backend='offline'",
         reason="DEPTH_MEMORY_BUDGET",

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
 from gflow.v1 import common_pb2, depth_pb2
 from services.common.artifacts import Artifacts
-from services.common.config import parse_config_json, with_env_paths
+from services.common.config import parse_config_json, refuse_server_fields, with_env_paths
 from services.common.errors import ProgressFn, no_progress
 from services.common.preview import colorize, encode_png, strip
 from services.common.stage import StageOutputs, run_cached
-from services.common.video import load_frames
+from services.common.video import frames_sha256, load_frames
 from services.depth.engine import DepthConfig, estimate_depth
 
 STAGE = "depth"
@@ -26,8 +27,10 @@ def run_depth(
 ) -> common_pb2.StageResult:
     """Depth for every frame, cached by content key; repairs are reported, never fatal."""
 
+    video_sha256 = frames_sha256(artifacts, video)
+
     def produce(out: StageOutputs) -> None:
-        frames_thw3 = load_frames(artifacts, video)
+        frames_thw3 = load_frames(artifacts, video, video_sha256)
         result = estimate_depth(frames_thw3, config, progress)
         out.array("depth", result.depth_thw.astype(np.float32), "THW")
         out.array("confidence", result.confidence_thw.astype(np.float32), "THW")
@@ -63,6 +66,7 @@ def run_depth(
                 "stage": STAGE,
                 "backend": result.backend,
                 "repairs": result.repairs,
+                "warnings": result.warnings,
                 "intrinsics": [fx, fy, cx, cy],
                 "work_hw": list(result.work_hw),
                 "plan": dataclasses.asdict(result.plan) if result.plan is not None else None,
@@ -80,18 +84,33 @@ def run_depth(
             }
         )
 
-    return run_cached(artifacts, STAGE, config.backend, config, [video.content_hash], produce)
+    return run_cached(artifacts, STAGE, config.backend, config, video_sha256, [], produce)
+
+
+# Request fields that only the server's operator may set, and the variables that set them.
+SERVER_FIELDS = {
+    "mast3r_checkpoint": "GFLOW_MAST3R_CHECKPOINT",
+    "mast3r_trust_checkpoint": "GFLOW_MAST3R_TRUST_CHECKPOINT",
+}
 
 
 def depth_from_request(
     artifacts: Artifacts,
     request: depth_pb2.EstimateDepthRequest,
     progress: ProgressFn = no_progress,
+    *,
+    remote_caller: bool = False,
 ) -> common_pb2.StageResult:
     """The DepthService call, in-process: the server and the embedded pipeline both use this.
-    A MASt3R checkpoint not named in the request comes from GFLOW_MAST3R_CHECKPOINT."""
+    A MASt3R checkpoint not named in the request comes from GFLOW_MAST3R_CHECKPOINT. A
+    `remote_caller` may not name it nor trust it (`SERVER_FIELDS`): the server's environment
+    does (GFLOW_MAST3R_TRUST_CHECKPOINT=1 allows a full unpickle)."""
     config = parse_config_json(request.config_json, DepthConfig)
     if request.backend:
         config = dataclasses.replace(config, backend=request.backend)
-    config = with_env_paths(config, {"mast3r_checkpoint": "GFLOW_MAST3R_CHECKPOINT"})
+    if remote_caller:
+        refuse_server_fields(config, SERVER_FIELDS, "config_json")
+        trust = os.environ.get(SERVER_FIELDS["mast3r_trust_checkpoint"]) == "1"
+        config = dataclasses.replace(config, mast3r_trust_checkpoint=trust)
+    config = with_env_paths(config, {"mast3r_checkpoint": SERVER_FIELDS["mast3r_checkpoint"]})
     return run_depth(artifacts, request.video, config, progress)

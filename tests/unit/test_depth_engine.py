@@ -76,6 +76,10 @@ def test_rotating_camera_falls_back_to_the_prior_and_says_so():
     assert np.all(result.confidence_thw <= PRIOR_CONFIDENCE + 1e-6)
     assert result.c2w_t44 is None
     assert sum("smooth prior used" in r for r in result.repairs) == 6
+    assert result.warnings == [
+        "depth of 6 of 6 frames (100%) is the smooth prior, not measured: the camera barely "
+        "translates there, so parallax cannot give depth; use the mast3r backend"
+    ]
     # The prior is a ground plane seen from above: depth grows from the bottom row to the top.
     column = result.depth_thw[0, :, 64]
     assert np.all(np.diff(column) < 0) and column[0] / column[-1] == pytest.approx(3.0, rel=0.05)

@@ -56,7 +56,7 @@ def test_estimate_grows_with_window_and_resolution():
     assert small == (
         cost.model_bytes
         + cost.runtime_bytes
-        + cost.pair_bytes_per_px * pixels  # larger than 6 canonical pairs at 48 B/px
+        + cost.pair_bytes_per_px * pixels  # larger than 6 canonical pairs
         + cost.frame_bytes_per_px * pixels * 8
         + cost.pair_cache_bytes_per_px * pixels * 8 * 6
     )

@@ -1,5 +1,6 @@
-"""UniMatch adapter: its pure parts always; the model itself where the unimatch package is present
-(it has no PyPI release: clone autonomousvision/unimatch and put the clone on PYTHONPATH)."""
+"""UniMatch adapter: its pure parts always; the model itself against the real unimatch sources in
+../shared/third_party (it has no PyPI release: users clone autonomousvision/unimatch and put the
+clone on PYTHONPATH)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from services.common.errors import FailedPreconditionError
 from services.flow.backends import unimatch
 from services.flow.backends.base import Pads, crop_flow, pad_frames, pads_for
 from services.flow.engine import FlowConfig, compute_flow
+from tests.third_party import needs_package
 
+needs_unimatch = needs_package("unimatch")
 UNIMATCH_READY, UNIMATCH_DETAIL = unimatch.availability()
-needs_unimatch = pytest.mark.skipif(
-    not UNIMATCH_READY, reason=f"unimatch package missing: {UNIMATCH_DETAIL}"
-)
 FRAMES_THW3 = np.random.default_rng(0).integers(0, 256, (2, 50, 70, 3)).astype(np.uint8)
 
 
@@ -82,28 +82,48 @@ def test_missing_checkpoint_is_a_precondition_naming_the_file(tmp_path):
 
 
 @needs_unimatch
-def test_unimatch_runs_from_a_checkpoint_and_matches_a_direct_call(tmp_path):
+@pytest.mark.parametrize("portrait", [False, True], ids=["landscape", "portrait"])
+def test_unimatch_runs_from_a_checkpoint_and_matches_a_direct_call(tmp_path, portrait):
     from unimatch.unimatch import UniMatch
 
+    frames_thw3 = FRAMES_THW3.transpose(0, 2, 1, 3).copy() if portrait else FRAMES_THW3
+    height, width = frames_thw3.shape[1:3]
+    pads = pads_for(height, width, 32)
     torch.manual_seed(0)
     net = UniMatch(**unimatch.model_kwargs()).eval()
     path = tmp_path / "gmflow-random.pth"
-    torch.save({"model": net.state_dict(), "step": 0}, path)
-    result = compute_flow(FRAMES_THW3, FlowConfig(backend="unimatch", unimatch_checkpoint=path))
+    torch.save({"model": net.state_dict(), "step": 0}, path)  # UniMatch's checkpoint format
+    result = compute_flow(frames_thw3, FlowConfig(backend="unimatch", unimatch_checkpoint=path))
     pair = result.pairs[0]
-    assert pair.flow_fwd_hw2.shape == (50, 70, 2) and np.isfinite(pair.flow_fwd_hw2).all()
+    assert pair.flow_fwd_hw2.shape == (height, width, 2) and np.isfinite(pair.flow_fwd_hw2).all()
 
     def direct(src_hw3: np.ndarray, dst_hw3: np.ndarray) -> np.ndarray:
         def prepare(image_hw3: np.ndarray) -> torch.Tensor:
             x = torch.from_numpy(image_hw3).permute(2, 0, 1)[None].float()
-            return torch.nn.functional.pad(x, (13, 13, 7, 7), mode="replicate")
+            edges = (pads.left, pads.right, pads.top, pads.bottom)
+            return torch.nn.functional.pad(x, edges, mode="replicate")
 
         with torch.inference_mode():
             out = net(prepare(src_hw3), prepare(dst_hw3), **unimatch.forward_kwargs())
-        return out["flow_preds"][-1][0, :, 7:57, 13:83].permute(1, 2, 0).numpy()
+        flow_2hw = out["flow_preds"][-1][0, :, pads.top : pads.top + height]
+        return flow_2hw[:, :, pads.left : pads.left + width].permute(1, 2, 0).numpy()
 
-    np.testing.assert_allclose(pair.flow_fwd_hw2, direct(*FRAMES_THW3), atol=1e-3)
-    np.testing.assert_allclose(pair.flow_bwd_hw2, direct(*FRAMES_THW3[::-1]), atol=1e-3)
+    np.testing.assert_allclose(pair.flow_fwd_hw2, direct(*frames_thw3), atol=1e-3)
+    np.testing.assert_allclose(pair.flow_bwd_hw2, direct(*frames_thw3[::-1]), atol=1e-3)
+
+
+@needs_unimatch
+def test_batches_are_cut_below_cudnns_32_bit_limit(tmp_path):
+    """The radius-4 local matching samples batch x 128 x cells/16 x 81 values; cuDNN refused a
+    batch of 8 at 854x480 on an H200 (2.15e9 > 2**31 elements), so at most 7 go together."""
+    from unimatch.unimatch import UniMatch
+
+    path = tmp_path / "gmflow-random.pth"
+    torch.save({"model": UniMatch(**unimatch.model_kwargs()).state_dict()}, path)
+    backend = unimatch.UniMatchBackend(path, "cpu")
+    assert backend.max_items(480, 854) == 7  # padded 864 x 480: 216 x 120 cells at 1/4
+    assert 7 * 128 * 81 * 216 * 120 < 2**31 < 8 * 128 * 81 * 216 * 120
+    assert backend.max_items(50, 70) == (2**31 - 1) // (128 * 81 * 16 * 24)
 
 
 @needs_unimatch

@@ -3,7 +3,9 @@
 Per window: frames are written as PNGs at the planned working size (multiples of 16, not
 square, so `load_images` neither resizes nor crops them), loaded with `load_images`, paired by
 `make_pairs` (log-window or sliding-window graph, not cyclic: a video has no loop), and aligned by
-`sparse_global_alignment` with shared intrinsics. Depth is NOT taken from the package's dense
+`sparse_global_alignment` with shared intrinsics and the principal point kept at the image centre
+(as DUSt3R's own aligner does by default: weak matches cannot drag it off, and it keeps the
+frame's orientation visible in the intrinsics). Depth is NOT taken from the package's dense
 output (one depth per anchor block times an offset, which makes stripes at the subsample period):
 the optimised anchor depths are reshaped to their (rows, columns) grid and turned dense by
 `upsample_anchor_depth` against the network's own dense canonical depth map. The package's
@@ -29,6 +31,7 @@ import cv2
 import numpy as np
 
 from services.common.errors import FailedPreconditionError, ResourceExhaustedError
+from services.common.torchvision_ops import import_beside_cpu_torch
 from services.depth.backends.base import AlignmentFailedError, WindowDepth
 from services.depth.quality import bad_depth_mask
 from services.depth.upsample import anchor_pixels, guide_from_rgb, upsample_anchor_depth
@@ -206,12 +209,22 @@ def confidence_from_mast3r(conf_hw: np.ndarray) -> np.ndarray:
 
 
 def _import(module: str) -> Any:
+    """A module of the mast3r/dust3r packages (DUSt3R imports torchvision: see torchvision_ops)."""
     try:
-        return importlib.import_module(module)
+        return import_beside_cpu_torch(module)
     except ImportError as exc:
         raise FailedPreconditionError(
             f"could not import {module} ({exc}); {INSTALL_HINT}", reason="PACKAGE_MISSING"
         ) from exc
+
+
+def _import_sparse_ga() -> Any:
+    """mast3r.cloud_opt.sparse_ga; it calls `scipy.cluster.hierarchy.distance.squareform`, a
+    re-export newer SciPy releases dropped, so the module it named is put back there."""
+    hierarchy = importlib.import_module("scipy.cluster.hierarchy")
+    if not hasattr(hierarchy, "distance"):
+        hierarchy.distance = importlib.import_module("scipy.spatial.distance")
+    return _import("mast3r.cloud_opt.sparse_ga")
 
 
 class Mast3rBackend:
@@ -252,7 +265,7 @@ class Mast3rBackend:
         torch = self._torch
         load_images = _import("dust3r.utils.image").load_images
         make_pairs = _import("mast3r.image_pairs").make_pairs
-        sparse_global_alignment = _import("mast3r.cloud_opt.sparse_ga").sparse_global_alignment
+        sparse_global_alignment = _import_sparse_ga().sparse_global_alignment
         n, height, width = frames_thw3.shape[:3]
         with tempfile.TemporaryDirectory(prefix="gflow-mast3r-") as tmp:
             paths = []
@@ -284,6 +297,7 @@ class Mast3rBackend:
                     niter2=settings.niter2,
                     opt_depth=settings.opt_depth,
                     shared_intrinsics=True,
+                    opt_pp=False,
                     matching_conf_thr=settings.matching_conf_thr,
                 )
                 return self._window_depth(scene, frames_thw3, settings.subsample)

@@ -1,28 +1,22 @@
 """torchvision's RAFT (small or large) from a user-given weights file; GPU when present.
 
-PyPI's torchvision is a CUDA build. Beside the project's CPU build of torch its C++ operator
-library cannot load, and its import then fails ("operator torchvision::nms does not exist")
-because it registers fake kernels for two operators that were never declared. RAFT is pure
-PyTorch and needs none of those operators, so `import_optical_flow` declares the two schemas
-(without kernels: calling them still fails loudly) and imports again. Where torchvision's
-operators do load (a matching CUDA torch), the first import succeeds and nothing is declared.
+PyPI's torchvision is a CUDA build; beside the project's CPU torch it is imported through
+`services.common.torchvision_ops` (RAFT is pure PyTorch and needs none of its C++ operators).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from services.common.errors import FailedPreconditionError
+from services.common.torchvision_ops import import_beside_cpu_torch
 from services.flow.backends.base import load_state, load_weights_file
 from services.flow.backends.torch_model import PaddedTorchBackend
-
-log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install torchvision==0.28.0 (the release made for torch 2.13.0)"
 WEIGHTS_HINT = (
@@ -39,17 +33,6 @@ _ACTIVATION_BYTES_PER_PIXEL = {"small": 512, "large": 1024}
 _PYRAMID_FACTOR = 1.5  # all-pairs volume at 1/8 plus its pooled levels (1 + 1/4 + 1/16 + ...)
 
 _MODULE = "torchvision.models.optical_flow"
-_OP_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
-_undeclared_ops_stub = None  # keeps the stub library (and so its schemas) alive
-
-
-def _declare_missing_torchvision_ops() -> None:
-    global _undeclared_ops_stub
-    if _undeclared_ops_stub is None:
-        _undeclared_ops_stub = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            _undeclared_ops_stub.define(op + _OP_SCHEMA)
-        log.info("torchvision's C++ ops did not load; declared nms/qnms so RAFT can import")
 
 
 def _broken(exc: Exception) -> FailedPreconditionError:
@@ -67,15 +50,7 @@ def import_optical_flow() -> ModuleType:
             f"backend raft needs torchvision: {INSTALL_HINT}", reason="PACKAGE_MISSING"
         )
     try:
-        return importlib.import_module(_MODULE)
-    except RuntimeError as exc:
-        if "torchvision::nms" not in str(exc):
-            raise _broken(exc) from exc
-    except (ImportError, OSError) as exc:
-        raise _broken(exc) from exc
-    _declare_missing_torchvision_ops()
-    try:
-        return importlib.import_module(_MODULE)
+        return import_beside_cpu_torch(_MODULE)
     except (ImportError, OSError, RuntimeError) as exc:
         raise _broken(exc) from exc
 

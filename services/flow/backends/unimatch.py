@@ -13,6 +13,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from services.common.errors import FailedPreconditionError
@@ -27,7 +28,16 @@ WEIGHTS_HINT = (
     "download gmflow-scale2-regrefine6-mixdata-train320x576-4e7b215d.pth (UniMatch MODEL_ZOO.md) "
     "and pass its path as unimatch_checkpoint; nothing is downloaded at run time"
 )
-_ACTIVATION_BYTES_PER_PIXEL = 1024  # an estimate: this backend has not been measured here
+# Measured on an H200 at 854x480 (padded 864x480, docs/flow.md): 2.36 GiB more per directed
+# pair in a batch, 4.5 KiB per padded pixel beside the 1/8 matching matrices; taken 1.45 times
+# (6.5 KiB) because the caching allocator kept up to 2 GiB reserved but unused: a batch of 2 under
+# a 6 GiB cap ran out of memory with 4.5 GiB allocated.
+_ACTIVATION_BYTES_PER_PIXEL = 6656
+# cuDNN's grid sampler indexes with 32 bits: the radius-4 local matching samples a tensor of
+# batch x 128 channels x (1/4-scale cells) x 81 offsets, which must stay below 2**31 elements
+# (a batch of 8 at 864x480 fails with CUDNN_STATUS_NOT_SUPPORTED).
+_LOCAL_MATCH_ELEMENTS_PER_CELL = 128 * 81
+_CUDNN_MAX_ELEMENTS = 2**31 - 1
 
 
 def model_kwargs() -> dict[str, Any]:
@@ -69,7 +79,7 @@ def availability() -> tuple[bool, str]:
     return True, "UniMatch gmflow-scale2-regrefine6; needs a checkpoint (unimatch_checkpoint)"
 
 
-def _unimatch_class() -> type:
+def import_unimatch_class() -> type:
     available, detail = availability()
     if not available:
         raise FailedPreconditionError(detail, reason="PACKAGE_MISSING")
@@ -91,7 +101,7 @@ class UniMatchBackend(PaddedTorchBackend):
     min_side = 32
 
     def __init__(self, checkpoint: Path | None, device: str):
-        unimatch_class = _unimatch_class()
+        unimatch_class = import_unimatch_class()
         state = state_dict_of(load_weights_file(checkpoint, "unimatch_checkpoint", WEIGHTS_HINT))
         net = unimatch_class(**model_kwargs())
         # Like the repository's own loader, tolerate extra tensors; missing ones are an error.
@@ -111,6 +121,21 @@ class UniMatchBackend(PaddedTorchBackend):
         padded_h, padded_w = self.padded_size(height, width)
         cells = (padded_h // 8) * (padded_w // 8)
         return int(4 * 4 * cells**2 + _ACTIVATION_BYTES_PER_PIXEL * padded_h * padded_w)
+
+    def max_items(self, height: int, width: int) -> int:
+        """Directed pairs one forward pass can hold under cuDNN's 32-bit limit (see above)."""
+        padded_h, padded_w = self.padded_size(height, width)
+        cells = (padded_h // 4) * (padded_w // 4)
+        return max(1, _CUDNN_MAX_ELEMENTS // (_LOCAL_MATCH_ELEMENTS_PER_CELL * cells))
+
+    def flow(self, src_bhw3: np.ndarray, dst_bhw3: np.ndarray) -> np.ndarray:
+        """The batch in chunks of at most `max_items` pairs."""
+        step = self.max_items(src_bhw3.shape[1], src_bhw3.shape[2])
+        chunks = []
+        for start in range(0, len(src_bhw3), step):
+            chunk = slice(start, start + step)
+            chunks.append(super().flow(src_bhw3[chunk], dst_bhw3[chunk]))
+        return np.concatenate(chunks)
 
     def predict(self, src_b3hw: torch.Tensor, dst_b3hw: torch.Tensor) -> torch.Tensor:
         # The model takes RGB in [0, 255] and normalises it itself; the last prediction is final.
