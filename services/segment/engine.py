@@ -6,6 +6,9 @@ near-planar (chosen by Torr's GRIC), or no model at all when the camera stands s
 residual is how far its flow end point lies from where camera motion alone could put it; the soft
 score rises from 0 to 1 with the residual and crosses 0.5 at the threshold. Masks are cleaned by
 morphology and made temporally consistent with the neighbour frames' masks warped by flow.
+When the frames are given, the masks are then tightened to the object by the image
+(services/segment/refine.py: colour-guided relabelling of the flow's halo, and removal of
+components the neighbour frames do not confirm).
 
 Motion along the epipolar line is invisible to F. When depth is given, a projective camera
 x' ~ P (x, y, 1, 1/Z) is fitted as well (it needs no intrinsics and absorbs the depth scale): it
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -25,6 +28,7 @@ from numpy.typing import ArrayLike
 
 from services.common.errors import InvalidArgumentError, ProgressFn, no_progress
 from services.flow.engine import forward_backward_consistency, warp_image
+from services.segment.refine import MaskRefineConfig, check_refine_config, refine_masks
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,9 @@ class SegmentConfig:
     temporal_smoothing: bool = True
     """Majority vote of each pixel with the previous and next masks warped by flow; scores take
     the median of the three."""
+    refine: MaskRefineConfig = field(default_factory=MaskRefineConfig)
+    """Edge-aware refinement by the image and temporal support of components (needs the frames;
+    see services/segment/refine.py)."""
     seed: int = 0
     """Seed for point sampling and the robust estimators, so results are deterministic (OpenCV's
     global RNG is reseeded before each F / H fit)."""
@@ -122,12 +129,15 @@ def segment_motion(
     cfg: SegmentConfig,
     depth_thw: np.ndarray | None = None,
     progress: ProgressFn = no_progress,
+    frames_thw3: np.ndarray | None = None,
 ) -> SegmentResult:
     """Masks and scores for T frames from T-1 forward/backward flow pairs.
 
     Frame t < T-1 is scored by its forward flow (t -> t+1), the last frame by the backward flow
     of the last pair. `depth_thw` (optional, any scale, non-positive / non-finite = unknown) adds
-    the parallax check.
+    the parallax check. `frames_thw3` (optional, uint8 RGB [T, H, W, 3]) lets `cfg.refine`
+    tighten the masks to the object; where it changes a pixel's decision, the score becomes
+    0 or 1 accordingly.
     """
     _check_config(cfg)
     flow_fwd_t1hw2 = _check_flow("flow_fwd", flow_fwd_t1hw2)
@@ -152,6 +162,13 @@ def segment_motion(
         progress(t + 1, n_frames, f"segmented frame {t + 1}/{n_frames}")
 
     masks_thw, scores_thw = _temporal(evidence, flows, cfg)
+    if frames_thw3 is not None and cfg.refine.enabled:
+        refined_thw = refine_masks(
+            frames_thw3, masks_thw, flow_fwd_t1hw2, flow_bwd_t1hw2, cfg.refine, cfg.fb_threshold_px
+        )
+        changed_thw = refined_thw != masks_thw
+        scores_thw[changed_thw] = refined_thw[changed_thw]
+        masks_thw = refined_thw
     stats = []
     for t, ev in enumerate(evidence):
         iou = None
@@ -241,6 +258,7 @@ def _check_config(cfg: SegmentConfig) -> None:
     for name in ("morph_open_px", "morph_close_px"):
         if getattr(cfg, name) < 0:
             raise InvalidArgumentError(name, f"{getattr(cfg, name)} must be >= 0 (0: off)")
+    check_refine_config(cfg.refine)
 
 
 def _check_flow(field: str, flow: ArrayLike) -> np.ndarray:

@@ -9,8 +9,8 @@ from services.common.artifacts import Artifacts
 from services.common.config import parse_config_json
 from services.common.errors import ProgressFn, no_progress
 from services.common.preview import encode_png, overlay_mask, strip
-from services.common.stage import StageOutputs, artifact, run_cached
-from services.common.video import load_frames
+from services.common.stage import StageOutputs, artifact, run_cached, upstream_result
+from services.common.video import frames_sha256, load_frames
 from services.evaluation.metrics import mask_j
 from services.segment.engine import SegmentConfig, segment_motion, validate_user_masks
 
@@ -32,17 +32,27 @@ def run_segment(
     """Moving masks from the flow stage's result, or the user's masks checked for size."""
     video = request.video
     hw = (video.height, video.width)
+    video_sha256 = frames_sha256(artifacts, video)
     use_depth = bool(request.depth.key)
-    user = request.user_masks if request.user_masks.key else None
+    user = artifacts.pinned(request.user_masks, "user_masks") if request.user_masks.key else None
+    flow_result = (
+        None
+        if user is not None
+        else upstream_result(artifacts, request.flow, "flow", "flow", video_sha256)
+    )
+    depth_result = (
+        upstream_result(artifacts, request.depth, "depth", "depth", video_sha256)
+        if use_depth and user is None
+        else None
+    )
     inputs = [
-        video.content_hash,
-        request.flow.key,
-        request.depth.key if use_depth else "",
+        flow_result.key if flow_result else "",
+        depth_result.key if depth_result else "",
         user.sha256 if user else "",
     ]
 
     def produce(out: StageOutputs) -> None:
-        frames_thw3 = load_frames(artifacts, video)
+        frames_thw3 = load_frames(artifacts, video, video_sha256)
         stats = []
         if user is not None:
             raw = artifacts.get_array(user, expect_hw=hw, field="user_masks")
@@ -52,12 +62,12 @@ def run_segment(
         else:
 
             def flow(name: str) -> np.ndarray:
-                ref = artifact(request.flow, name, "flow")
+                ref = artifact(flow_result, name, "flow")
                 return artifacts.get_array(ref, layout="THWC", expect_hw=hw, field=f"flow.{name}")
 
             depth_thw = None
-            if use_depth:
-                ref = artifact(request.depth, "depth", "depth")
+            if depth_result is not None:
+                ref = artifact(depth_result, "depth", "depth")
                 depth_thw = artifacts.get_array(ref, layout="THW", expect_hw=hw, field="depth")
             result = segment_motion(
                 flow("flow_forward"),
@@ -65,9 +75,10 @@ def run_segment(
                 config,
                 depth_thw=depth_thw,
                 progress=progress,
+                frames_thw3=frames_thw3,
             )
             masks_thw, scores_thw, stats = result.masks_thw, result.scores_thw, result.stats
-            source = "flow+depth" if use_depth else "flow"
+            source = "flow+depth" if depth_result is not None else "flow"
         out.array("masks", masks_thw, "THW")
         out.array("scores", scores_thw.astype(np.float32), "THW")
         series = _frame_series(masks_thw)
@@ -110,7 +121,7 @@ def run_segment(
             }
         )
 
-    return run_cached(artifacts, STAGE, "epipolar", config, inputs, produce)
+    return run_cached(artifacts, STAGE, "epipolar", config, video_sha256, inputs, produce)
 
 
 def segment_from_request(
