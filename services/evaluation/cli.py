@@ -1,12 +1,12 @@
-"""`gflow eval tapvid|davis`: the pipeline scored on TAP-Vid DAVIS tracks or DAVIS masks.
+"""`gflow eval tapvid|davis`: the pipeline scored on TAP-Vid tracks or DAVIS masks.
 
 Both evaluate the videos that are present and name the missing ones (users of the original had
-incomplete downloads and got a crash).
+incomplete downloads and got a crash). `tapvid` also scores a user's own clips stored in the
+TAP-Vid layout; then no DAVIS video is expected.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -21,19 +21,22 @@ from services.common.store import open_store
 from services.common.video import store_frames
 from services.evaluation.davis import evaluate_davis_masks
 from services.evaluation.tapvid import evaluate_tapvid, load_tapvid_davis
-from services.pipeline.config import PipelineConfig
-from services.pipeline.engine import run_pipeline
+from services.pipeline.config import FitPresetName, PipelineConfig, with_fit_preset
+from services.pipeline.engine import PipelineProgress, put_queries, run_pipeline
 from services.pipeline.ingest import IngestConfig, prepare_frames
+from services.pipeline.progress import stage_progress
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TapvidEval:
-    """TAP-Vid DAVIS: fit each video, track the benchmark's query points, score AJ/delta/OA."""
+    """TAP-Vid: fit each video, track the benchmark's query points, score AJ/delta/OA."""
 
-    # tapvid_davis.pkl, or a folder of per-video pickles.
+    # tapvid_davis.pkl, a folder of per-video pickles, or a pickle of your own clips in the
+    # same layout (video name -> {'video', 'points', 'occluded'}).
     data: Path
+    # Queries at each track's first visible point, or at every 5th frame where it is visible.
     query_mode: Literal["first", "strided"] = "first"
 
 
@@ -59,6 +62,10 @@ class EvalCommand:
     store: str = "file://./gflow-eval-store"
     # Where the JSON report goes.
     out: Path = Path("gflow-eval.json")
+    # Start the fit from a named preset (as `gflow run --fit-preset`); it replaces every
+    # --pipeline.fit.* flag.
+    fit_preset: FitPresetName | None = None
+    # How every stage computes (the same flags as `gflow run`).
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
@@ -67,15 +74,14 @@ def _frames_as_is(video_thw3: np.ndarray) -> np.ndarray:
     return prepare_frames(list(video_thw3), IngestConfig(max_side=0))
 
 
-def tapvid_tracker(artifacts: Artifacts, config: PipelineConfig):
-    """A TAP-Vid tracker made of the whole pipeline: fit, then follow each query's Gaussian."""
+def tapvid_tracker(artifacts: Artifacts, config: PipelineConfig, progress: PipelineProgress):
+    """A TAP-Vid tracker made of the whole pipeline: fit, then follow each query's Gaussian;
+    `progress` sees every stage event of every video."""
 
     def track(video_thw3: np.ndarray, queries_txy_q3: np.ndarray):
         video = store_frames(artifacts, _frames_as_is(video_thw3), fps=10.0)
-        queries_tyx_q3 = queries_txy_q3[:, [0, 2, 1]].astype(np.float32)
-        digest = hashlib.sha256(queries_tyx_q3.tobytes()).hexdigest()[:40]
-        queries = artifacts.put_array(f"queries/{digest}", queries_tyx_q3, "QC")
-        result = run_pipeline(artifacts, video, config, track_queries=queries)
+        queries = put_queries(artifacts, queries_txy_q3[:, [0, 2, 1]])
+        result = run_pipeline(artifacts, video, config, progress, track_queries=queries)
         names = {a.name: a.ref for a in result.fit.artifacts}
         points = artifacts.get_array(names["tracks_2d"], field="fit.tracks_2d")
         occluded = artifacts.get_array(names["tracks_occluded"], field="fit.tracks_occluded")
@@ -111,14 +117,15 @@ def davis_segmenter(artifacts: Artifacts, config: PipelineConfig):
 def run_eval(command: EvalCommand) -> dict:
     """Evaluate, write the JSON report to --out, and return it."""
     artifacts = Artifacts(open_store(command.store))
+    config = with_fit_preset(command.pipeline, command.fit_preset)
     benchmark = command.benchmark
     if isinstance(benchmark, TapvidEval):
         data = load_tapvid_davis(benchmark.data)
-        report = evaluate_tapvid(
-            data, tapvid_tracker(artifacts, command.pipeline), benchmark.query_mode
-        )
+        with stage_progress() as progress:
+            tracker = tapvid_tracker(artifacts, config, progress)
+            report = evaluate_tapvid(data, tracker, benchmark.query_mode)
         summary = {
-            "benchmark": "tapvid_davis",
+            "benchmark": "tapvid",
             "query_mode": report.query_mode,
             "mean": report.mean,
             "per_video": report.per_video,
@@ -127,9 +134,7 @@ def run_eval(command: EvalCommand) -> dict:
         }
     else:
         kwargs = {"videos": benchmark.videos} if benchmark.videos else {}
-        report = evaluate_davis_masks(
-            benchmark.data, davis_segmenter(artifacts, command.pipeline), **kwargs
-        )
+        report = evaluate_davis_masks(benchmark.data, davis_segmenter(artifacts, config), **kwargs)
         summary = {
             "benchmark": "davis",
             "mean": report.mean,

@@ -130,7 +130,7 @@ class SyntheticScene:
 
 @dataclass
 class SynthCommand:
-    """`gflow synth`: render a synthetic scene with exact ground truth into a folder."""
+    """Render a synthetic scene with exact ground truth into a folder."""
 
     out: Path
     """Output folder (frames/*.png, ground_truth.npz, config.json)."""

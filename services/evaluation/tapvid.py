@@ -96,13 +96,15 @@ def _parse_video(name: str, entry: object) -> TapvidVideo:
     return TapvidVideo(name, video, points, occluded)
 
 
-def load_tapvid_davis(path: Path, expected: Sequence[str] = TAPVID_DAVIS_VIDEOS) -> TapvidDataset:
+def load_tapvid_davis(path: Path, expected: Sequence[str] | None = None) -> TapvidDataset:
     """Reads `tapvid_davis.pkl` (video name -> {'video', 'points', 'occluded'}), or a folder of
     per-video pickles (`<video>.pkl` holding that dict, or a one-entry name -> dict mapping,
     optionally beside the official pickle).
 
     Raises NotFoundError only when `path` does not exist; a broken file or entry goes to
-    `unreadable`, and every name of `expected` not read goes to `missing`.
+    `unreadable`, and every name of `expected` not read goes to `missing`. `expected` None: the
+    TAP-Vid DAVIS videos, unless videos were read and none of them is one (a user's own clips
+    in the TAP-Vid layout, where no list is expected).
     """
     path = Path(path)
     if not path.exists():
@@ -129,6 +131,9 @@ def load_tapvid_davis(path: Path, expected: Sequence[str] = TAPVID_DAVIS_VIDEOS)
             except ValueError as exc:
                 data.unreadable[str(name)] = str(exc)
                 logger.warning("skipping video %s in %s: %s", name, file, exc)
+    if expected is None:
+        own_clips = data.videos and not set(data.videos) & set(TAPVID_DAVIS_VIDEOS)
+        expected = [] if own_clips else TAPVID_DAVIS_VIDEOS
     data.missing = [name for name in expected if name not in data.videos]
     return data
 
@@ -184,6 +189,4 @@ def evaluate_tapvid(
         values = np.array([m[key] for m in per_video.values()], np.float64)
         finite = values[np.isfinite(values)]
         mean[key] = float(finite.mean()) if finite.size else float("nan")
-    if data.missing:
-        logger.warning("TAP-Vid DAVIS: %d videos missing: %s", len(data.missing), data.missing)
     return TapvidReport(query_mode, per_video, mean, list(data.missing), dict(data.unreadable))

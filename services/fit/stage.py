@@ -12,13 +12,19 @@ from gflow.v1 import common_pb2, fit_pb2
 from services.common.artifacts import Artifacts
 from services.common.config import parse_config_json
 from services.common.errors import ProgressFn, no_progress
-from services.common.stage import StageOutputs, artifact, optional_artifact, run_cached
+from services.common.stage import (
+    StageOutputs,
+    artifact,
+    optional_artifact,
+    run_cached,
+    upstream_result,
+)
 from services.common.store import ObjectStore
-from services.common.video import load_frames
+from services.common.video import frames_sha256, load_frames
 from services.fit.config import FitConfig, validate
 from services.fit.engine import FitPriors, FitResult, fit
 from services.fit.export import ply_bytes, write_tum
-from services.fit.tracks import track_2d, track_3d
+from services.fit.tracks import track_queries
 from services.fit.videos import render_videos
 
 STAGE = "fit"
@@ -45,8 +51,9 @@ class StoreCheckpoints:
         return int(latest.rsplit("_", 1)[1].split(".")[0]), self.store.get(latest)
 
 
-def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest) -> FitPriors:
-    """Everything the engine needs, read from the earlier stages' results and checked for size."""
+def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest, video_sha256: str) -> FitPriors:
+    """Everything the engine needs, read from the earlier stages' results (as the store holds
+    them, see `verified_request`) and checked for size."""
     video = request.video
     hw = (video.height, video.width)
 
@@ -65,7 +72,7 @@ def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest) -> FitPriors:
     )
     poses_ref = optional_artifact(request.depth, "c2w")
     return FitPriors(
-        frames_thw3=load_frames(artifacts, video),
+        frames_thw3=load_frames(artifacts, video, video_sha256),
         depth_thw=array(request.depth, "depth", "THW", "depth"),
         K_33=K_33,
         flow_fwd_t1hw2=array(request.flow, "flow_forward", "THWC", "flow"),
@@ -94,14 +101,13 @@ def _write_outputs(
     out.array("moving_masks", result.moving_mask_thw, "THW")
     for t, frame in enumerate(result.frames):
         out.file(f"gaussians_{t:04d}", ply_bytes(frame), "application/x-ply", ".ply")
-    if queries_q3 is not None:
-        points_qt2, occluded_qt = track_2d(result, queries_q3)
-        world_qt3, alive_qt = track_3d(result, queries_q3)
-        out.array("tracks_2d", points_qt2.astype(np.float32), "NTC")
-        out.array("tracks_occluded", occluded_qt, "NT")
-        out.array("tracks_3d", world_qt3.astype(np.float32), "NTC")
-        out.array("tracks_3d_alive", alive_qt, "NT")
-    for name, data in render_videos(result, priors, fps=fps).items():
+    # No queries give empty track arrays and a trajectories video without tracks.
+    tracks = track_queries(result, np.zeros((0, 3)) if queries_q3 is None else queries_q3)
+    out.array("tracks_2d", tracks.points_qt2.astype(np.float32), "NTC")
+    out.array("tracks_occluded", tracks.occluded_qt, "NT")
+    out.array("tracks_3d", tracks.world_qt3.astype(np.float32), "NTC")
+    out.array("tracks_3d_alive", tracks.alive_qt, "NT")
+    for name, data in render_videos(result, priors, fps=fps, tracks=tracks).items():
         out.file(f"video_{name}", data, "video/mp4", ".mp4")
     out.figure("psnr_mean", float(np.mean(result.psnr_t)), "dB")
     out.figure("psnr_min", float(np.min(result.psnr_t)), "dB")
@@ -124,6 +130,21 @@ def _write_outputs(
     )
 
 
+def verified_request(
+    artifacts: Artifacts, request: fit_pb2.FitRequest, video_sha256: str
+) -> fit_pb2.FitRequest:
+    """`request` with its depth, flow and segment results replaced by the stored ones (each
+    checked to belong to the request's video) and its track queries pinned to their checksum."""
+    verified = fit_pb2.FitRequest()
+    verified.CopyFrom(request)
+    for stage in ("depth", "flow", "segment"):
+        stored = upstream_result(artifacts, getattr(request, stage), stage, stage, video_sha256)
+        getattr(verified, stage).CopyFrom(stored)
+    if request.track_queries.key:
+        verified.track_queries.CopyFrom(artifacts.pinned(request.track_queries, "track_queries"))
+    return verified
+
+
 def run_fit(
     artifacts: Artifacts,
     request: fit_pb2.FitRequest,
@@ -132,9 +153,10 @@ def run_fit(
 ) -> common_pb2.StageResult:
     """Fit the video, cached by content key; a killed fit resumes from its last checkpoint."""
     validate(config)
+    video_sha256 = frames_sha256(artifacts, request.video)
+    request = verified_request(artifacts, request, video_sha256)
     queries_ref = request.track_queries if request.track_queries.key else None
     inputs = [
-        request.video.content_hash,
         request.depth.key,
         request.flow.key,
         request.segment.key,
@@ -144,7 +166,7 @@ def run_fit(
     params = {k: v for k, v in vars(config).items() if k not in ("device", "backend")}
 
     def produce(out: StageOutputs) -> None:
-        priors = load_priors(artifacts, request)
+        priors = load_priors(artifacts, request, video_sha256)
         queries_q3 = (
             artifacts.get_array(queries_ref, field="track_queries")
             if queries_ref is not None
@@ -154,7 +176,7 @@ def run_fit(
         result = fit(priors, config, progress, checkpoints)
         _write_outputs(out, result, priors, request.video.fps or 10.0, queries_q3)
 
-    return run_cached(artifacts, STAGE, "gflow", params, inputs, produce)
+    return run_cached(artifacts, STAGE, "gflow", params, video_sha256, inputs, produce)
 
 
 def fit_from_request(

@@ -11,6 +11,8 @@ lies behind the rendered surface (its camera z beyond the rendered depth by more
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -22,6 +24,7 @@ from services.fit.projection import project_gaussians
 from services.fit.rasterizer_torch import gaussian_alpha
 
 _QUERY_CHUNK = 256  # queries weighed against all Gaussians at once (memory: chunk x N floats)
+DEFAULT_TRACK_GRID = 16  # n x n frame-0 points tracked when a run names no queries
 
 
 def _check_queries(result: FitResult, queries_q3: np.ndarray) -> np.ndarray:
@@ -110,8 +113,13 @@ def track_3d(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray, np.
     The query pixel is lifted at the rendered depth of its frame; the point then moves with its
     Gaussian's centre (a fixed offset in world units, exact for still points). Outside the
     Gaussian's life it is held at its first or last position (alive False there)."""
-    queries_q3 = _check_queries(result, queries_q3)
-    ids_q = attach(result, queries_q3)
+    return _track_3d_of(result, _check_queries(result, queries_q3), attach(result, queries_q3))
+
+
+def _track_3d_of(
+    result: FitResult, queries_q3: np.ndarray, ids_q: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """track_3d for queries already attached to the Gaussians `ids_q`."""
     T, Q = result.n_frames, len(ids_q)
     centres_qt3 = np.zeros((Q, T, 3), np.float64)
     alive_qt = np.zeros((Q, T), bool)
@@ -146,7 +154,13 @@ def _surface_points_q3(result: FitResult, queries_q3: np.ndarray) -> np.ndarray:
 def track_2d(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """TAP-Vid tracks for query rows (t, y, x): (points float32 [Q, T, 2] as (x, y) pixels,
     occluded bool [Q, T])."""
-    points_qt3, alive_qt = track_3d(result, queries_q3)
+    return _project_tracks(result, *track_3d(result, queries_q3))
+
+
+def _project_tracks(
+    result: FitResult, points_qt3: np.ndarray, alive_qt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """World tracks seen by each frame's camera: (x, y) pixels [Q, T, 2], occluded [Q, T]."""
     Q, T = alive_qt.shape
     points_qt2 = np.zeros((Q, T, 2), np.float32)
     occluded_qt = np.ones((Q, T), bool)
@@ -157,3 +171,39 @@ def track_2d(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray, np.
         points_qt2[:, t] = xy_q2
         occluded_qt[:, t] = ~(seen_q & alive_qt[:, t])
     return points_qt2, occluded_qt
+
+
+@dataclass
+class Tracks:
+    """Tracks of Q query points over T frames: what the fit stage writes and draws."""
+
+    points_qt2: np.ndarray  # float32 (x, y) pixels, as track_2d
+    occluded_qt: np.ndarray  # bool, as track_2d
+    world_qt3: np.ndarray  # float32 world points, as track_3d
+    alive_qt: np.ndarray  # bool: the query's Gaussian exists in that frame, as track_3d
+    moving_q: np.ndarray  # bool: the query's Gaussian is in the moving set at its query frame
+
+
+def track_queries(result: FitResult, queries_q3: np.ndarray) -> Tracks:
+    """track_2d, track_3d and the moving flag of query rows (t, y, x), attaching them once.
+
+    No queries give arrays with Q = 0."""
+    queries_q3 = _check_queries(result, queries_q3)
+    ids_q = attach(result, queries_q3)
+    world_qt3, alive_qt = _track_3d_of(result, queries_q3, ids_q)
+    points_qt2, occluded_qt = _project_tracks(result, world_qt3, alive_qt)
+    moving_q = np.zeros(len(ids_q), bool)
+    for t in np.unique(queries_q3[:, 0]).astype(int):
+        rows = np.flatnonzero(queries_q3[:, 0] == t)
+        frame = result.frames[t]
+        moving_q[rows] = frame.moving_n[np.searchsorted(frame.ids_n, ids_q[rows])]
+    return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
+
+
+def grid_queries_q3(height: int, width: int, n: int) -> np.ndarray:
+    """An n x n grid of query rows (t, y, x) on frame 0 at the centres of equal cells: float32
+    [n * n, 3]; n = 0 gives no queries."""
+    ys = (np.arange(n) + 0.5) * height / max(n, 1) - 0.5
+    xs = (np.arange(n) + 0.5) * width / max(n, 1) - 0.5
+    y_nn, x_nn = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([np.zeros(n * n), y_nn.ravel(), x_nn.ravel()], axis=1).astype(np.float32)

@@ -1,9 +1,10 @@
 """Videos of a fit: reconstruction, Gaussian centres, depth, moving masks and trajectories.
 
-Each video is H.264 mp4 bytes (services.common.media.write_mp4). Trajectories follow a grid of
-query points of frame 0 through the 2D tracker; still tracks are drawn in blue, moving ones in
-warm colours by speed. Every statistic used for drawing is defined on empty sets, so a clip
-where nothing moves, or everything does, draws like any other (the original crashed there).
+Each video is H.264 mp4 bytes (services.common.media.write_mp4). Trajectories are drawn from
+the tracks the fit stage writes (services.fit.tracks.track_queries; by default a grid of frame-0
+points); still tracks are drawn in blue, moving ones in warm colours by speed. Every statistic
+used for drawing is defined on empty sets, so a clip where nothing moves, or everything does, or
+no point is tracked, draws like any other (the original crashed there).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from services.common.media import write_mp4
 from services.common.preview import colorize, overlay_mask
 from services.fit.engine import FitPriors, FitResult
 from services.fit.gaussians import render_frame
-from services.fit.tracks import attach, track_2d
+from services.fit.tracks import DEFAULT_TRACK_GRID, Tracks, grid_queries_q3, track_queries
 
 VIDEO_NAMES = ("reconstruction", "centres", "depth", "moving", "trajectories")
 _CENTRE_SIGMA_PX = 0.6  # on-screen size of a Gaussian in the centres video
@@ -33,8 +34,10 @@ def render_videos(
     names: tuple[str, ...] = VIDEO_NAMES,
     device: str = "cpu",
     backend: str = "auto",
+    tracks: Tracks | None = None,
 ) -> dict[str, bytes]:
-    """The named videos of a fit as mp4 bytes, keyed by name (see VIDEO_NAMES)."""
+    """The named videos of a fit as mp4 bytes, keyed by name (see VIDEO_NAMES); the
+    trajectories video draws `tracks` (None: a DEFAULT_TRACK_GRID grid of frame-0 points)."""
     makers = {
         "reconstruction": lambda: reconstruction_frames(
             result, priors.frames_thw3, device, backend
@@ -47,7 +50,7 @@ def render_videos(
                 for frame, mask in zip(priors.frames_thw3, result.moving_mask_thw, strict=True)
             ]
         ),
-        "trajectories": lambda: trajectory_frames(result, priors.frames_thw3),
+        "trajectories": lambda: trajectory_frames(result, priors.frames_thw3, tracks),
     }
     unknown = [name for name in names if name not in makers]
     if unknown:
@@ -107,18 +110,15 @@ def depth_frames(result: FitResult) -> np.ndarray:
     return colorize(stacked_hw, stacked_hw > 0).reshape(T, H, W, 3)
 
 
-def trajectory_frames(result: FitResult, frames_thw3: np.ndarray, step_px: int = 0) -> np.ndarray:
-    """Tracks of a grid of frame-0 points drawn over the input: uint8 [T, H, W, 3].
-
-    step_px: grid spacing (0 = about 12 points across the shorter side)."""
-    H, W = result.height, result.width
-    step = step_px or max(2, min(H, W) // 12)
-    ys, xs = np.mgrid[step // 2 : H : step, step // 2 : W : step]
-    queries_q3 = np.stack([np.zeros(ys.size), ys.ravel(), xs.ravel()], axis=1)
-    points_qt2, occluded_qt = track_2d(result, queries_q3)
-    frame0 = result.frames[0]
-    slot_q = np.searchsorted(frame0.ids_n, attach(result, queries_q3))
-    return draw_trajectories(frames_thw3, points_qt2, occluded_qt, frame0.moving_n[slot_q])
+def trajectory_frames(
+    result: FitResult, frames_thw3: np.ndarray, tracks: Tracks | None = None
+) -> np.ndarray:
+    """`tracks` drawn over the input (None: a DEFAULT_TRACK_GRID grid of frame-0 points):
+    uint8 [T, H, W, 3]."""
+    if tracks is None:
+        queries_q3 = grid_queries_q3(result.height, result.width, DEFAULT_TRACK_GRID)
+        tracks = track_queries(result, queries_q3)
+    return draw_trajectories(frames_thw3, tracks.points_qt2, tracks.occluded_qt, tracks.moving_q)
 
 
 def draw_trajectories(

@@ -1,4 +1,8 @@
-"""The `gflow` command line: run, serve, synth, eval, report, demo."""
+"""The `gflow` command line: run, serve, synth, eval, report, demo, view.
+
+Subcommands are reached by their plain names (`gflow eval tapvid --data FILE`; a parent's flags
+may follow its subcommand); a new one is a dataclass in main()'s union with its handler.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +14,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 import tyro
 import yaml
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from gflow.v1 import common_pb2
 from services.common.artifacts import Artifacts
 from services.common.config import from_dict, to_json
-from services.common.errors import GFlowError
+from services.common.errors import GFlowError, InvalidArgumentError
 from services.common.logs import setup_logging
 from services.common.media import write_mp4
 from services.common.store import S3Settings, StoreConfig, open_store
-from services.fit.config import preset
-from services.pipeline.config import PipelineConfig, RemoteConfig
-from services.pipeline.engine import STAGES, run_pipeline
+from services.pipeline.config import (
+    FitPresetName,
+    PipelineConfig,
+    RemoteConfig,
+    with_fit_preset,
+)
+from services.pipeline.engine import put_queries, run_pipeline
 from services.pipeline.export import export_run, load_run
 from services.pipeline.ingest import ingest
-from services.pipeline.local_services import ServeCommand, start_local_services
-from services.pipeline.report import render_report_html
+from services.pipeline.lab import LabCommand, run_lab
+from services.pipeline.local_services import (
+    ServeCommand,
+    run_until_signalled,
+    start_local_services,
+)
+from services.pipeline.progress import console, stage_progress
+from services.pipeline.report import render_report_html, run_verdict
+from services.pipeline.viewer import ViewCommand, serve_viewer, stored_pipeline_result
 
 log = logging.getLogger(__name__)
-console = Console(stderr=True)
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 @dataclass
@@ -47,15 +63,21 @@ class RunCommand:
     remote_config: Path | None = None
     # Start the fit from a named preset (default = the original's settings, fast, test); it
     # replaces every --pipeline.fit.* flag.
-    fit_preset: Literal["default", "fast", "test"] | None = None
+    fit_preset: FitPresetName | None = None
+    # Points to track instead of the --track-grid grid: a CSV (optional header line) or .npy
+    # file of rows t,x,y in the frames and pixels of the ingested video (fit/tracks_*.npy).
+    queries: Path | None = None
+    # How every stage computes, and the grid of points the fit tracks.
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    log_level: str = "INFO"
+    # Log messages of this level and above are shown.
+    log_level: LogLevel = "INFO"
 
 
 @dataclass
 class ReportCommand:
     """Render the HTML report of a finished run folder again (e.g. after an upgrade)."""
 
+    # The folder a `gflow run` wrote (its --out).
     run_dir: tyro.conf.Positional[Path]
 
 
@@ -63,10 +85,15 @@ class ReportCommand:
 class DemoCommand:
     """Generate a small synthetic clip and run the whole embedded pipeline on it (CPU-friendly)."""
 
+    # Where the clip, the outputs and the report go.
     out: Path = Path("gflow-demo")
+    # Height of the synthetic clip in pixels.
     height: int = 96
+    # Width of the synthetic clip in pixels.
     width: int = 128
+    # Frames in the clip.
     n_frames: int = 10
+    # Seed of the scene's layout, textures and motion.
     seed: int = 0
 
 
@@ -79,49 +106,68 @@ def _store_and_remote(command: RunCommand) -> tuple[StoreConfig, RemoteConfig]:
     # The file's keys win; flags give the rest (e.g. --pipeline.remote.retry-attempts).
     flags = json.loads(to_json(command.pipeline.remote))
     remote = from_dict(RemoteConfig, flags | endpoints["remote"], "remote_config.remote")
+    return _endpoints_store(endpoints), remote
+
+
+def _endpoints_store(endpoints: dict) -> StoreConfig:
+    """The object store named in an endpoints file (`gflow serve`), keys read from their files."""
     store = endpoints["store"]
     settings = S3Settings(
         endpoint=store["endpoint"],
         access_key=Path(store["access_key_file"]).read_text().strip(),
         secret_key=Path(store["secret_key_file"]).read_text().strip(),
     )
-    return StoreConfig(url=store["url"], s3=settings), remote
+    return StoreConfig(url=store["url"], s3=settings)
 
 
-class StageBars:
-    """One rich progress bar per stage, fed by the pipeline's progress callback."""
-
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.tasks = {s: progress.add_task(s, total=None) for s in [*STAGES, "report"]}
-
-    def __call__(self, stage: str, done: int, total: int, message: str) -> None:
-        task = self.tasks.get(stage)
-        if task is not None:
-            self.progress.update(
-                task, completed=done, total=max(total, 1), description=f"{stage}: {message}"[:60]
-            )
+def read_queries(path: Path, video: common_pb2.VideoRef) -> np.ndarray:
+    """Query rows t,x,y of a CSV or .npy file as the fit's float32 (t, y, x) rows, checked
+    against the ingested video (frames 0..T-1, pixels of its working size)."""
+    if path.suffix == ".npy":
+        rows = np.load(path, allow_pickle=False)
+    else:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        header = 1 if lines and any(c.isalpha() for c in lines[0]) else 0
+        rows = np.loadtxt(lines[header:], delimiter=",", ndmin=2) if lines[header:] else []
+    rows = np.asarray(rows, np.float64)
+    if rows.size == 0:
+        rows = rows.reshape(0, 3)  # no queries: empty tracks
+    if rows.ndim != 2 or rows.shape[1] != 3:
+        raise InvalidArgumentError("queries", f"{path}: need rows t,x,y; got shape {rows.shape}")
+    t_q, x_q, y_q = rows.T
+    T, H, W = video.frame_count, video.height, video.width
+    inside = (t_q == np.round(t_q)) & (t_q >= 0) & (t_q < T)
+    inside &= (x_q >= 0) & (x_q <= W - 1) & (y_q >= 0) & (y_q <= H - 1)
+    if not inside.all():
+        bad = int(np.flatnonzero(~inside)[0])
+        raise InvalidArgumentError(
+            "queries",
+            f"{path} row {bad} {rows[bad].tolist()}: t must be a frame 0..{T - 1} and x, y "
+            f"pixels of the ingested {W}x{H} video (see --pipeline.ingest.max-side)",
+        )
+    return rows[:, [0, 2, 1]].astype(np.float32)
 
 
 def run_command(command: RunCommand) -> Path:
     """Run the pipeline and export its outputs; returns the report's path."""
     store_config, remote = _store_and_remote(command)
     config = dataclasses.replace(command.pipeline, remote=remote)
-    if command.fit_preset is not None:
-        config = dataclasses.replace(config, fit=preset(command.fit_preset))
+    config = with_fit_preset(config, command.fit_preset)
     artifacts = Artifacts(open_store(store_config))
     started = time.monotonic()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bars:
+    with stage_progress() as progress:
         video = ingest(artifacts, command.video, config.ingest)
-        result = run_pipeline(artifacts, video, config, StageBars(bars))
+        queries = None
+        if command.queries is not None:
+            queries = put_queries(artifacts, read_queries(command.queries, video))
+        result = run_pipeline(artifacts, video, config, progress, track_queries=queries)
     report = export_run(artifacts, result, command.out, store_config)
     log.info("finished in %.1f s", time.monotonic() - started)
+    # Verdicts never change the exit status: the run ran; they say whether to trust its output.
+    verdict = run_verdict(artifacts, result)
+    colour = {"pass": "green", "warn": "yellow", "fail": "red"}[verdict.level]
+    for line in verdict.lines():
+        console.print(line, style=colour, markup=False, highlight=False, soft_wrap=True)
     return report
 
 
@@ -131,6 +177,18 @@ def report_command(command: ReportCommand) -> Path:
     path = command.run_dir / "report.html"
     path.write_text(page)
     return path
+
+
+def view_command(command: ViewCommand) -> None:
+    """A run folder, or with --remote-config a report key in that store, in the 4D viewer."""
+    if command.remote_config is None:
+        store_config, result = load_run(Path(command.run))
+        artifacts = Artifacts(open_store(store_config))
+    else:
+        endpoints = yaml.safe_load(command.remote_config.read_text())
+        artifacts = Artifacts(open_store(_endpoints_store(endpoints)))
+        result = stored_pipeline_result(artifacts, command.run)
+    serve_viewer(artifacts, result, command)
 
 
 def demo_command(command: DemoCommand) -> Path:
@@ -159,43 +217,42 @@ def serve_command(command: ServeCommand) -> None:
     services = start_local_services(command)
     console.print(f"serving; endpoints in {services.endpoints_file}")
     console.print(f"run a video on them: gflow run VIDEO --remote-config {services.endpoints_file}")
-    try:
-        while all(p.poll() is None for p in services.processes.values()):
-            time.sleep(1)
-        failed = [s for s, p in services.processes.items() if p.poll() is not None]
-        console.print(f"[red]stopped: {failed} exited; see {command.dir}/logs[/red]")
-    except KeyboardInterrupt:
-        console.print("draining ...")
-    finally:
-        services.stop()
+    run_until_signalled(services)
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    """The `gflow` entry point; `args` replace sys.argv[1:] (tests)."""
     from services.evaluation.cli import EvalCommand, run_eval
     from services.evaluation.synth import SynthCommand, run_synth
 
     command = tyro.cli(
         Annotated[RunCommand, tyro.conf.subcommand("run")]
         | Annotated[ServeCommand, tyro.conf.subcommand("serve")]
+        | Annotated[LabCommand, tyro.conf.subcommand("lab")]
         | Annotated[SynthCommand, tyro.conf.subcommand("synth")]
         | Annotated[EvalCommand, tyro.conf.subcommand("eval")]
         | Annotated[ReportCommand, tyro.conf.subcommand("report")]
-        | Annotated[DemoCommand, tyro.conf.subcommand("demo")],
+        | Annotated[DemoCommand, tyro.conf.subcommand("demo")]
+        | Annotated[ViewCommand, tyro.conf.subcommand("view")],
         description="GFlow: a 4D world (dynamic 3D Gaussians + cameras) from one monocular video.",
+        args=args,
+        config=(tyro.conf.OmitSubcommandPrefixes, tyro.conf.CascadeSubcommandArgs),
     )
     setup_logging(getattr(command, "log_level", "INFO"))
     handlers = {
         RunCommand: run_command,
         ServeCommand: serve_command,
+        LabCommand: run_lab,
         SynthCommand: run_synth,
         EvalCommand: run_eval,
         ReportCommand: report_command,
         DemoCommand: demo_command,
+        ViewCommand: view_command,
     }
     try:
         outcome = handlers[type(command)](command)
     except GFlowError as exc:
-        console.print(f"[red]error[/red] ({exc.reason}): {exc}")
+        console.print(f"[red]error[/red] ({exc.reason}): {exc}", soft_wrap=True)  # one line
         raise SystemExit(2) from exc
     if isinstance(outcome, Path):
         console.print(f"[green]done[/green]: {outcome}")

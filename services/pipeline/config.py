@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
 
 from services.common.errors import InvalidArgumentError
 from services.depth.engine import DepthConfig
-from services.fit.config import FitConfig
+from services.fit.config import FitConfig, preset
+from services.fit.tracks import DEFAULT_TRACK_GRID
 from services.flow.engine import FlowConfig
 from services.pipeline.ingest import IngestConfig
 from services.segment.engine import SegmentConfig
@@ -26,6 +31,7 @@ class RemoteConfig:
     auth_token_file: Path | None = None
     # PEM root certificate when the services use TLS.
     tls_ca: Path | None = None
+    # Largest gRPC message sent or received, in bytes.
     max_message_bytes: int = 16 * 1024 * 1024
     # Calls a remote stage gets in all when it answers RESOURCE_EXHAUSTED (every replica busy)
     # or UNAVAILABLE (replica or its store down); 1 = no retry. Other errors are not retried.
@@ -35,6 +41,21 @@ class RemoteConfig:
     retry_first_delay_s: float = 1.0
     retry_factor: float = 2.0
     retry_max_delay_s: float = 30.0
+    # Deadline of one remote stage call: this many seconds per video frame, at least
+    # `stage_deadline_min_s`; `stage_deadline_s` sets it outright. Past it: DEADLINE_EXCEEDED,
+    # retried like a busy replica (a retried stage resumes from what it stored).
+    stage_deadline_s_per_frame: float = 60.0
+    stage_deadline_min_s: float = 300.0
+    stage_deadline_s: float | None = None
+    # Seconds a remote stage may send nothing (no progress, no result) before the call is taken
+    # as stalled (a stopped or hung worker): cancelled as DEADLINE_EXCEEDED and retried.
+    silence_timeout_s: float = 600.0
+
+    def stage_deadline(self, frame_count: int) -> float:
+        """Seconds one remote stage call on a video of `frame_count` frames may take."""
+        if self.stage_deadline_s is not None:
+            return self.stage_deadline_s
+        return max(self.stage_deadline_min_s, self.stage_deadline_s_per_frame * frame_count)
 
     def __post_init__(self) -> None:
         """Refuse retry settings that cannot work, naming the field."""
@@ -43,6 +64,9 @@ class RemoteConfig:
             "retry_first_delay_s": 0.0,
             "retry_factor": 1.0,
             "retry_max_delay_s": 0.0,
+            "stage_deadline_s_per_frame": 0.0,
+            "stage_deadline_min_s": 0.0,
+            "silence_timeout_s": 0.1,
         }
         for name, limit in lowest.items():
             value = getattr(self, name)
@@ -60,3 +84,18 @@ class PipelineConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
+    # The fit tracks an N x N grid of frame-0 points (fit/tracks_*.npy and the trajectories
+    # video) when the run names no queries; 0 = none.
+    track_grid: Annotated[int, tyro.conf.arg(prefix_name=False)] = DEFAULT_TRACK_GRID
+
+    def __post_init__(self) -> None:
+        if self.track_grid < 0:
+            raise InvalidArgumentError("track_grid", f"{self.track_grid} must be 0 (none) or more")
+
+
+FitPresetName = Literal["default", "fast", "test"]
+
+
+def with_fit_preset(config: PipelineConfig, name: FitPresetName | None) -> PipelineConfig:
+    """`config` with its fit replaced by a named preset (services.fit.config; None: as is)."""
+    return config if name is None else dataclasses.replace(config, fit=preset(name))

@@ -8,10 +8,13 @@ before, which is also how a killed run resumes (and fit resumes from its last ch
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from gflow.v1 import (
     common_pb2,
@@ -28,9 +31,15 @@ from gflow.v1 import (
 from services.common.artifacts import Artifacts
 from services.common.client import Endpoint, collect_stage, open_channel
 from services.common.config import to_json
-from services.common.errors import ProgressFn, ResourceExhaustedError, UnavailableError
+from services.common.errors import (
+    DeadlineError,
+    ProgressFn,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from services.depth.stage import depth_from_request
 from services.fit.stage import fit_from_request
+from services.fit.tracks import grid_queries_q3
 from services.flow.stage import flow_from_request
 from services.pipeline.config import PipelineConfig, RemoteConfig
 from services.pipeline.report import write_report
@@ -96,26 +105,30 @@ def call_stage(
 ) -> common_pb2.StageResult:
     """Run one stage where the configuration puts it; errors arrive as our exception types.
 
-    A remote stage that answers RESOURCE_EXHAUSTED (its replicas are full) or UNAVAILABLE (a
-    replica or its store is down) is called again after a growing wait, on a fresh channel so
-    round-robin can pick another replica. Stage work is keyed by content, so a retry never redoes
-    what an attempt finished (and a fit resumes from its checkpoint). Waits never run past the
-    caller's deadline.
+    A remote stage that answers RESOURCE_EXHAUSTED (its replicas are full), UNAVAILABLE (a
+    replica or its store is down) or DEADLINE_EXCEEDED (past its deadline from the clip's size,
+    or silent for `remote.silence_timeout_s`: stalled) is called again after a growing wait, on
+    a fresh channel so round-robin can pick another replica. Stage work is keyed by content, so
+    a retry never redoes what an attempt finished (and a fit resumes from its checkpoint). Waits
+    never run past the caller's deadline.
     """
     call = _CALLS[stage]
     endpoint = _endpoint(remote, stage)
     if endpoint is None:
         return call.local(artifacts, request, progress)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    stage_deadline_s = remote.stage_deadline(request.video.frame_count)
     attempt = 0
     while True:
         attempt += 1
-        left_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+        left_s = stage_deadline_s
+        if deadline is not None:
+            left_s = min(left_s, max(0.0, deadline - time.monotonic()))
         try:
             with open_channel(endpoint) as channel:
                 stream = getattr(call.stub(channel), call.method)(request, timeout=left_s)
-                return collect_stage(stream, progress)
-        except (ResourceExhaustedError, UnavailableError) as exc:
+                return collect_stage(stream, progress, remote.silence_timeout_s)
+        except (ResourceExhaustedError, UnavailableError, DeadlineError) as exc:
             wait_s = _retry_wait_s(remote, attempt)
             past_deadline = deadline is not None and time.monotonic() + wait_s >= deadline
             if attempt == remote.retry_attempts or past_deadline:
@@ -178,6 +191,13 @@ def fit_request(
     )
 
 
+def put_queries(artifacts: Artifacts, queries_tyx_q3: np.ndarray) -> common_pb2.ArtifactRef:
+    """Track queries (rows t, y, x) stored under their checksum, ready for `run_pipeline`."""
+    queries_tyx_q3 = np.asarray(queries_tyx_q3, np.float32)
+    digest = hashlib.sha256(queries_tyx_q3.tobytes()).hexdigest()[:40]
+    return artifacts.put_array(f"queries/{digest}", queries_tyx_q3, "QC")
+
+
 def run_pipeline(
     artifacts: Artifacts,
     video: common_pb2.VideoRef,
@@ -186,8 +206,11 @@ def run_pipeline(
     timeout_s: float | None = None,
     track_queries: common_pb2.ArtifactRef | None = None,
 ) -> pipeline_pb2.PipelineResult:
-    """Every stage in order on an ingested video, then the HTML report. `track_queries` (a
-    float32 [Q, 3] array of (t, y, x)) asks the fit for 2D and 3D tracks of those points."""
+    """Every stage in order on an ingested video, then the HTML report. The fit tracks
+    `track_queries` (a float32 [Q, 3] array of (t, y, x)), or else `config.track_grid`'s grid."""
+    if track_queries is None and config.track_grid:
+        grid_q3 = grid_queries_q3(video.height, video.width, config.track_grid)
+        track_queries = put_queries(artifacts, grid_q3)
 
     def run(stage: str, request) -> common_pb2.StageResult:
         def stage_progress(done: int, total: int, message: str) -> None:

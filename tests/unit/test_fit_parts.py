@@ -29,7 +29,7 @@ from services.fit.initialise import gaussians_at_pixels, sample_pixels, texture_
 from services.fit.losses import photometric_loss, ssim_map_hw
 from services.fit.motion import sample_bilinear, spread_displacement
 from services.fit.timing import PhaseTimer
-from services.fit.tracks import attach, track_2d, track_3d
+from services.fit.tracks import attach, track_2d, track_3d, track_queries
 from services.fit.videos import draw_trajectories, trajectory_frames
 
 H, W = 48, 64
@@ -316,6 +316,30 @@ def test_track_behind_the_surface_is_occluded():
     assert attach(result, back_query).tolist() == [3]
     _, occluded = track_2d(result, back_query)
     assert occluded[0].tolist() == [False, False, False, True]
+
+
+def test_track_queries_gives_both_tracks_and_the_moving_flag():
+    result = _two_layer_result()
+    front_xy, _ = project_p2(K_33, np.eye(4), np.array([[0.0, 0.0, 3.0]]))
+    queries = np.array([[0, front_xy[0, 1], front_xy[0, 0]], [1, 2.0, 3.0]])
+    tracks = track_queries(result, queries)
+    points, occluded = track_2d(result, queries)
+    world, alive = track_3d(result, queries)
+    np.testing.assert_array_equal(tracks.points_qt2, points)
+    np.testing.assert_array_equal(tracks.occluded_qt, occluded)
+    np.testing.assert_array_equal(tracks.world_qt3, world)
+    np.testing.assert_array_equal(tracks.alive_qt, alive)
+    assert tracks.moving_q.tolist() == [True, False]  # the front Gaussian moves, the back not
+
+
+def test_no_queries_give_empty_tracks_and_an_undrawn_trajectory_video():
+    result = _two_layer_result()
+    tracks = track_queries(result, np.zeros((0, 3)))
+    assert tracks.points_qt2.shape == (0, 4, 2) and tracks.world_qt3.shape == (0, 4, 3)
+    assert tracks.occluded_qt.shape == tracks.alive_qt.shape == (0, 4)
+    assert tracks.moving_q.shape == (0,)
+    frames = np.full((4, H, W, 3), 128, np.uint8)
+    np.testing.assert_array_equal(trajectory_frames(result, frames, tracks), frames)
 
 
 def test_queries_are_checked():

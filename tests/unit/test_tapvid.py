@@ -97,6 +97,17 @@ def test_per_video_pickles_with_truncated_and_malformed_files(tmp_path, entries)
     assert report.unreadable == data.unreadable
 
 
+def test_own_clips_in_the_tapvid_layout_expect_no_davis_video(tmp_path, entries):
+    path = tmp_path / "my_clips.pkl"
+    path.write_bytes(pickle.dumps({"street": entries["dog"], "garden": entries["blackswan"]}))
+    data = load_tapvid_davis(path)
+    assert sorted(data.videos) == ["garden", "street"] and data.missing == []
+    report = evaluate_tapvid(data, oracle(entries), "first")
+    assert report.missing == [] and report.mean["average_jaccard"] == 1.0
+    # Given explicitly, an expected list is still checked.
+    assert load_tapvid_davis(path, expected=["street", "alley"]).missing == ["alley"]
+
+
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
