@@ -98,3 +98,20 @@ def write_tum(c2w_t44: np.ndarray, fps: float, path_or_file: str | Path | TextIO
         Path(path_or_file).write_text(text)
     else:
         path_or_file.write(text)
+
+
+def ply_table(data: bytes) -> np.ndarray:
+    """float32 [N, len(PLY_PROPERTIES)] rows of a PLY written by `ply_bytes` (columns in
+    PLY_PROPERTIES order); a header that is not ours or a short body is refused."""
+    header, sep, body = data.partition(b"end_header\n")
+    lines = header.decode("ascii", "replace").splitlines()
+    names = tuple(line.split()[-1] for line in lines if line.startswith("property float"))
+    counts = [int(line.split()[-1]) for line in lines if line.startswith("element vertex")]
+    if not sep or names != PLY_PROPERTIES or len(counts) != 1:
+        raise InvalidArgumentError("ply", "is not a GFlow Gaussian PLY (see PLY_PROPERTIES)")
+    row_bytes = 4 * len(PLY_PROPERTIES)
+    if len(body) != counts[0] * row_bytes:
+        raise InvalidArgumentError(
+            "ply", f"body holds {len(body)} bytes, the header says {counts[0]} rows of {row_bytes}"
+        )
+    return np.frombuffer(body, "<f4").reshape(counts[0], len(PLY_PROPERTIES))
