@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/gflow/v1/*.proto)
 STUBS := gflow/v1/common_pb2.py
 
-.PHONY: setup proto test browser lint demo serve bench clean
+.PHONY: setup proto test test-containers browser lint demo serve bench clean
 
 setup: $(VENV)/.installed $(STUBS)
 
@@ -31,6 +31,11 @@ $(STUBS): $(PROTOS) | $(VENV)/.installed
 
 test: setup browser
 	$(BIN)/python -m pytest -q -ra
+
+# The services as real containers (as root: installs docker.io and debootstrap, starts dockerd,
+# builds the images from a local Debian base; see docs/deploy.md).
+test-containers: setup
+	deploy/lab/test-containers.sh
 
 # Headless Chromium for the report test (Debian package; skipped with a message where apt is absent).
 browser:

@@ -7,7 +7,11 @@
 # version such as 2.13.0+cu128 satisfies ==2.13.0, so pip keeps it; the check at the end fails the
 # build if pip replaced it anyway.
 #
-# Env: VARIANT (cpu|cuda), TORCH_VERSION, TORCHVISION_VERSION, TORCH_CUDA_CHANNEL.
+# Env: VARIANT (cpu|cuda), TORCH_VERSION, TORCHVISION_VERSION, TORCH_CUDA_CHANNEL; optional
+# TORCH_WHEEL_DIR: a folder holding the torch wheel to install instead of the PyTorch index (where
+# that index is unreachable, as for the locally built images of deploy/lab/; torchvision, which
+# only RAFT needs, is then left out) and, when present, a pip constraints.txt that pins every
+# dependency (torch included, so the wheel there is the one taken).
 set -eu
 : "${VARIANT:?cpu or cuda}" "${TORCH_VERSION:?}" "${TORCHVISION_VERSION:?}" "${TORCH_CUDA_CHANNEL:?}"
 case "$VARIANT" in
@@ -16,12 +20,19 @@ case "$VARIANT" in
     *) echo "VARIANT must be cpu or cuda, not '$VARIANT'" >&2; exit 2 ;;
 esac
 
-python3.12 -m venv /opt/venv
+python3 -m venv /opt/venv
 export PATH="/opt/venv/bin:$PATH"
 export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install --upgrade pip
-pip install --index-url "https://download.pytorch.org/whl/$channel" \
-    "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+if [ -n "${TORCH_WHEEL_DIR:-}" ]; then
+    if [ -f "$TORCH_WHEEL_DIR/constraints.txt" ]; then
+        export PIP_CONSTRAINT="$TORCH_WHEEL_DIR/constraints.txt"
+    fi
+    pip install --find-links "$TORCH_WHEEL_DIR" "torch==$TORCH_VERSION"
+else
+    pip install --index-url "https://download.pytorch.org/whl/$channel" \
+        "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+fi
 
 # Generated stubs (package gflow.v1), exactly as `make proto` builds them.
 pip install "grpcio-tools>=1.62,<2"

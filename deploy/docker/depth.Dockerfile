@@ -7,13 +7,15 @@
 # MASt3R, DUSt3R and CroCo code and checkpoints are licensed CC BY-NC-SA 4.0 (non-commercial).
 ARG VARIANT=cuda
 ARG CPU_IMAGE=ubuntu:24.04
+# The CPU builder's base; deploy/lab/ builds one with the dependencies installed (same distro).
+ARG CPU_BUILDER_IMAGE=${CPU_IMAGE}
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 # The CUDA builder needs nvcc to compile CroCo's RoPE kernels (curope).
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu24.04
 
 # ---- builder: venv with the project, MASt3R at pinned commits ---------------------------------
 FROM ${CUDA_DEVEL_IMAGE} AS builder-cuda
-FROM ${CPU_IMAGE} AS builder-cpu
+FROM ${CPU_BUILDER_IMAGE} AS builder-cpu
 # hadolint ignore=DL3006
 FROM builder-${VARIANT} AS builder
 ARG VARIANT
@@ -29,7 +31,7 @@ ARG CROCO_COMMIT=d7de0705845239092414480bd829228723bf20de
 # Turing, Ampere (A100, RTX 30), Ada (RTX 40, L4), Hopper, Blackwell consumer, plus PTX.
 ARG CUDA_ARCHS="7.5;8.0;8.6;8.9;9.0;12.0+PTX"
 COPY deploy/docker/install-python.sh deploy/docker/build-venv.sh /tmp/
-RUN /tmp/install-python.sh git python3.12-dev g++
+RUN /tmp/install-python.sh git python3-dev g++
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proto proto
@@ -39,12 +41,15 @@ COPY services services
 RUN /tmp/build-venv.sh && /opt/venv/bin/pip install --no-cache-dir \
     "roma>=1.5,<2" "einops>=0.7,<1" "trimesh>=4,<5" "scikit-learn>=1.4,<2" \
     "huggingface-hub>=0.22,<2" "matplotlib>=3.8,<4" "setuptools>=68"
-RUN git clone --quiet https://github.com/naver/mast3r /opt/mast3r \
+# MAST3R_COMMIT=none leaves MASt3R out (where GitHub is unreachable; the backend then reports
+# unavailable in Describe).
+RUN if [ "$MAST3R_COMMIT" = none ]; then mkdir -p /opt/mast3r/dust3r/croco/models/curope; else \
+    git clone --quiet https://github.com/naver/mast3r /opt/mast3r \
     && git -C /opt/mast3r checkout --quiet --detach "$MAST3R_COMMIT" \
     && git -C /opt/mast3r submodule update --quiet --init --recursive \
     && test "$(git -C /opt/mast3r/dust3r rev-parse HEAD)" = "$DUST3R_COMMIT" \
     && test "$(git -C /opt/mast3r/dust3r/croco rev-parse HEAD)" = "$CROCO_COMMIT" \
-    && find /opt/mast3r -name .git -prune -exec rm -rf {} +
+    && find /opt/mast3r -name .git -prune -exec rm -rf {} +; fi
 # CroCo's CUDA RoPE kernels (optional: without them MASt3R falls back to a slower PyTorch RoPE).
 WORKDIR /opt/mast3r/dust3r/croco/models/curope
 RUN if [ "$VARIANT" = cuda ]; then TORCH_CUDA_ARCH_LIST="$CUDA_ARCHS" \

@@ -7,13 +7,15 @@
 #   docker build -f deploy/docker/fit.Dockerfile --build-arg VARIANT=cpu -t gflow-fit:cpu .
 ARG VARIANT=cuda
 ARG CPU_IMAGE=ubuntu:24.04
+# The CPU builder's base; deploy/lab/ builds one with the dependencies installed (same distro).
+ARG CPU_BUILDER_IMAGE=${CPU_IMAGE}
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 # The CUDA builder needs nvcc to compile gsplat.
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu24.04
 
 # ---- builder: venv with the project and a compiled gsplat -------------------------------------
 FROM ${CUDA_DEVEL_IMAGE} AS builder-cuda
-FROM ${CPU_IMAGE} AS builder-cpu
+FROM ${CPU_BUILDER_IMAGE} AS builder-cpu
 # hadolint ignore=DL3006
 FROM builder-${VARIANT} AS builder
 ARG VARIANT
@@ -29,7 +31,7 @@ ARG CUDA_ARCHS="7.5;8.0;8.6;8.9;9.0;12.0+PTX"
 # Parallel nvcc jobs; each takes a few GB of memory.
 ARG MAX_JOBS=4
 COPY deploy/docker/install-python.sh deploy/docker/build-venv.sh /tmp/
-RUN /tmp/install-python.sh python3.12-dev g++
+RUN /tmp/install-python.sh python3-dev g++
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proto proto

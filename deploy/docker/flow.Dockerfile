@@ -5,10 +5,12 @@
 #   docker build -f deploy/docker/flow.Dockerfile --build-arg VARIANT=cpu -t gflow-flow:cpu .
 ARG VARIANT=cuda
 ARG CPU_IMAGE=ubuntu:24.04
+# The CPU builder's base; deploy/lab/ builds one with the dependencies installed (same distro).
+ARG CPU_BUILDER_IMAGE=${CPU_IMAGE}
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 
 # ---- builder: venv with the project, UniMatch sources at a pinned commit ---------------------
-FROM ${CPU_IMAGE} AS builder
+FROM ${CPU_BUILDER_IMAGE} AS builder
 ARG VARIANT
 # torch stays at the project's pin; only its build (CPU or CUDA channel) follows VARIANT.
 ARG TORCH_VERSION=2.13.0
@@ -22,9 +24,12 @@ COPY pyproject.toml README.md ./
 COPY proto proto
 COPY services services
 RUN /tmp/build-venv.sh && /opt/venv/bin/pip install --no-cache-dir "einops>=0.7,<1"
-RUN git clone --quiet https://github.com/autonomousvision/unimatch /opt/unimatch \
+# UNIMATCH_COMMIT=none leaves UniMatch out (where GitHub is unreachable; the backend then reports
+# unavailable in Describe).
+RUN if [ "$UNIMATCH_COMMIT" = none ]; then mkdir -p /opt/unimatch; else \
+    git clone --quiet https://github.com/autonomousvision/unimatch /opt/unimatch \
     && git -C /opt/unimatch checkout --quiet --detach "$UNIMATCH_COMMIT" \
-    && rm -rf /opt/unimatch/.git
+    && rm -rf /opt/unimatch/.git; fi
 
 # ---- runtime ----------------------------------------------------------------------------------
 FROM ${CUDA_RUNTIME_IMAGE} AS runtime-cuda

@@ -4,8 +4,10 @@
 # Build from the repository root:
 #   docker build -f deploy/docker/pipeline.Dockerfile -t gflow-pipeline .
 ARG CPU_IMAGE=ubuntu:24.04
+# The CPU builder's base; deploy/lab/ builds one with the dependencies installed (same distro).
+ARG CPU_BUILDER_IMAGE=${CPU_IMAGE}
 
-FROM ${CPU_IMAGE} AS builder
+FROM ${CPU_BUILDER_IMAGE} AS builder
 ARG TORCH_VERSION=2.13.0
 ARG TORCHVISION_VERSION=0.28.0
 COPY deploy/docker/install-python.sh deploy/docker/build-venv.sh /tmp/

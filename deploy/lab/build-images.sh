@@ -1,0 +1,76 @@
+#!/bin/sh
+# Build the CPU images of every service and the lab's store image without any image registry:
+# a Debian root filesystem made with debootstrap from the mirror apt uses here, `docker import`ed
+# as the base, then the Dockerfiles of deploy/docker with that base as CPU_IMAGE (the same files
+# build from the public bases elsewhere). The Python dependencies are installed once, in
+# gflow-cpu-deps, which every builder stage starts from. Run as root from anywhere, with dockerd
+# running and the project's venv set up (.venv gives the torch wheel and the versions to pin).
+# Env: GFLOW_TAG (latest), GFLOW_WITHOUT_MODEL_CODE=1 (leave out MASt3R and UniMatch, whose code
+# comes from GitHub), DEBIAN_MIRROR and DEBIAN_SUITE (default: apt's first source, this system).
+set -eu
+cd "$(dirname "$0")/../.."
+tag=${GFLOW_TAG:-latest}
+# shellcheck source=/dev/null
+suite=${DEBIAN_SUITE:-$(. /etc/os-release && echo "$VERSION_CODENAME")}
+mirror=${DEBIAN_MIRROR:-$( (sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources; \
+    sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) .*/\2/p' /etc/apt/sources.list) 2>/dev/null \
+    | head -n 1)}
+base="gflow-base:$suite"
+torch=$(sed -n 's/.*"\(torch==[^"]*\)".*/\1/p' pyproject.toml)
+
+log() { echo "build-images: $*" >&2; }
+since() { echo "$(( $(date +%s) - $1 )) s"; }
+logs=$(mktemp -d)
+build() {  # build TAG DOCKERFILE [docker build args]: the legacy builder, host network
+    image=$1 file=$2
+    shift 2
+    started=$(date +%s)
+    if ! DOCKER_BUILDKIT=0 docker build --network host --force-rm -f "$file" -t "$image" "$@" . \
+        >"$logs/build.log" 2>&1; then
+        tail -n 40 "$logs/build.log" >&2
+        log "building $image failed (the lines above)"
+        exit 1
+    fi
+    log "$image built in $(since "$started")"
+}
+
+if docker image inspect "$base" >/dev/null 2>&1; then
+    log "$base exists"
+else
+    : "${mirror:?no Debian mirror in the apt sources: set DEBIAN_MIRROR}"
+    started=$(date +%s)
+    rootfs=$(mktemp -d)
+    debootstrap --variant=minbase \
+        --include=python3,python3-venv,tini,ca-certificates,libglib2.0-0 \
+        "$suite" "$rootfs" "$mirror" >/dev/null
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | docker import -m "debootstrap $suite from $mirror" - "$base" >/dev/null
+    rm -rf "$rootfs"
+    log "$base (debootstrap $suite from $mirror) made in $(since "$started")"
+fi
+
+mkdir -p deploy/lab/wheels
+.venv/bin/python -m pip download -q --no-deps -d deploy/lab/wheels "$torch"
+.venv/bin/python -m pip freeze --exclude-editable | grep -v -e ' @ ' -e '^torchvision==' \
+    >deploy/lab/wheels/constraints.txt
+# The builds reach PyPI through this machine's TLS setup: its CA bundle goes along.
+cp /etc/ssl/certs/ca-certificates.crt deploy/lab/wheels/
+
+# The CUDA bases are named by stages the CPU variant never uses; the legacy builder still pulls
+# every FROM, so they point at the local base too.
+local_bases="--build-arg CPU_IMAGE=$base --build-arg CUDA_RUNTIME_IMAGE=$base \
+--build-arg CUDA_DEVEL_IMAGE=$base"
+model_code=""
+if [ "${GFLOW_WITHOUT_MODEL_CODE:-0}" = 1 ]; then
+    model_code="--build-arg MAST3R_COMMIT=none --build-arg UNIMATCH_COMMIT=none"
+fi
+# shellcheck disable=SC2086 # the argument lists above split on purpose
+build "gflow-cpu-deps:$tag" deploy/lab/cpu-deps.Dockerfile $local_bases
+for service in depth flow fit segment pipeline; do
+    case $service in depth | flow | fit) image="gflow-$service:$tag-cpu" ;; *) image="gflow-$service:$tag" ;; esac
+    # shellcheck disable=SC2086
+    build "$image" "deploy/docker/$service.Dockerfile" $local_bases $model_code \
+        --build-arg VARIANT=cpu --build-arg "CPU_BUILDER_IMAGE=gflow-cpu-deps:$tag"
+done
+build "gflow-store:$tag" deploy/lab/store.Dockerfile --build-arg "GFLOW_IMAGE=gflow-pipeline:$tag" \
+    --build-arg "BUILDER_IMAGE=gflow-cpu-deps:$tag"
