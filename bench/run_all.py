@@ -27,7 +27,7 @@ import tyro
 
 log = logging.getLogger("bench.run_all")
 
-Name = Literal["synth", "flow", "depth", "segment", "render", "fit"]
+Name = Literal["synth", "flow", "depth", "segment", "render", "fit", "suite"]
 BENCH_DIR = Path(__file__).resolve().parent
 CPU_FIT_ARGS = ["--width", "160", "--height", "96", "--frames", "8"]
 
@@ -39,7 +39,7 @@ class RunAll:
     quick: bool = False
     """Small sizes and few repeats: checks that every benchmark runs, not how fast."""
     only: list[Name] = field(default_factory=list)
-    """Run just these (default: all, in the order synth flow depth segment render fit)."""
+    """Run just these (default: all, in the order synth flow depth segment render fit suite)."""
     out: Path | None = None
     """Folder for the logs and summary (default: bench/out/<UTC time>)."""
 
@@ -55,6 +55,10 @@ def bench_args(quick: bool, cuda: bool) -> dict[str, list[str]]:
             "segment": [*small, "--frames", "4", "--repeats", "1"],
             "render": ["--sizes", "2000x64x48", "--repeats", "2"],
             "fit": ["--width", "64", "--height", "48", "--frames", "4", "--presets", "test"],
+            "suite": [
+                *("--width", "64", "--height", "48", "--frames", "4", "--presets", "test"),
+                *("--clips", "orbit", "--tracks", "32"),
+            ],
         }
     flow_args = ["--raft-random-weights"] if cuda else []
     return {
@@ -64,6 +68,9 @@ def bench_args(quick: bool, cuda: bool) -> dict[str, list[str]]:
         "segment": [],
         "render": [],
         "fit": [] if cuda else [*CPU_FIT_ARGS, "--presets", "test", "fast"],
+        "suite": (
+            ["--device", "cuda", "--jobs", "8"] if cuda else ["--presets", "fast", "--jobs", "2"]
+        ),
     }
 
 

@@ -46,6 +46,7 @@ from services.fit.losses import (
 )
 from services.fit.motion import (
     COVERED_ALPHA,
+    FB_TOLERANCE_PX,
     inside_image,
     lift_moving,
     nearest_pixel,
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 # Learning rate of each parameter group relative to the configured one. Means move in units of
 # the scene depth (median depth of frame 0), so one setting suits scenes of any size.
 _LR_SCALE = {"means": 0.1, "scales": 1.0, "quats": 1.0, "opacities": 5.0, "colors": 2.0}
-_FB_TOLERANCE_PX = 1.0  # forward-backward flow disagreement above which a pixel is unreliable
 _MIN_SCALE_PIXELS = 50  # still pixels needed to re-estimate the depth prior's scale
 _SCALE_RANGE = (0.5, 2.0)
 
@@ -397,7 +397,7 @@ class _Fitter:
         if p.flow_bwd_t1hw2 is not None:
             back_p2 = sample_bilinear(p.flow_bwd_t1hw2[t - 1], target_p2)
             reliable_p &= np.linalg.norm(flow_hw2.reshape(-1, 2) + back_p2, axis=1) < (
-                _FB_TOLERANCE_PX
+                FB_TOLERANCE_PX
             )
         return reliable_p.reshape(self.H, self.W)
 

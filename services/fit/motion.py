@@ -17,6 +17,8 @@ VISIBLE_DEPTH_TOLERANCE = 0.05
 """A centre counts as seen when its camera z is within this share of the rendered depth."""
 COVERED_ALPHA = 0.5
 """Rendered opacity from which a pixel counts as covered."""
+FB_TOLERANCE_PX = 1.0
+"""Forward-backward flow disagreement (pixels) above which a pixel's flow is not trusted."""
 _DEPTH_RATIO_RANGE = (0.5, 2.0)  # a prior depth change outside this is a boundary, not motion
 _NEIGHBOURS = 4
 

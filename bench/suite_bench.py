@@ -1,0 +1,139 @@
+"""The tracking and pose suite (services/evaluation/fit_suite.py): one row per clip, prior source
+and preset, with the naive floor (chained flow + forward-backward occlusion) beside each row.
+
+Run from the project root (after `make setup`):
+    .venv/bin/python bench/suite_bench.py                               # 256x192x24, all clips
+    .venv/bin/python bench/suite_bench.py --width 96 --height 72 --frames 12 --presets fast \
+        --clips orbit pan --jobs 2                                      # a CPU smoke run
+
+Rows run in parallel processes (`--jobs`), each single-threaded on the CPU, so a many-core machine
+fills its cores; on a GPU machine use `--device cuda` (the fits then share the GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from services.evaluation.fit_suite import SUITE, PriorSource, run_clip, suite_clip
+from services.fit.config import preset
+
+
+@dataclass
+class SuiteBench:
+    """What to run."""
+
+    width: int = 256
+    height: int = 192
+    frames: int = 24
+    clips: tuple[str, ...] = tuple(c.name for c in SUITE)
+    """Clips of the suite to run (names from services/evaluation/fit_suite.py)."""
+    sources: tuple[PriorSource, ...] = ("exact", "pipeline")
+    """exact: the scene's own priors; pipeline: DIS flow, offline depth and segmentation."""
+    presets: tuple[str, ...] = ("default", "fast")
+    tracks: int = 128
+    """Ground-truth tracks per clip (queries at each track's first visible frame)."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    jobs: int = 1
+    """Rows fitted at once, each in its own process."""
+    json_out: Path | None = None
+    """Also write the rows as JSON here."""
+
+
+def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
+    bench, clip, source, preset_name = job
+    if bench.device == "cpu":
+        import torch
+
+        torch.set_num_threads(1)
+    cfg = dataclasses.replace(preset(preset_name), device=bench.device)
+    row = run_clip(
+        suite_clip(clip),
+        source,
+        cfg,
+        width=bench.width,
+        height=bench.height,
+        n_frames=bench.frames,
+        n_tracks=bench.tracks,
+    )
+    row["preset"] = preset_name
+    return row
+
+
+def _pct(value: float) -> str:
+    return "—" if value != value else f"{100 * value:.2f} %"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one row per fit, then the floor beside it."""
+    header = (
+        "clip",
+        "priors",
+        "preset",
+        "AJ",
+        "δavg",
+        "OA",
+        "floor AJ",
+        "floor δavg",
+        "floor OA",
+        "ATE / path",
+        "ATE / depth",
+        "RPE rot °",
+        "depth abs-rel",
+        "mask J",
+        "PSNR dB",
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = (
+            r["clip"],
+            r["source"],
+            r["preset"],
+            f"{r['aj']:.3f}",
+            f"{r['delta_avg']:.3f}",
+            f"{r['oa']:.3f}",
+            f"{r['naive_aj']:.3f}",
+            f"{r['naive_delta_avg']:.3f}",
+            f"{r['naive_oa']:.3f}",
+            _pct(r["ate_share"]),
+            _pct(r["ate_depths"]),
+            f"{r['rpe_rot_deg']:.3f}",
+            f"{r['depth_abs_rel']:.3f}",
+            f"{r['mask_j']:.3f}",
+            f"{r['psnr']:.1f}",
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    bench = tyro.cli(SuiteBench)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    jobs = [
+        (bench, clip, source, name)
+        for clip in bench.clips
+        for source in bench.sources
+        for name in bench.presets
+    ]
+    if bench.jobs > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        with ProcessPoolExecutor(bench.jobs) as pool:
+            rows = list(pool.map(_row, jobs))
+    else:
+        rows = [_row(job) for job in jobs]
+    print(f"suite at {bench.width}x{bench.height}x{bench.frames}, {bench.tracks} tracks per clip")
+    print(table(rows))
+    if bench.json_out is not None:
+        bench.json_out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

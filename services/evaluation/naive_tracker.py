@@ -1,0 +1,64 @@
+"""The floor every tracking table shows: chained optical flow from the query, no 3D at all.
+
+A query pixel is carried frame to frame by the forward flow (and, before its query frame, by the
+backward flow), read bilinearly at its sub-pixel position. It is reported occluded where the flow
+pair disagrees (forward then backward does not come back within `fb_tolerance_px`) or where it
+has left the image. A 4D model whose tracks do not beat this is not using its 3D.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.common.errors import InvalidArgumentError
+from services.fit.motion import FB_TOLERANCE_PX, inside_image, sample_bilinear
+
+
+def _step(
+    flow_hw2: np.ndarray, back_hw2: np.ndarray, xy_q2: np.ndarray, fb_tolerance_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One flow step: new positions and whether the pair of flows agrees there."""
+    moved_q2 = xy_q2 + sample_bilinear(flow_hw2, xy_q2)
+    returned_q2 = moved_q2 + sample_bilinear(back_hw2, moved_q2)
+    return moved_q2, np.linalg.norm(returned_q2 - xy_q2, axis=1) <= fb_tolerance_px
+
+
+def chained_flow_tracks(
+    flow_fwd_t1hw2: np.ndarray,
+    flow_bwd_t1hw2: np.ndarray,
+    queries_q3: np.ndarray,
+    fb_tolerance_px: float = FB_TOLERANCE_PX,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tracks of query rows (t, y, x): (points float32 [Q, T, 2] as (x, y), occluded bool [Q, T]).
+
+    A step whose flows disagree marks the point occluded in the frame it reaches; the position is
+    still carried on by the flow there, as a tracker without re-detection would."""
+    queries_q3 = np.asarray(queries_q3, np.float64)
+    if queries_q3.ndim != 2 or queries_q3.shape[1] != 3:
+        raise InvalidArgumentError(
+            "queries_q3", f"need [Q, 3] rows of (t, y, x), got {queries_q3.shape}"
+        )
+    T = len(flow_fwd_t1hw2) + 1
+    H, W = flow_fwd_t1hw2.shape[1:3]
+    Q = len(queries_q3)
+    points_qt2 = np.zeros((Q, T, 2), np.float64)
+    occluded_qt = np.ones((Q, T), bool)
+    t_q = queries_q3[:, 0].astype(np.int64)
+    if Q and (t_q.min() < 0 or t_q.max() >= T):
+        raise InvalidArgumentError("queries_q3", f"query frames must lie in 0..{T - 1}")
+    for t0 in np.unique(t_q):
+        rows = np.flatnonzero(t_q == t0)
+        start_r2 = queries_q3[rows][:, [2, 1]]
+        points_qt2[rows, t0] = start_r2
+        occluded_qt[rows, t0] = False
+        for direction, frames in ((1, range(t0, T - 1)), (-1, range(t0, 0, -1))):
+            xy_r2, agree_r = start_r2.copy(), np.ones(len(rows), bool)
+            for t in frames:
+                if direction == 1:
+                    flow, back, nxt = flow_fwd_t1hw2[t], flow_bwd_t1hw2[t], t + 1
+                else:
+                    flow, back, nxt = flow_bwd_t1hw2[t - 1], flow_fwd_t1hw2[t - 1], t - 1
+                xy_r2, agree_r = _step(flow, back, xy_r2, fb_tolerance_px)
+                points_qt2[rows, nxt] = xy_r2
+                occluded_qt[rows, nxt] = ~(agree_r & inside_image(xy_r2, H, W))
+    return points_qt2.astype(np.float32), occluded_qt
