@@ -26,9 +26,10 @@ import torch
 import tyro
 
 from services.evaluation import metrics
-from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
+from services.evaluation.fit_suite import exact_priors
+from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.config import preset
-from services.fit.engine import FitPriors, fit, resolve_device
+from services.fit.engine import fit, resolve_device
 from services.fit.tracks import track_2d
 
 
@@ -58,17 +59,6 @@ class BenchConfig:
     """Also write the rows as JSON here."""
 
 
-def priors_of(scene: SyntheticScene) -> FitPriors:
-    return FitPriors(
-        frames_thw3=scene.frames_thw3,
-        depth_thw=scene.depth_thw,
-        K_33=scene.K_33,
-        flow_fwd_t1hw2=scene.flow_fwd_t1hw2,
-        flow_bwd_t1hw2=scene.flow_bwd_t1hw2,
-        moving_thw=scene.moving_thw.astype(np.float32),
-    )
-
-
 def measure(cfg: BenchConfig) -> tuple[list[dict], float]:
     """One row per preset, and the seconds the clip took to render."""
     started = time.perf_counter()
@@ -84,7 +74,7 @@ def measure(cfg: BenchConfig) -> tuple[list[dict], float]:
         )
     )
     synth_seconds = time.perf_counter() - started
-    priors = priors_of(scene)
+    priors = exact_priors(scene)
     queries = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, "first")
     query_rows = np.stack(
         [queries.query_t_q, queries.query_xy_q2[:, 1], queries.query_xy_q2[:, 0]], axis=1

@@ -20,7 +20,7 @@ from typing import Literal
 import tyro
 from torch.profiler import ProfilerActivity, profile
 
-from bench.fit_bench import priors_of
+from services.evaluation.fit_suite import exact_priors
 from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.config import preset
 from services.fit.engine import FitPriors, fit, resolve_device
@@ -57,7 +57,7 @@ def _first_frames(priors: FitPriors, n: int) -> FitPriors:
 def main() -> None:
     cfg = tyro.cli(ProfileConfig)
     scene = make_scene(SceneConfig(height=cfg.height, width=cfg.width, n_frames=cfg.frames))
-    priors = priors_of(scene)
+    priors = exact_priors(scene)
     fit_cfg = dataclasses.replace(preset(cfg.preset), device=cfg.device)
     device = resolve_device(cfg.device)
     fit(_first_frames(priors, 2), dataclasses.replace(fit_cfg, iters_first=2, iters=2))  # warm-up

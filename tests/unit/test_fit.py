@@ -16,6 +16,7 @@ import pytest
 
 from services.common.errors import CancelledError
 from services.evaluation import metrics
+from services.evaluation.fit_suite import exact_priors
 from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
 from services.fit.checkpoint import FolderCheckpoints
 from services.fit.config import preset
@@ -25,15 +26,7 @@ from services.fit.videos import VIDEO_NAMES, render_videos
 
 
 def _priors(scene: SyntheticScene, **overrides) -> FitPriors:
-    priors = FitPriors(
-        frames_thw3=scene.frames_thw3,
-        depth_thw=scene.depth_thw,
-        K_33=scene.K_33,
-        flow_fwd_t1hw2=scene.flow_fwd_t1hw2,
-        flow_bwd_t1hw2=scene.flow_bwd_t1hw2,
-        moving_thw=scene.moving_thw.astype(np.float32),
-    )
-    return dataclasses.replace(priors, **overrides)
+    return dataclasses.replace(exact_priors(scene), **overrides)
 
 
 @pytest.fixture(scope="module")
