@@ -3,12 +3,12 @@
 Run from the project root (after `make setup`, or with PYTHONPATH=.):
     .venv/bin/python bench/segment_suite.py [--height 192] [--width 256] [--frames 10]
 
-Clips: services/segment/suite.py (every camera kind, 1-3 objects, a non-rigid one, objects at and
-leaving the frame edge, occlusions). For each clip, mean DAVIS J and boundary F of the unrefined
-flow masks ("naive") and of the masks refined by the frames, from the default pipeline's priors
-(DIS flow, offline depth) and from the scene's exact flow and depth; the worst clip is named.
-Then the real DAVIS frames in ../shared/data/davis-frames (no ground truth): the moving share per
-frame, naive and refined, through DIS flow.
+Clips: services/evaluation/mask_suite.py (every camera kind, 1-3 objects, a non-rigid one,
+objects at and leaving the frame edge, occlusions). For each clip, mean DAVIS J and boundary F of
+the unrefined flow masks ("naive") and of the masks refined by the frames, from the default
+pipeline's priors (DIS flow, offline depth) and from the scene's exact flow and depth; the worst
+clip is named. Then the real DAVIS frames in ../shared/data/davis-frames (no ground truth): the
+moving share per frame, naive and refined, through DIS flow.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 import tyro
 
+from services.evaluation.mask_suite import clip_masks, edge_frames, mean_j_and_f, segment_suite
 from services.evaluation.synth import make_scene
 from services.flow.engine import FlowConfig, compute_flow
 from services.segment.engine import SegmentConfig, segment_motion
-from services.segment.suite import clip_masks, edge_frames, mean_j_and_f, segment_suite
 
 DAVIS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis-frames"
 

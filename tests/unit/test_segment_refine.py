@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgumentError
+from services.evaluation.mask_suite import mean_j_and_f
 from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
 from services.segment.engine import SegmentConfig, segment_motion
 from services.segment.refine import (
@@ -17,7 +18,6 @@ from services.segment.refine import (
     drop_unsupported_components,
     refine_masks,
 )
-from services.segment.suite import mean_j_and_f
 
 H, W, T = 192, 256, 6
 HALO_PX = 6

@@ -1,4 +1,4 @@
-"""The segment stage on the synthetic suite (services/segment/suite.py) through the default
+"""The segment stage on the synthetic suite (services/evaluation/mask_suite.py) through the default
 pipeline's priors: DIS flow and offline depth, 256x192, 10 frames. Every clip's refined masks
 reach mean J >= 0.85 and boundary F >= 0.80 (issue 13); the unrefined masks, measured in the
 same test, stay far below (their halo). Figures per clip are in docs/segment.md."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from services.evaluation.mask_suite import clip_masks, mean_j_and_f, segment_suite
 from services.evaluation.synth import make_scene
-from services.segment.suite import clip_masks, mean_j_and_f, segment_suite
 
 CLIPS = segment_suite(height=192, width=256, n_frames=10)
 
