@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
-from services.depth.engine import estimate_depth
+from services.depth.engine import DepthResult, estimate_depth
 from services.evaluation import metrics
 from services.evaluation.naive_tracker import chained_flow_tracks
 from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
@@ -127,15 +127,24 @@ def fit_clip(priors: FitPriors, cfg: FitConfig, queries_q3: np.ndarray) -> ClipO
     )
 
 
-def pipeline_priors(scene: SyntheticScene, config: PipelineConfig) -> FitPriors:
-    """The default pipeline's priors for the clip's frames: the flow, depth and segment engines
-    chained as their stages chain them (the same configs, each flow pair computed once)."""
-    frames_thw3 = scene.frames_thw3
+def pipeline_flow_and_depth(
+    frames_thw3: np.ndarray, config: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray, DepthResult]:
+    """The default pipeline's flow (forward and backward, [T-1, H, W, 2]) and depth for a clip:
+    the flow and depth engines with the stages' configs (the depth engine, like the depth stage,
+    computes the flow it needs itself)."""
     flow = compute_flow(frames_thw3, config.flow)
     consecutive = [p for p in flow.pairs if p.t1 - p.t0 == 1]
     flow_fwd_t1hw2 = np.stack([p.flow_fwd_hw2 for p in consecutive]).astype(np.float32)
     flow_bwd_t1hw2 = np.stack([p.flow_bwd_hw2 for p in consecutive]).astype(np.float32)
-    depth = estimate_depth(frames_thw3, config.depth)
+    return flow_fwd_t1hw2, flow_bwd_t1hw2, estimate_depth(frames_thw3, config.depth)
+
+
+def pipeline_priors(scene: SyntheticScene, config: PipelineConfig) -> FitPriors:
+    """The default pipeline's priors for the clip's frames: the flow, depth and segment engines
+    chained as their stages chain them."""
+    frames_thw3 = scene.frames_thw3
+    flow_fwd_t1hw2, flow_bwd_t1hw2, depth = pipeline_flow_and_depth(frames_thw3, config)
     segment = segment_motion(
         flow_fwd_t1hw2,
         flow_bwd_t1hw2,

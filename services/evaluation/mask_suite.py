@@ -14,10 +14,10 @@ from typing import Literal
 
 import numpy as np
 
-from services.depth.engine import DepthConfig, estimate_depth
+from services.evaluation.fit_suite import pipeline_flow_and_depth
 from services.evaluation.metrics import mask_f, mask_j
 from services.evaluation.synth import SceneConfig, SyntheticScene
-from services.flow.engine import FlowConfig, compute_flow
+from services.pipeline.config import PipelineConfig
 from services.segment.engine import SegmentConfig, segment_motion
 
 PriorSource = Literal["pipeline", "exact"]
@@ -72,10 +72,8 @@ def clip_masks(
     priors) or from its exact flow and depth ('exact')."""
     cfg = cfg or SegmentConfig()
     if source == "pipeline":
-        flow = compute_flow(scene.frames_thw3, FlowConfig())
-        fwd = np.stack([p.flow_fwd_hw2 for p in flow.pairs])
-        bwd = np.stack([p.flow_bwd_hw2 for p in flow.pairs])
-        depth_thw = estimate_depth(scene.frames_thw3, DepthConfig()).depth_thw
+        fwd, bwd, depth = pipeline_flow_and_depth(scene.frames_thw3, PipelineConfig())
+        depth_thw = depth.depth_thw
     else:
         fwd, bwd, depth_thw = scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2, scene.depth_thw
     naive = segment_motion(fwd, bwd, cfg, depth_thw)  # no frames: no refinement

@@ -73,6 +73,29 @@ def write_ply(frame: FrameGaussians, path_or_file: str | Path | BinaryIO) -> Non
         path_or_file.write(data)
 
 
+def intrinsics_json(K_33: np.ndarray) -> dict[str, float]:
+    """The intrinsics artifact of the depth and fit stages: {"fx", "fy", "cx", "cy"} (pixel
+    centres at integer coordinates)."""
+    return {
+        "fx": float(K_33[0, 0]),
+        "fy": float(K_33[1, 1]),
+        "cx": float(K_33[0, 2]),
+        "cy": float(K_33[1, 2]),
+    }
+
+
+def intrinsics_33(intrinsics: dict[str, float]) -> np.ndarray:
+    """K (float64 [3, 3]) from an intrinsics artifact (see `intrinsics_json`)."""
+    return np.array(
+        [
+            [intrinsics["fx"], 0.0, intrinsics["cx"]],
+            [0.0, intrinsics["fy"], intrinsics["cy"]],
+            [0.0, 0.0, 1.0],
+        ],
+        np.float64,
+    )
+
+
 def tum_lines(c2w_t44: np.ndarray, fps: float) -> list[str]:
     """One TUM line per frame: `timestamp tx ty tz qx qy qz qw` (timestamp = t / fps)."""
     c2w_t44 = np.asarray(c2w_t44, np.float64)

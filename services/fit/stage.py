@@ -23,7 +23,7 @@ from services.common.store import ObjectStore
 from services.common.video import frames_sha256, load_frames
 from services.fit.config import FitConfig, validate
 from services.fit.engine import FitPriors, FitResult, fit
-from services.fit.export import ply_bytes, write_tum
+from services.fit.export import intrinsics_33, intrinsics_json, ply_bytes, write_tum
 from services.fit.tracks import track_queries
 from services.fit.videos import render_videos
 
@@ -61,14 +61,8 @@ def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest, video_sha256:
         ref = artifact(result, name, field)
         return artifacts.get_array(ref, layout=layout, expect_hw=hw, field=f"{field}.{name}")
 
-    intrinsics = artifacts.get_json(artifact(request.depth, "intrinsics", "depth"), "depth")
-    K_33 = np.array(
-        [
-            [intrinsics["fx"], 0, intrinsics["cx"]],
-            [0, intrinsics["fy"], intrinsics["cy"]],
-            [0, 0, 1],
-        ],
-        np.float64,
+    K_33 = intrinsics_33(
+        artifacts.get_json(artifact(request.depth, "intrinsics", "depth"), "depth")
     )
     poses_ref = optional_artifact(request.depth, "c2w")
     return FitPriors(
@@ -92,8 +86,7 @@ def _write_outputs(
     queries_q3: np.ndarray | None,
 ) -> None:
     out.array("c2w", result.c2w_t44, "TIJ")
-    K = result.K_33
-    out.json("intrinsics", {"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2]})
+    out.json("intrinsics", intrinsics_json(result.K_33))
     tum = io.StringIO()
     write_tum(result.c2w_t44, fps, tum)
     out.file("poses_tum", tum.getvalue().encode(), "text/plain", ".txt")

@@ -28,7 +28,9 @@ from services.common.artifacts import Artifacts
 from services.common.errors import NotFoundError
 from services.common.stage import artifact, optional_artifact
 from services.common.video import frames_sha256, load_frames
-from services.fit.export import PLY_PROPERTIES, SH_C0, ply_table
+from services.evaluation.geometry import project_p2
+from services.fit.export import PLY_PROPERTIES, SH_C0, intrinsics_33, ply_table
+from services.fit.motion import inside_image, nearest_pixel
 from services.pipeline.report import RESULT_NAME
 
 log = logging.getLogger(__name__)
@@ -103,13 +105,7 @@ def open_run(artifacts: Artifacts, result: pipeline_pb2.PipelineResult) -> ViewR
             artifact(fit, "moving_masks", "fit"), layout="THW", expect_hw=hw, field="fit.masks"
         ).astype(bool),
         c2w_t44=artifacts.get_array(artifact(fit, "c2w", "fit"), layout="TIJ", field="fit.c2w"),
-        K_33=np.array(
-            [
-                [intrinsics["fx"], 0, intrinsics["cx"]],
-                [0, intrinsics["fy"], intrinsics["cy"]],
-                [0, 0, 1],
-            ]
-        ),
+        K_33=intrinsics_33(intrinsics),
         tracks_nt3=None if tracks_ref is None else artifacts.get_array(tracks_ref),
         alive_nt=None if alive_ref is None else artifacts.get_array(alive_ref).astype(bool),
         fps=video.fps or 10.0,
@@ -120,17 +116,11 @@ def moving_by_mask(
     means_n3: np.ndarray, c2w_44: np.ndarray, K_33: np.ndarray, mask_hw: np.ndarray
 ) -> np.ndarray:
     """bool [N]: the centre projects in front of the camera into a moving pixel."""
-    w2c_44 = np.linalg.inv(c2w_44)
-    cam_n3 = means_n3 @ w2c_44[:3, :3].T + w2c_44[:3, 3]
-    z_n = cam_n3[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u_n = np.round(K_33[0, 0] * cam_n3[:, 0] / z_n + K_33[0, 2])
-        v_n = np.round(K_33[1, 1] * cam_n3[:, 1] / z_n + K_33[1, 2])
+    xy_n2, z_n = project_p2(K_33, c2w_44, means_n3.astype(np.float64))
     height, width = mask_hw.shape
-    inside_n = (z_n > 0) & (u_n >= 0) & (u_n < width) & (v_n >= 0) & (v_n < height)
-    moving_n = np.zeros(len(means_n3), bool)
-    moving_n[inside_n] = mask_hw[v_n[inside_n].astype(int), u_n[inside_n].astype(int)]
-    return moving_n
+    inside_n = (z_n > 0) & inside_image(xy_n2, height, width)
+    rows_n, cols_n = nearest_pixel(xy_n2, height, width)
+    return inside_n & mask_hw[rows_n, cols_n]
 
 
 def frame_points(

@@ -19,7 +19,7 @@ from services.common.stage import StageOutputs
 from services.common.video import frames_sha256, store_frames
 from services.evaluation.geometry import backproject_p3
 from services.evaluation.synth import SyntheticScene
-from services.fit.export import ply_bytes, write_tum
+from services.fit.export import intrinsics_json, ply_bytes, write_tum
 from services.fit.gaussians import FrameGaussians
 from services.fit.videos import draw_trajectories
 
@@ -101,8 +101,7 @@ def synthetic_run(
     )
     fit = StageOutputs(artifacts, "fit", "gflow", "fit/truth", video_sha256)
     fit.array("c2w", scene.c2w_t44, "TIJ")
-    K = scene.K_33
-    fit.json("intrinsics", {"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2]})
+    fit.json("intrinsics", intrinsics_json(scene.K_33))
     tum = io.StringIO()
     write_tum(scene.c2w_t44, FPS, tum)
     fit.file("poses_tum", tum.getvalue().encode(), "text/plain", ".txt")
