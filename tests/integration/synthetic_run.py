@@ -108,7 +108,8 @@ def synthetic_run(
     fit.array("depth", scene.depth_thw.astype(np.float32), "THW")
     fit.array("moving_masks", scene.moving_thw, "THW")
     for t in range(n_frames):
-        ply = ply_bytes(truth_gaussians(scene, t, step_px))
+        gaussians = truth_gaussians(scene, t, step_px)
+        ply = ply_bytes(gaussians)
         fit.file(f"gaussians_{t:04d}", ply, "application/x-ply", ".ply")
     fit.array("tracks_3d", scene.tracks_world_nt3, "NTC")
     fit.array("tracks_3d_alive", ~scene.occluded_nt, "NT")
@@ -121,7 +122,7 @@ def synthetic_run(
     fit.figure("psnr_mean", float(np.mean(psnr_t)), "dB")
     fit.figure("psnr_min", float(np.min(psnr_t)), "dB")
     fit.figure("moving_share_mean", float(scene.moving_thw.mean()))
-    fit.figure("gaussians_last_frame", len(truth_gaussians(scene, n_frames - 1, step_px)))
+    fit.figure("gaussians_last_frame", len(gaussians))
     fit.figure("seconds_per_frame", 0.0, "s")
     fit.report(
         {
