@@ -9,9 +9,10 @@
 #
 # Env: VARIANT (cpu|cuda), TORCH_VERSION, TORCHVISION_VERSION, TORCH_CUDA_CHANNEL; optional
 # TORCH_WHEEL_DIR: a folder holding the torch wheel to install instead of the PyTorch index (where
-# that index is unreachable, as for the locally built images of deploy/lab/; torchvision, which
-# only RAFT needs, is then left out) and, when present, a pip constraints.txt that pins every
-# dependency (torch included, so the wheel there is the one taken).
+# that index is unreachable, as for the locally built images of deploy/lab/; torchvision is then
+# left out unless an extra asks for PyPI's) and, when present, a pip constraints.txt that pins every
+# dependency (torch included, so the wheel there is the one taken); optional PROJECT_EXTRAS: the
+# project's extras to install with it (pyproject.toml), e.g. mast3r.
 set -eu
 : "${VARIANT:?cpu or cuda}" "${TORCH_VERSION:?}" "${TORCHVISION_VERSION:?}" "${TORCH_CUDA_CHANNEL:?}"
 case "$VARIANT" in
@@ -42,7 +43,7 @@ python -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_ou
 touch gflow/__init__.py gflow/v1/__init__.py
 pip uninstall -y grpcio-tools
 
-pip install .
+pip install ".${PROJECT_EXTRAS:+[$PROJECT_EXTRAS]}"
 
 python - <<PY
 import torch

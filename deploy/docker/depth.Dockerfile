@@ -12,6 +12,15 @@ ARG CPU_BUILDER_IMAGE=${CPU_IMAGE}
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 # The CUDA builder needs nvcc to compile CroCo's RoPE kernels (curope).
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu24.04
+# An image holding only a MASt3R checkout at MAST3R_COMMIT (with dust3r and croco) at its root,
+# used instead of the git clone where GitHub is unreachable (deploy/lab/build-images.sh makes one
+# from ../shared/third_party/mast3r). With BuildKit, `--build-context mast3r-source=DIR` does the
+# same from a folder. The default, scratch, is empty: the builder clones.
+ARG MAST3R_SOURCE_IMAGE=scratch
+
+# ---- MASt3R sources given locally (empty by default) ------------------------------------------
+# hadolint ignore=DL3006
+FROM ${MAST3R_SOURCE_IMAGE} AS mast3r-source
 
 # ---- builder: venv with the project, MASt3R at pinned commits ---------------------------------
 FROM ${CUDA_DEVEL_IMAGE} AS builder-cuda
@@ -30,30 +39,30 @@ ARG CROCO_COMMIT=d7de0705845239092414480bd829228723bf20de
 # GPU architectures the CUDA kernels are compiled for (there is no GPU to detect at build time):
 # Turing, Ampere (A100, RTX 30), Ada (RTX 40, L4), Hopper, Blackwell consumer, plus PTX.
 ARG CUDA_ARCHS="7.5;8.0;8.6;8.9;9.0;12.0+PTX"
-COPY deploy/docker/install-python.sh deploy/docker/build-venv.sh /tmp/
+COPY deploy/docker/install-python.sh deploy/docker/build-venv.sh deploy/docker/get-model-code.sh \
+     /tmp/
 RUN /tmp/install-python.sh git python3-dev g++
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proto proto
 COPY services services
-# MASt3R's runtime imports, without the demo/training extras (gradio, tensorboard, pyglet) and
-# without opencv-python, which would clash with the project's opencv-python-headless.
-RUN /tmp/build-venv.sh && /opt/venv/bin/pip install --no-cache-dir \
-    "roma>=1.5,<2" "einops>=0.7,<1" "trimesh>=4,<5" "scikit-learn>=1.4,<2" \
-    "huggingface-hub>=0.22,<2" "matplotlib>=3.8,<4" "setuptools>=68"
-# MAST3R_COMMIT=none leaves MASt3R out (where GitHub is unreachable; the backend then reports
-# unavailable in Describe).
-RUN if [ "$MAST3R_COMMIT" = none ]; then mkdir -p /opt/mast3r/dust3r/croco/models/curope; else \
-    git clone --quiet https://github.com/naver/mast3r /opt/mast3r \
-    && git -C /opt/mast3r checkout --quiet --detach "$MAST3R_COMMIT" \
-    && git -C /opt/mast3r submodule update --quiet --init --recursive \
-    && test "$(git -C /opt/mast3r/dust3r rev-parse HEAD)" = "$DUST3R_COMMIT" \
-    && test "$(git -C /opt/mast3r/dust3r/croco rev-parse HEAD)" = "$CROCO_COMMIT" \
-    && find /opt/mast3r -name .git -prune -exec rm -rf {} +; fi
+# The project with its mast3r extra (pyproject.toml): MASt3R's runtime imports, without its
+# demo/training extras and without opencv-python, which would clash with opencv-python-headless.
+RUN PROJECT_EXTRAS=mast3r /tmp/build-venv.sh
+# MASt3R from mast3r-source, else cloned at the pins; MAST3R_COMMIT=none leaves it out (the
+# backend then reports unavailable in Describe). Then the build imports it as the service will.
+COPY --from=mast3r-source / /tmp/mast3r-source/
+RUN /tmp/get-model-code.sh /opt/mast3r "$MAST3R_COMMIT" https://github.com/naver/mast3r \
+        /tmp/mast3r-source "dust3r=$DUST3R_COMMIT" "dust3r/croco=$CROCO_COMMIT" \
+    && mkdir -p /opt/mast3r/dust3r/croco/models/curope \
+    && { test "$MAST3R_COMMIT" = none || PYTHONPATH=/opt/mast3r:/opt/mast3r/dust3r \
+        /opt/venv/bin/python -c "import services.common.torchvision_ops as ops; \
+ops.import_beside_cpu_torch('mast3r.model'); ops.import_beside_cpu_torch('mast3r.cloud_opt.sparse_ga')"; }
 # CroCo's CUDA RoPE kernels (optional: without them MASt3R falls back to a slower PyTorch RoPE).
 WORKDIR /opt/mast3r/dust3r/croco/models/curope
-RUN if [ "$VARIANT" = cuda ]; then TORCH_CUDA_ARCH_LIST="$CUDA_ARCHS" \
-        /opt/venv/bin/python setup.py build_ext --inplace && rm -rf build; fi
+RUN if [ "$VARIANT" = cuda ]; then /opt/venv/bin/pip install --no-cache-dir "setuptools>=68" \
+        && TORCH_CUDA_ARCH_LIST="$CUDA_ARCHS" /opt/venv/bin/python setup.py build_ext --inplace \
+        && rm -rf build; fi
 
 # ---- runtime ----------------------------------------------------------------------------------
 FROM ${CUDA_RUNTIME_IMAGE} AS runtime-cuda

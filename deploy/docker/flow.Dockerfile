@@ -8,6 +8,15 @@ ARG CPU_IMAGE=ubuntu:24.04
 # The CPU builder's base; deploy/lab/ builds one with the dependencies installed (same distro).
 ARG CPU_BUILDER_IMAGE=${CPU_IMAGE}
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+# An image holding only a UniMatch checkout at UNIMATCH_COMMIT at its root, used instead of the
+# git clone where GitHub is unreachable (deploy/lab/build-images.sh makes one from
+# ../shared/third_party/unimatch). With BuildKit, `--build-context unimatch-source=DIR` does the
+# same from a folder. The default, scratch, is empty: the builder clones.
+ARG UNIMATCH_SOURCE_IMAGE=scratch
+
+# ---- UniMatch sources given locally (empty by default) ----------------------------------------
+# hadolint ignore=DL3006
+FROM ${UNIMATCH_SOURCE_IMAGE} AS unimatch-source
 
 # ---- builder: venv with the project, UniMatch sources at a pinned commit ---------------------
 FROM ${CPU_BUILDER_IMAGE} AS builder
@@ -17,19 +26,21 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCHVISION_VERSION=0.28.0
 ARG TORCH_CUDA_CHANNEL=cu128
 ARG UNIMATCH_COMMIT=943a99006950ab6c84ea72a72beb147fdd03c19a
-COPY deploy/docker/install-python.sh deploy/docker/build-venv.sh /tmp/
+COPY deploy/docker/install-python.sh deploy/docker/build-venv.sh deploy/docker/get-model-code.sh \
+     /tmp/
 RUN /tmp/install-python.sh git
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proto proto
 COPY services services
 RUN /tmp/build-venv.sh && /opt/venv/bin/pip install --no-cache-dir "einops>=0.7,<1"
-# UNIMATCH_COMMIT=none leaves UniMatch out (where GitHub is unreachable; the backend then reports
-# unavailable in Describe).
-RUN if [ "$UNIMATCH_COMMIT" = none ]; then mkdir -p /opt/unimatch; else \
-    git clone --quiet https://github.com/autonomousvision/unimatch /opt/unimatch \
-    && git -C /opt/unimatch checkout --quiet --detach "$UNIMATCH_COMMIT" \
-    && rm -rf /opt/unimatch/.git; fi
+# UniMatch from unimatch-source, else cloned at the pin; UNIMATCH_COMMIT=none leaves it out (the
+# backend then reports unavailable in Describe). Then the build imports it as the service will.
+COPY --from=unimatch-source / /tmp/unimatch-source/
+RUN /tmp/get-model-code.sh /opt/unimatch "$UNIMATCH_COMMIT" \
+        https://github.com/autonomousvision/unimatch /tmp/unimatch-source \
+    && { test "$UNIMATCH_COMMIT" = none \
+        || PYTHONPATH=/opt/unimatch /opt/venv/bin/python -c "import unimatch.unimatch"; }
 
 # ---- runtime ----------------------------------------------------------------------------------
 FROM ${CUDA_RUNTIME_IMAGE} AS runtime-cuda

@@ -5,11 +5,16 @@
 # build from the public bases elsewhere). The Python dependencies are installed once, in
 # gflow-cpu-deps, which every builder stage starts from. Run as root from anywhere, with dockerd
 # running and the project's venv set up (.venv gives the torch wheel and the versions to pin).
-# Env: GFLOW_TAG (latest), GFLOW_WITHOUT_MODEL_CODE=1 (leave out MASt3R and UniMatch, whose code
-# comes from GitHub), DEBIAN_MIRROR and DEBIAN_SUITE (default: apt's first source, this system).
+# MASt3R and UniMatch (not on PyPI) come from the pinned copies in GFLOW_THIRD_PARTY (default
+# ../shared/third_party, beside the checkout) when it holds both: each becomes a source image the
+# depth and flow Dockerfiles copy instead of cloning from GitHub, which is unreachable here.
+# Env: GFLOW_TAG (latest); GFLOW_MODEL_CODE: local (the default where GFLOW_THIRD_PARTY holds
+# both), git (clone at the Dockerfiles' pins) or none (leave both out: the default otherwise);
+# DEBIAN_MIRROR and DEBIAN_SUITE (default: apt's first source, this system).
 set -eu
 cd "$(dirname "$0")/../.."
 tag=${GFLOW_TAG:-latest}
+third_party=${GFLOW_THIRD_PARTY:-../shared/third_party}
 # shellcheck source=/dev/null
 suite=${DEBIAN_SUITE:-$(. /etc/os-release && echo "$VERSION_CODENAME")}
 mirror=${DEBIAN_MIRROR:-$( (sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources; \
@@ -21,11 +26,11 @@ torch=$(sed -n 's/.*"\(torch==[^"]*\)".*/\1/p' pyproject.toml)
 log() { echo "build-images: $*" >&2; }
 since() { echo "$(( $(date +%s) - $1 )) s"; }
 logs=$(mktemp -d)
-build() {  # build TAG DOCKERFILE [docker build args]: the legacy builder, host network
-    image=$1 file=$2
-    shift 2
+build() {  # build TAG DOCKERFILE CONTEXT [docker build args]: the legacy builder, host network
+    image=$1 file=$2 context=$3
+    shift 3
     started=$(date +%s)
-    if ! DOCKER_BUILDKIT=0 docker build --network host --force-rm -f "$file" -t "$image" "$@" . \
+    if ! DOCKER_BUILDKIT=0 docker build --network host --force-rm -f "$file" -t "$image" "$@" "$context" \
         >"$logs/build.log" 2>&1; then
         tail -n 40 "$logs/build.log" >&2
         log "building $image failed (the lines above)"
@@ -60,17 +65,49 @@ cp /etc/ssl/certs/ca-certificates.crt deploy/lab/wheels/
 # every FROM, so they point at the local base too.
 local_bases="--build-arg CPU_IMAGE=$base --build-arg CUDA_RUNTIME_IMAGE=$base \
 --build-arg CUDA_DEVEL_IMAGE=$base"
-model_code=""
-if [ "${GFLOW_WITHOUT_MODEL_CODE:-0}" = 1 ]; then
-    model_code="--build-arg MAST3R_COMMIT=none --build-arg UNIMATCH_COMMIT=none"
+
+# source_image MODEL DOCKERFILE PIN_ARG: an image of $third_party/MODEL alone, after checking that
+# the commit its README states is the Dockerfile's pin; prints the image's name.
+source_image() {
+    model=$1 pin=$(sed -n "s/^ARG $3=//p" "$2")
+    stated=$(sed -n "s/^| \`$model\/\` | [^|]* | \([0-9a-f]\{7,40\}\) .*/\1/p" "$third_party/README.md")
+    case $pin in
+        "${stated:-none}"*) ;;
+        *) log "$third_party/$model is at commit '${stated:-unknown}' (its README), $2 pins $pin:" \
+            "update one of them, or set GFLOW_MODEL_CODE=none"; exit 1 ;;
+    esac
+    printf 'FROM scratch\nCOPY . /\n' | build "gflow-$model-source:$pin" - "$third_party/$model"
+    echo "gflow-$model-source:$pin"
+}
+has_third_party() { [ -d "$third_party/mast3r/mast3r" ] && [ -d "$third_party/unimatch/unimatch" ]; }
+model_code_source=${GFLOW_MODEL_CODE:-}
+if [ -z "$model_code_source" ]; then
+    model_code_source=local
+    if ! has_third_party; then
+        log "no MASt3R and UniMatch sources in $third_party: both are left out"
+        model_code_source=none
+    fi
 fi
+case $model_code_source in
+    local)
+        has_third_party || { log "no MASt3R and UniMatch sources in $third_party"; exit 1; }
+        mast3r=$(source_image mast3r deploy/docker/depth.Dockerfile MAST3R_COMMIT)
+        unimatch=$(source_image unimatch deploy/docker/flow.Dockerfile UNIMATCH_COMMIT)
+        model_code="--build-arg MAST3R_SOURCE_IMAGE=$mast3r --build-arg UNIMATCH_SOURCE_IMAGE=$unimatch"
+        log "MASt3R and UniMatch from $third_party" ;;
+    git) model_code="" ;;
+    none)
+        model_code="--build-arg MAST3R_COMMIT=none --build-arg UNIMATCH_COMMIT=none"
+        log "MASt3R and UniMatch left out: their backends report unavailable in Describe" ;;
+    *) log "GFLOW_MODEL_CODE must be local, git or none, not '$model_code_source'"; exit 2 ;;
+esac
 # shellcheck disable=SC2086 # the argument lists above split on purpose
-build "gflow-cpu-deps:$tag" deploy/lab/cpu-deps.Dockerfile $local_bases
+build "gflow-cpu-deps:$tag" deploy/lab/cpu-deps.Dockerfile . $local_bases
 for service in depth flow fit segment pipeline; do
     case $service in depth | flow | fit) image="gflow-$service:$tag-cpu" ;; *) image="gflow-$service:$tag" ;; esac
     # shellcheck disable=SC2086
-    build "$image" "deploy/docker/$service.Dockerfile" $local_bases $model_code \
+    build "$image" "deploy/docker/$service.Dockerfile" . $local_bases $model_code \
         --build-arg VARIANT=cpu --build-arg "CPU_BUILDER_IMAGE=gflow-cpu-deps:$tag"
 done
-build "gflow-store:$tag" deploy/lab/store.Dockerfile --build-arg "GFLOW_IMAGE=gflow-pipeline:$tag" \
+build "gflow-store:$tag" deploy/lab/store.Dockerfile . --build-arg "GFLOW_IMAGE=gflow-pipeline:$tag" \
     --build-arg "BUILDER_IMAGE=gflow-cpu-deps:$tag"

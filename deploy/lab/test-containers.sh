@@ -1,9 +1,10 @@
 #!/bin/sh
 # `make test-containers`: the services as real containers on this machine. Installs docker.io
 # and debootstrap with apt when missing, starts dockerd when none answers (and stops it again),
-# builds the images from a locally made Debian base (build-images.sh; MASt3R and UniMatch code is
-# left out unless GFLOW_WITHOUT_MODEL_CODE=0), then runs tests/containers: `gflow lab up`, a clip
-# through the containers compared with the embedded run, `gflow lab down`. Run as root.
+# builds the images from a locally made Debian base (build-images.sh; MASt3R and UniMatch from
+# ../shared/third_party when present, see GFLOW_MODEL_CODE there), then runs tests/containers:
+# `gflow lab up`, a clip through the containers compared with the embedded run, `gflow lab down`,
+# and the depth and flow images running MASt3R and UniMatch on tiny random models. Run as root.
 set -eu
 cd "$(dirname "$0")/../.."
 started=$(date +%s)
@@ -45,7 +46,7 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 build_started=$(date +%s)
-GFLOW_WITHOUT_MODEL_CODE=${GFLOW_WITHOUT_MODEL_CODE:-1} nice deploy/lab/build-images.sh
+nice deploy/lab/build-images.sh
 log "images built in $(( $(date +%s) - build_started )) s"
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' 'gflow-*' >&2
 
