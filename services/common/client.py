@@ -1,7 +1,8 @@
 """Client side of the runtime: channels with auth/TLS/limits, and stage streams to results.
 
-Remote failures come back as the same exception types the engines raise in-process, so the
-pipeline handles an embedded and a remote stage alike.
+Remote failures come back as the same exception types the engines raise in-process (rebuilt from
+the google.rpc.Status in `grpc-status-details-bin`), so the pipeline handles an embedded and a
+remote stage alike.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from gflow.v1 import common_pb2
 from services.common import errors
-from services.common.runtime import ERROR_TRAILER, TOKEN_ENV
+from services.common.runtime import TOKEN_ENV
 
 _ERROR_OF = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgumentError,
@@ -91,22 +94,35 @@ def open_channel(endpoint: Endpoint) -> grpc.Channel:
     return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
 
 
+def error_details(
+    err: grpc.RpcError,
+) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.BadRequest]:
+    """The ErrorInfo and BadRequest of a failed call's `grpc-status-details-bin` (empty messages
+    where it has none, as on a failure of the transport rather than of our server)."""
+    info, bad_request = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    status = rpc_status.from_call(err)
+    for detail in status.details if status is not None else ():
+        if detail.Is(info.DESCRIPTOR):
+            detail.Unpack(info)
+        elif detail.Is(bad_request.DESCRIPTOR):
+            detail.Unpack(bad_request)
+    return info, bad_request
+
+
 def error_from_rpc(err: grpc.RpcError) -> errors.GFlowError:
     """The exception an engine would have raised for this remote failure."""
     code, details = err.code(), err.details() or ""
-    info = common_pb2.ErrorInfo()
-    for key, value in err.trailing_metadata() or ():
-        if key == ERROR_TRAILER:
-            info.ParseFromString(value)
+    info, bad_request = error_details(err)
+    reason = info.reason or None
     kind = _ERROR_OF.get(code)
     if kind is errors.InvalidArgumentError:
-        message = details.removeprefix(f"{info.field}: ") if info.field else details
-        return errors.InvalidArgumentError(
-            info.field or "request", message, reason=info.reason or None
-        )
+        if not bad_request.field_violations:
+            return errors.InvalidArgumentError("request", details, reason=reason)
+        violation = bad_request.field_violations[0]
+        return errors.InvalidArgumentError(violation.field, violation.description, reason=reason)
     if kind is None:
-        return errors.GFlowError(f"{code.name}: {details}", reason=info.reason or code.name)
-    return kind(details, reason=info.reason or None)
+        return errors.GFlowError(f"{code.name}: {details}", reason=reason or code.name)
+    return kind(details, reason=reason)
 
 
 class SilenceWatchdog:

@@ -1,7 +1,9 @@
 """Errors that engines raise and servers map to gRPC status codes.
 
-Engines stay free of gRPC: they raise these, and `services.common.runtime` turns each into the
-status code DESIGN.md names (so a client never sees a bare UNKNOWN).
+Engines stay free of gRPC: they raise these, and `services.common.runtime` turns each into its
+status code with a `google.rpc.Status` (ErrorInfo carrying `reason`) in the standard
+`grpc-status-details-bin` trailer, so a client never sees a bare UNKNOWN, and
+`services.common.client` rebuilds the same exception on the calling side.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ class GFlowError(Exception):
 
 
 class InvalidArgumentError(GFlowError):
-    """Bad input. Always name the offending field and how to fix it."""
+    """Bad input. Always name the offending field and how to fix it. `field` and `description`
+    travel apart (a BadRequest field violation) so a remote caller gets both back."""
 
     reason = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, message: str, *, reason: str | None = None):
         super().__init__(f"{field}: {message}", reason=reason)
         self.field = field
+        self.description = message
 
 
 class NotFoundError(GFlowError):

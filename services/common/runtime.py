@@ -7,7 +7,8 @@ A service module provides servicers; `serve()` wraps them in one gRPC server tha
 - sets explicit message-size limits (RESOURCE_EXHAUSTED above them),
 - logs each call with a request id (taken from `x-request-id` or made up, and sent back),
 - limits concurrent stage jobs per worker (RESOURCE_EXHAUSTED, so another replica takes it),
-- maps our exceptions to status codes with an ErrorInfo in the trailers (never a bare UNKNOWN),
+- maps our exceptions to status codes with a google.rpc.Status (ErrorInfo, and BadRequest for bad
+  input) in the standard `grpc-status-details-bin` trailer (never a bare UNKNOWN),
 - drains in-flight calls on SIGTERM before exiting.
 """
 
@@ -29,8 +30,10 @@ from pathlib import Path
 
 import grpc
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
 from gflow.v1 import common_pb2
 from services.common import errors, jobs
@@ -39,7 +42,8 @@ from services.common.store import StoreConfig
 
 log = logging.getLogger(__name__)
 
-ERROR_TRAILER = "gflow-error-bin"
+# google.rpc.ErrorInfo.domain of every error our services send.
+ERROR_DOMAIN = "gflow"
 REQUEST_ID_HEADER = "x-request-id"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 TOKEN_ENV = "GFLOW_AUTH_TOKEN"
@@ -102,8 +106,10 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def abort_with(context: grpc.ServicerContext, exc: BaseException) -> None:
-    """End the call with the status that fits `exc` and an ErrorInfo trailer. Raises."""
+def error_status(exc: BaseException, stage: str = "") -> status_pb2.Status:
+    """The google.rpc.Status a failed call ends with: the code that fits `exc`, its message, an
+    ErrorInfo (our reason string; metadata: the `stage` whose job failed, the field at fault) and,
+    for bad input, a BadRequest with the field violation, as clients in any language read them."""
     code = status_of(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.error("internal error: %s", "".join(traceback.format_exception(exc)))
@@ -112,11 +118,29 @@ def abort_with(context: grpc.ServicerContext, exc: BaseException) -> None:
     else:
         message = str(exc)
         reason = getattr(exc, "reason", code.name)
-    info = common_pb2.ErrorInfo(reason=reason, field=getattr(exc, "field", ""), message=message)
-    context.set_trailing_metadata(
-        ((ERROR_TRAILER, info.SerializeToString()), (REQUEST_ID_HEADER, request_id_var.get()))
+    bad_input = isinstance(exc, errors.InvalidArgumentError)
+    metadata = {"stage": stage} if stage else {}
+    if bad_input:
+        metadata["field"] = exc.field
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
     )
-    context.abort(code, message)
+    if bad_input:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=exc.field, description=exc.description
+        )
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return status
+
+
+def abort_with(context: grpc.ServicerContext, exc: BaseException, stage: str = "") -> None:
+    """End the call with `error_status(exc, stage)` in `grpc-status-details-bin`. Raises."""
+    status = rpc_status.to_status(error_status(exc, stage))
+    context.set_trailing_metadata(
+        (*status.trailing_metadata, (REQUEST_ID_HEADER, request_id_var.get()))
+    )
+    context.abort(status.code, status.details)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +196,7 @@ def stream_job(
         if isinstance(item, common_pb2.Progress):
             yield event_type(progress=item)
         elif isinstance(item, BaseException):
-            abort_with(context, item)
+            abort_with(context, item, stage=name)
         else:
             yield event_type(result=item[1])
             return

@@ -11,13 +11,17 @@ import time
 import grpc
 import numpy as np
 import pytest
+from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from gflow.v1 import flow_pb2, flow_pb2_grpc
+from services.common import errors
 from services.common.artifacts import Artifacts
+from services.common.client import error_from_rpc
 from services.common.service import watch_store
 from services.common.store import S3Store
-from services.pipeline.seaweed import start_seaweed_s3
+from services.ops.seaweedfs import start_seaweed_s3
 from tests.conftest import TEST_SECRET_KEY, s3_settings
 from tests.faults.clips import clip_frames, stored_clip
 from tests.faults.serving import flow_server
@@ -52,10 +56,15 @@ def served(seaweed):
         yield artifacts, flow_pb2_grpc.FlowServiceStub(channel)
 
 
-def _code(stub, request) -> grpc.StatusCode:
+def _failed_call(stub, request) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.ComputeFlow(request, timeout=30))
-    return caught.value.code(), caught.value.details()
+    return caught.value
+
+
+def _code(stub, request) -> tuple[grpc.StatusCode, str]:
+    error = _failed_call(stub, request)
+    return error.code(), error.details()
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED_ARRAYS))
@@ -88,6 +97,97 @@ def test_a_bad_key_is_invalid_argument(served, key):
     code, details = _code(stub, flow_pb2.ComputeFlowRequest(video=video))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert details.startswith("key: ")
+
+
+def _status_details(error: grpc.RpcError) -> tuple[int, list]:
+    """The code and the unpacked details of the google.rpc.Status in `grpc-status-details-bin`,
+    read as a client in any language reads them (here with grpcio-status)."""
+    status = rpc_status.from_call(error)
+    kinds = {
+        "type.googleapis.com/google.rpc.ErrorInfo": error_details_pb2.ErrorInfo,
+        "type.googleapis.com/google.rpc.BadRequest": error_details_pb2.BadRequest,
+    }
+    details = []
+    for detail in status.details:
+        message = kinds[detail.type_url]()
+        assert detail.Unpack(message)
+        details.append(message)
+    return status.code, details
+
+
+def test_bad_input_carries_error_info_and_a_field_violation(served):
+    artifacts, stub = served
+    request = flow_pb2.ComputeFlowRequest(
+        video=stored_clip(artifacts, 5), config_json='{"backend": "farneback"}'
+    )
+    error = _failed_call(stub, request)
+    description = "'farneback' is not one of ['dis', 'raft', 'unimatch']"
+    assert error.details() == f"config_json.backend: {description}"
+    code, details = _status_details(error)
+    assert code == code_pb2.INVALID_ARGUMENT
+    assert details == [
+        error_details_pb2.ErrorInfo(
+            reason="INVALID_ARGUMENT",
+            domain="gflow",
+            metadata={"stage": "flow", "field": "config_json.backend"},
+        ),
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field="config_json.backend", description=description
+                )
+            ]
+        ),
+    ]
+    # the caller's side rebuilds what the engine raised: same field, message and reason
+    rebuilt = error_from_rpc(error)
+    assert type(rebuilt) is errors.InvalidArgumentError
+    assert (rebuilt.field, str(rebuilt), rebuilt.reason) == (
+        "config_json.backend",
+        error.details(),
+        "INVALID_ARGUMENT",
+    )
+
+
+NOT_ARGUMENT_ERRORS = {
+    # case: (config_json, frames key or None, code, reason, exception type, message start)
+    "missing frames": (
+        "",
+        "video/never-stored/frames",
+        code_pb2.NOT_FOUND,
+        "NOT_FOUND",
+        errors.NotFoundError,
+        "video.frames: no artifact at s3://faults-codes/video/never-stored/frames",
+    ),
+    "missing weights": (
+        '{"backend": "raft"}',
+        None,
+        code_pb2.FAILED_PRECONDITION,
+        "WEIGHTS_MISSING",
+        errors.FailedPreconditionError,
+        "raft_weights is not set: ",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_ARGUMENT_ERRORS))
+def test_other_errors_carry_error_info_with_their_reason(served, monkeypatch, case):
+    """ErrorInfo with our reason string, and no BadRequest: no request field is at fault."""
+    config_json, frames_key, expected_code, reason, kind, message_start = NOT_ARGUMENT_ERRORS[case]
+    monkeypatch.delenv("GFLOW_RAFT_WEIGHTS", raising=False)
+    artifacts, stub = served
+    video = stored_clip(artifacts, 5)
+    if frames_key is not None:
+        video.frames.key = frames_key
+    error = _failed_call(stub, flow_pb2.ComputeFlowRequest(video=video, config_json=config_json))
+    assert error.details().startswith(message_start), error.details()
+    code, details = _status_details(error)
+    assert (code, details) == (
+        expected_code,
+        [error_details_pb2.ErrorInfo(reason=reason, domain="gflow", metadata={"stage": "flow"})],
+    )
+    rebuilt = error_from_rpc(error)
+    assert (type(rebuilt), str(rebuilt), rebuilt.reason) == (kind, error.details(), reason)
 
 
 def _health(channel) -> int:

@@ -58,7 +58,7 @@ def test_flow_weights_paths_are_not_request_fields(artifacts, field, tmp_path):
 )
 def test_depth_checkpoint_and_trust_are_not_request_fields(artifacts, values):
     request = depth_pb2.EstimateDepthRequest(
-        video=stored_clip(artifacts, 7), backend="mast3r", config_json=json.dumps(values)
+        video=stored_clip(artifacts, 7), config_json=json.dumps({"backend": "mast3r", **values})
     )
     with depth_server(artifacts) as (_, channel):
         code, details = _refusal(depth_pb2_grpc.DepthServiceStub(channel).EstimateDepth, request)

@@ -12,13 +12,14 @@ import time
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gflow.v1 import common_pb2, flow_pb2, flow_pb2_grpc
 from services.common import errors, runtime
-from services.common.client import Endpoint, collect_stage, open_channel
-from services.pipeline.seaweed import free_port
+from services.common.client import Endpoint, collect_stage, error_details, open_channel
+from services.ops.seaweedfs import free_port
 from tests.conftest import PROJECT_ROOT
 from tests.integration.probe_service import binding
 
@@ -74,6 +75,7 @@ def test_missing_and_wrong_token_are_unauthenticated(server, tmp_path, monkeypat
 
 
 def test_health_is_open_and_reflection_lists_services(server, tmp_path):
+    """Reflection also describes the error details, so grpcurl prints them decoded."""
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     health = health_pb2_grpc.HealthStub(channel)
     reply = health.Check(health_pb2.HealthCheckRequest(service="gflow.v1.FlowService"), timeout=5)
@@ -82,11 +84,17 @@ def test_health_is_open_and_reflection_lists_services(server, tmp_path):
         Endpoint(target=f"127.0.0.1:{server.port}", auth_token_file=_token_file(tmp_path))
     )
     stub = reflection_pb2_grpc.ServerReflectionStub(authed)
-    responses = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
-    )
-    names = {s.name for r in responses for s in r.list_services_response.service}
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="google.rpc.BadRequest"),
+    ]
+    listed, described = stub.ServerReflectionInfo(iter(requests), timeout=5)
+    names = {s.name for s in listed.list_services_response.service}
     assert {"gflow.v1.FlowService", "grpc.health.v1.Health"} <= names
+    files = described.file_descriptor_response.file_descriptor_proto
+    error_details_file = descriptor_pb2.FileDescriptorProto.FromString(files[0])
+    assert error_details_file.name == "google/rpc/error_details.proto"
+    assert {"ErrorInfo", "BadRequest"} <= {m.name for m in error_details_file.message_type}
 
 
 def _token_file(tmp_path):
@@ -127,9 +135,15 @@ def test_engine_errors_map_to_status_with_reason(server, tmp_path):
     with pytest.raises(grpc.RpcError) as info:
         list(stub.ComputeFlow(flow_pb2.ComputeFlowRequest(config_json='{"fail": "invalid"}')))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    trailers = dict(info.value.trailing_metadata())
-    error = common_pb2.ErrorInfo.FromString(trailers[runtime.ERROR_TRAILER])
-    assert error.field == "video.frames" and error.reason == "INVALID_ARGUMENT"
+    error, bad_request = error_details(info.value)
+    assert (error.reason, error.domain, dict(error.metadata)) == (
+        "INVALID_ARGUMENT",
+        "gflow",
+        {"stage": "flow", "field": "video.frames"},
+    )
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("video.frames", "needs at least two frames")
+    ]
     with pytest.raises(errors.InvalidArgumentError) as mapped:
         compute(stub, fail="invalid")
     assert mapped.value.field == "video.frames"
@@ -137,6 +151,7 @@ def test_engine_errors_map_to_status_with_reason(server, tmp_path):
         list(stub.ComputeFlow(flow_pb2.ComputeFlowRequest(config_json='{"fail": "crash"}')))
     assert crash.value.code() == grpc.StatusCode.INTERNAL  # never a bare UNKNOWN
     assert "ZeroDivisionError" in crash.value.details()
+    assert error_details(crash.value)[0].reason == "INTERNAL"
 
 
 def test_unreachable_store_is_unavailable(server, tmp_path):
