@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -108,8 +109,6 @@ def refuse_server_fields(config: Any, env_by_field: dict[str, str], field: str) 
 
 def with_env_paths(config: T, env_by_field: dict[str, str]) -> T:
     """Fill path fields left None from environment variables (weights mounted in containers)."""
-    import os
-
     updates = {
         name: Path(os.environ[env])
         for name, env in env_by_field.items()

@@ -14,42 +14,22 @@ import cv2
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
-from services.evaluation.geometry import rotation_angle_deg
+from services.common.geometry import rotation_angle_deg
+from services.common.image_metrics import (
+    check_same_shape,
+    mask_j,  # noqa: F401  (re-exported with the others)
+    psnr,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Images
-
-
-def _same_shape(name: str, a: np.ndarray, b: np.ndarray) -> None:
-    if a.shape != b.shape:
-        raise InvalidArgumentError(name, f"shape {a.shape} differs from the target's {b.shape}")
-
-
-def psnr(
-    pred: np.ndarray,
-    target: np.ndarray,
-    max_value: float = 255.0,
-    mask_hw: np.ndarray | None = None,
-) -> float:
-    """Peak signal-to-noise ratio of one image [H, W] or [H, W, C], in dB.
-
-    Only pixels where `mask_hw` is true count. Identical images give +inf; an empty mask gives NaN.
-    """
-    _same_shape("pred", pred, target)
-    err = (pred.astype(np.float64) - target.astype(np.float64)) ** 2
-    if mask_hw is not None:
-        err = err[mask_hw.astype(bool)]
-    if err.size == 0:
-        return float("nan")
-    mse = float(err.mean())
-    return float("inf") if mse == 0.0 else float(10.0 * np.log10(max_value**2 / mse))
 
 
 def psnr_per_frame(
     pred_t: np.ndarray, target_t: np.ndarray, max_value: float = 255.0
 ) -> np.ndarray:
     """PSNR of each frame of [T, H, W(, C)] sequences: float64 [T]."""
-    _same_shape("pred", pred_t, target_t)
+    check_same_shape("pred", pred_t, target_t)
     return np.array([psnr(p, g, max_value) for p, g in zip(pred_t, target_t, strict=True)])
 
 
@@ -65,7 +45,7 @@ def ssim(pred: np.ndarray, target: np.ndarray, max_value: float = 255.0) -> floa
     the border (the pixels whose window lies inside the image). Images under 11 px on a side are
     averaged over all pixels, with mirrored borders. A 0-pixel image gives NaN.
     """
-    _same_shape("pred", pred, target)
+    check_same_shape("pred", pred, target)
     if pred.size == 0:
         return float("nan")
     x = pred.astype(np.float64)
@@ -97,7 +77,7 @@ def ssim_per_frame(
     pred_t: np.ndarray, target_t: np.ndarray, max_value: float = 255.0
 ) -> np.ndarray:
     """SSIM of each frame of [T, H, W(, C)] sequences: float64 [T]."""
-    _same_shape("pred", pred_t, target_t)
+    check_same_shape("pred", pred_t, target_t)
     return np.array([ssim(p, g, max_value) for p, g in zip(pred_t, target_t, strict=True)])
 
 
@@ -187,8 +167,8 @@ def tapvid_metrics(
     """
     if query_mode not in ("first", "strided"):
         raise InvalidArgumentError("query_mode", f"{query_mode!r}: use 'first' or 'strided'")
-    _same_shape("pred_tracks_qt2", pred_tracks_qt2, gt_tracks_qt2)
-    _same_shape("pred_occluded_qt", pred_occluded_qt, gt_occluded_qt)
+    check_same_shape("pred_tracks_qt2", pred_tracks_qt2, gt_tracks_qt2)
+    check_same_shape("pred_occluded_qt", pred_occluded_qt, gt_occluded_qt)
     h, w = image_hw
     scale_2 = np.array([TAPVID_SIZE / w, TAPVID_SIZE / h])
     n_frames = gt_occluded_qt.shape[1]
@@ -238,7 +218,7 @@ def umeyama_sim3(
     """
     src = np.asarray(src_n3, np.float64).reshape(-1, 3)
     dst = np.asarray(dst_n3, np.float64).reshape(-1, 3)
-    _same_shape("src_n3", src, dst)
+    check_same_shape("src_n3", src, dst)
     if len(src) == 0:
         return 1.0, np.eye(3), np.zeros(3)
     mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
@@ -283,7 +263,7 @@ def ate_rpe(
     inv(gt_i^-1 gt_j) @ (pred_i^-1 pred_j). Also returns the alignment scale.
     No frames give NaN everywhere; fewer than delta + 1 frames give NaN RPE.
     """
-    _same_shape("pred_c2w_t44", pred_c2w_t44, gt_c2w_t44)
+    check_same_shape("pred_c2w_t44", pred_c2w_t44, gt_c2w_t44)
     if align not in ("sim3", "se3", "none"):
         raise InvalidArgumentError("align", f"{align!r}: use sim3, se3 or none")
     if delta < 1:
@@ -332,7 +312,7 @@ def depth_metrics(
     argmin ||s*pred - gt||^2 = sum(pred*gt) / sum(pred^2) ("lstsq"), or 1 ("none"). Call it per
     frame for per-frame alignment. No valid pixel gives NaN for all three values.
     """
-    _same_shape("pred", pred, gt)
+    check_same_shape("pred", pred, gt)
     if align not in ("median", "lstsq", "none"):
         raise InvalidArgumentError("align", f"{align!r}: use median, lstsq or none")
     p = np.asarray(pred, np.float64)
@@ -340,7 +320,7 @@ def depth_metrics(
     with np.errstate(invalid="ignore"):
         ok = np.isfinite(p) & np.isfinite(g) & (p > 0) & (g > 0)
     if valid is not None:
-        _same_shape("valid", valid, gt)
+        check_same_shape("valid", valid, gt)
         ok &= valid.astype(bool)
     p, g = p[ok], g[ok]
     if p.size == 0:
@@ -362,10 +342,10 @@ def depth_metrics(
 
 def flow_epe(pred_hw2: np.ndarray, gt_hw2: np.ndarray, valid_hw: np.ndarray | None = None) -> float:
     """Mean end-point error (Euclidean distance in pixels) over valid pixels; NaN when none."""
-    _same_shape("pred_hw2", pred_hw2, gt_hw2)
+    check_same_shape("pred_hw2", pred_hw2, gt_hw2)
     err = np.linalg.norm(pred_hw2.astype(np.float64) - gt_hw2.astype(np.float64), axis=-1)
     if valid_hw is not None:
-        _same_shape("valid_hw", valid_hw, err)
+        check_same_shape("valid_hw", valid_hw, err)
         err = err[valid_hw.astype(bool)]
     err = err[np.isfinite(err)]
     return float(err.mean()) if err.size else float("nan")
@@ -375,15 +355,6 @@ def flow_epe(pred_hw2: np.ndarray, gt_hw2: np.ndarray, valid_hw: np.ndarray | No
 # Masks (DAVIS J and F)
 
 DAVIS_BOUND_TH = 0.008  # boundary tolerance: fraction of the image diagonal (or pixels if >= 1)
-
-
-def mask_j(pred_hw: np.ndarray, gt_hw: np.ndarray, void_hw: np.ndarray | None = None) -> float:
-    """Region similarity J: intersection over union (void pixels ignored). Both empty: 1.0."""
-    _same_shape("pred_hw", pred_hw, gt_hw)
-    keep = np.ones(gt_hw.shape, bool) if void_hw is None else ~void_hw.astype(bool)
-    p, g = pred_hw.astype(bool) & keep, gt_hw.astype(bool) & keep
-    union = int(np.sum(p | g))
-    return 1.0 if union == 0 else float(np.sum(p & g) / union)
 
 
 def boundary_map(mask_hw: np.ndarray) -> np.ndarray:
@@ -422,7 +393,7 @@ def mask_f(
     F = 2PR / (P + R). Empty boundaries (DAVIS conventions): both empty -> 1.0; only the
     prediction empty -> P = 1, R = 0 -> 0.0; only the truth empty -> 0.0.
     """
-    _same_shape("pred_hw", pred_hw, gt_hw)
+    check_same_shape("pred_hw", pred_hw, gt_hw)
     keep = np.ones(gt_hw.shape, bool) if void_hw is None else ~void_hw.astype(bool)
     radius = int(bound_th if bound_th >= 1 else np.ceil(bound_th * np.hypot(*gt_hw.shape)))
     pred_b = boundary_map(pred_hw.astype(bool) & keep)

@@ -25,8 +25,7 @@ import cv2
 import numpy as np
 
 from services.common.errors import InvalidArgumentError, NotFoundError, ProgressFn, no_progress
-from services.evaluation import textures
-from services.evaluation.geometry import (
+from services.common.geometry import (
     apply_33,
     axis_angle_33,
     intrinsics_33,
@@ -34,6 +33,7 @@ from services.evaluation.geometry import (
     project_p2,
     rotation_33,
 )
+from services.evaluation import textures
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from services.evaluation.geometry import pixel_grid_hw2, rigid_flow_hw2
+from services.common.geometry import pixel_grid_hw2, rigid_flow_hw2
 from services.evaluation.synth import SyntheticScene
 
 

@@ -7,7 +7,7 @@
 Both render RGB, alpha-weighted camera z and alpha, and pass gradients to every Gaussian
 parameter and to the camera pose. docs/renderer.md has the conventions and measured speeds.
 
-Pixel convention: the project's (as services/evaluation/geometry.py): pixel (x, y) = (column,
+Pixel convention: the project's (as services/common/geometry.py): pixel (x, y) = (column,
 row) has its centre at integer coordinates, so `K_33` maps a point to the pixel it lands in
 without a half-pixel shift, and `means2d_n2` is in the same frame. gsplat puts pixel centres at
 +0.5; `render` shifts the principal point by half a pixel on the way in and the centres back on

@@ -9,6 +9,7 @@ from __future__ import annotations
 from gflow.v1 import fit_pb2_grpc
 from services.common.describe import backend_info, device_summary
 from services.common.service import StageServicer, stage_main
+from services.fit.render import resolve_backend
 from services.fit.stage import fit_from_request
 
 
@@ -18,8 +19,6 @@ class FitServicer(StageServicer, fit_pb2_grpc.FitServiceServicer):
 
     def backends(self):
         import torch
-
-        from services.fit.render import resolve_backend
 
         device = torch.device("cuda" if device_summary()[0].startswith("cuda") else "cpu")
         renderer = resolve_backend("auto", device)

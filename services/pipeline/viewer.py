@@ -26,9 +26,9 @@ from scipy.spatial.transform import Rotation
 from gflow.v1 import common_pb2, pipeline_pb2
 from services.common.artifacts import Artifacts
 from services.common.errors import NotFoundError
+from services.common.geometry import project_p2
 from services.common.stage import artifact, optional_artifact
 from services.common.video import frames_sha256, load_frames
-from services.evaluation.geometry import project_p2
 from services.fit.export import PLY_PROPERTIES, SH_C0, intrinsics_33, ply_table
 from services.fit.motion import inside_image, nearest_pixel
 from services.pipeline.report import RESULT_NAME

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from services.common.geometry import relative_pose_from_c2w
 from services.depth.backends import mast3r
 from services.depth.engine import DepthConfig, estimate_depth
 from services.depth.quality import ARTEFACT_LIMIT
 from services.evaluation.metrics import rotation_error_deg
-from services.evaluation.two_view import relative_pose_from_c2w
 
 CHECKPOINT = os.environ.get("GFLOW_MAST3R_CHECKPOINT")
 READY, DETAIL = mast3r.availability()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from services.common.errors import IntegrityError, InvalidArgumentError
-from services.evaluation.geometry import (
+from services.common.geometry import (
     axis_angle_33,
     backproject_p3,
     intrinsics_33,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgumentError
-from services.evaluation.geometry import axis_angle_33
+from services.common.geometry import axis_angle_33
 from services.evaluation.metrics import (
     TAPVID_KEYS,
     ate_rpe,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from services.common.errors import FailedPreconditionError, InvalidArgumentError
-from services.evaluation.geometry import backproject_p3, pixel_grid_hw2
+from services.common.geometry import backproject_p3, pixel_grid_hw2
 from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.projection import quat_to_rotmat_n33
 from services.fit.rasterizer_gsplat import gsplat_available

@@ -15,15 +15,10 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgumentError
-from services.evaluation.geometry import rotation_angle_deg
+from services.common.geometry import relative_pose_from_c2w, rotation_angle_deg
+from services.common.two_view import TwoViewConfig, relative_pose, sampson_px
 from services.evaluation.metrics import direction_error_deg, rotation_error_deg
 from services.evaluation.synth import SceneConfig, make_scene
-from services.evaluation.two_view import (
-    TwoViewConfig,
-    relative_pose,
-    relative_pose_from_c2w,
-    sampson_px,
-)
 
 FRAMES = ("0048", "0054", "0060", "0066")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgumentError
-from services.evaluation.geometry import rigid_flow_hw2
+from services.common.geometry import rigid_flow_hw2
 from services.evaluation.metrics import mask_f, mask_j
 from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
 from services.flow.engine import FlowConfig, compute_flow

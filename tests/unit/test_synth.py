@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgumentError, NotFoundError
-from services.evaluation.geometry import pixel_grid_hw2, project_p2, rigid_flow_hw2
+from services.common.geometry import pixel_grid_hw2, project_p2, rigid_flow_hw2
 from services.evaluation.synth import (
     SceneConfig,
     SynthCommand,

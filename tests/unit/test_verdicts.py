@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from services.evaluation.geometry import rotation_33
+from services.common.geometry import rotation_33
 from services.evaluation.synth import SceneConfig, make_scene
 from services.pipeline.verdicts import INFORMATIONAL, RULES, judge_run, path_figures
 from tests.conftest import PROJECT_ROOT

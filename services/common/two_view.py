@@ -1,8 +1,9 @@
-"""Relative camera pose from two calibrated views: feature matches, essential matrix, recoverPose.
+"""Relative camera pose from two calibrated views: feature matches, essential matrix, recoverPose,
+and the Sampson-distance polish the offline depth backend also runs on flow correspondences.
 
 A simple, dependable baseline (SIFT or ORB, Lowe's ratio test, RANSAC on the essential matrix,
-cheirality check) that the evaluation uses against real posed frames and that the depth and
-segment engines can reuse to get a rotation and a translation direction between frames.
+cheirality check) that the evaluation measures against real posed frames. The ground-truth
+relative pose of two camera-to-world poses is `geometry.relative_pose_from_c2w`.
 """
 
 from __future__ import annotations
@@ -54,14 +55,6 @@ class TwoViewPose:
     n_inliers: int  # matches consistent with the essential matrix and in front of both cameras
     inliers_a_m2: np.ndarray  # float64 [M, 2] inlier pixels in image a
     inliers_b_m2: np.ndarray  # float64 [M, 2] matching pixels in image b
-
-
-def relative_pose_from_c2w(
-    c2w_a_44: np.ndarray, c2w_b_44: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ground-truth (R, t) with X_b = R X_a + t from two camera-to-world poses."""
-    rel_44 = np.linalg.inv(c2w_b_44) @ c2w_a_44
-    return rel_44[:3, :3], rel_44[:3, 3]
 
 
 def _gray_u8(image: np.ndarray, field: str) -> np.ndarray:
