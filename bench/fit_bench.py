@@ -9,7 +9,8 @@ with its exact depth, forward/backward flow, moving masks and intrinsics as the 
 figures measure the engine alone. Per preset: seconds per frame (fitting only), peak GPU memory
 (CUDA only), mean PSNR, TAP-Vid average Jaccard and occlusion accuracy (queries at each track's
 first visible frame), camera ATE after Sim(3) alignment, mean moving-mask IoU, and the Gaussians
-alive at the last frame.
+alive at the last frame; then the seconds per phase, and each loss term at the last optimisation
+step of a frame (mean over the frames that have it) with its weighted value (weight x term).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from services.evaluation.fit_suite import exact_priors
 from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.config import preset
 from services.fit.engine import fit, resolve_device
+from services.fit.losses import term_weights
 from services.fit.tracks import track_2d
 
 
@@ -118,9 +120,19 @@ def measure(cfg: BenchConfig) -> tuple[list[dict], float]:
                     phase: round(seconds / cfg.frames, 4)
                     for phase, seconds in sorted(result.phase_seconds.items())
                 },
+                loss_terms=loss_means(result.loss_terms),
+                loss_weights=term_weights(fit_cfg),
             )
         )
     return rows, synth_seconds
+
+
+def loss_means(loss_terms: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each term's mean over the frames whose loss had it (NaN when none did)."""
+    return {
+        name: float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else np.nan
+        for name, values in loss_terms.items()
+    }
 
 
 def table(rows: list[dict]) -> str:
@@ -170,6 +182,20 @@ def phase_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def loss_table(rows: list[dict]) -> str:
+    """Each loss term, raw and weighted, one pair of columns per preset."""
+    terms = list(rows[0]["loss_terms"]) if rows else []
+    header = "| term | " + " | ".join(f"{r['preset']} | x weight" for r in rows) + " |"
+    lines = [header, "|" + "---|" * (2 * len(rows) + 1)]
+    for term in terms:
+        cells = []
+        for r in rows:
+            value = r["loss_terms"][term]
+            cells += [f"{value:.4g}", f"{value * r['loss_weights'][term]:.4g}"]
+        lines.append(f"| {term} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     cfg = tyro.cli(BenchConfig)
     rows, synth_seconds = measure(cfg)
@@ -177,6 +203,8 @@ def main() -> None:
     print(table(rows))
     print("\nseconds per frame by phase (checkpoint time is not part of s/frame)")
     print(phase_table(rows))
+    print("\nloss terms at the last step of a frame, mean over frames (raw, and x its weight)")
+    print(loss_table(rows))
     if cfg.json_out is not None:
         cfg.json_out.write_text(json.dumps(rows, indent=2))
 

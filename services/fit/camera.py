@@ -2,9 +2,10 @@
 
 Poses are world-to-camera 4x4 matrices inside the optimiser (what the renderer takes) and
 camera-to-world in the outputs, OpenCV axes (x right, y down, z forward). A frame's pose starts
-from the still part of the previous frame: the model's rendered depth there lifts pixels to 3D,
-the forward flow says where they went, and RANSAC PnP solves for the new camera. Then the pose is
-refined by rendering only the still Gaussians against the still pixels of the new frame.
+from the still part of the previous frame: the depth prior (at the model's scale) lifts its
+reliable pixels to 3D, the forward flow says where they went, and RANSAC PnP solves for the new
+camera. Then the pose is refined by rendering only the still Gaussians against the still pixels of
+the new frame.
 """
 
 from __future__ import annotations
@@ -15,25 +16,36 @@ import cv2
 import numpy as np
 import torch
 
-from services.evaluation.geometry import backproject_p3
-from services.fit.gaussians import Gaussians
+from services.common.geometry import backproject_p3, project_p2
+from services.fit.config import FitConfig
+from services.fit.gaussians import Gaussians, mean_depth_hw
 from services.fit.losses import flow_loss, photometric_loss
-from services.fit.render import render
+from services.fit.motion import (
+    COVERED_ALPHA,
+    FB_TOLERANCE_PX,
+    inside_image,
+    nearest_pixel,
+    sample_bilinear,
+)
+from services.fit.priors import FitPriors
+from services.fit.render import RenderOutput, render
 
 logger = logging.getLogger(__name__)
 
 _PNP_MAX_POINTS = 4000  # correspondences fed to RANSAC (a random subset of the still pixels)
 _PNP_MIN_INLIERS = 12
+_NEAR_Z = 1e-6  # camera z below this divides as this in the fit's projection
+_MIN_SCALE_PIXELS = 50  # still pixels needed to re-estimate the depth prior's scale
+_SCALE_RANGE = (0.5, 2.0)
 
 
 def project_n2(
     means_n3: torch.Tensor, w2c_44: torch.Tensor, K_33: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """World points -> (pixel xy [N, 2], camera z [N]); differentiable in points and pose."""
-    cam_n3 = means_n3 @ w2c_44[:3, :3].T + w2c_44[:3, 3]
-    z_n = cam_n3[:, 2]
-    xy_n2 = cam_n3[:, :2] / z_n.clamp_min(1e-6)[:, None] * torch.diagonal(K_33)[:2] + K_33[:2, 2]
-    return xy_n2, z_n
+    """The fit's use of `geometry.project_p2`: world-to-camera pose, camera z clamped at
+    `_NEAR_Z` in the division so pixels and gradients stay finite; differentiable in points and
+    pose."""
+    return project_p2(K_33, w2c_44, means_n3, pose="w2c", min_z=_NEAR_Z)
 
 
 def _hat_33(omega_3: torch.Tensor) -> torch.Tensor:
@@ -121,6 +133,34 @@ def pnp_c2w(
     return np.linalg.inv(w2c_44), points_p3[idx], pixels_p2[idx]
 
 
+def reliable_still_hw(
+    flow_fwd_hw2: np.ndarray,
+    flow_bwd_hw2: np.ndarray | None,
+    depth_valid_hw: np.ndarray,
+    moving_prev_hw: np.ndarray,
+    moving_next_hw: np.ndarray,
+    mask_threshold: float,
+) -> np.ndarray:
+    """Pixels of a frame whose flow to the next is trustworthy for the camera: known depth,
+    still at both ends (mask scores below `mask_threshold`), landing inside the next frame, and
+    forward-backward consistent when backward flow (next -> this frame) is given."""
+    height, width = depth_valid_hw.shape
+    flow_hw2 = flow_fwd_hw2.astype(np.float64)
+    ys, xs = np.mgrid[0:height, 0:width]
+    target_p2 = np.stack([xs, ys], axis=-1).reshape(-1, 2) + flow_hw2.reshape(-1, 2)
+    rows, cols = nearest_pixel(target_p2, height, width)
+    reliable_p = (
+        depth_valid_hw.reshape(-1)
+        & (moving_prev_hw.reshape(-1) < mask_threshold)
+        & inside_image(target_p2, height, width)
+        & (moving_next_hw[rows, cols] < mask_threshold)
+    )
+    if flow_bwd_hw2 is not None:
+        back_p2 = sample_bilinear(flow_bwd_hw2, target_p2)
+        reliable_p &= np.linalg.norm(flow_hw2.reshape(-1, 2) + back_p2, axis=1) < FB_TOLERANCE_PX
+    return reliable_p.reshape(height, width)
+
+
 def flow_correspondences(
     depth_hw: np.ndarray,
     reliable_hw: np.ndarray,
@@ -133,6 +173,90 @@ def flow_correspondences(
     xy_p2 = np.stack([xs, ys], axis=1).astype(np.float64)
     points_p3 = backproject_p3(K_33, c2w_44, xy_p2, depth_hw[ys, xs].astype(np.float64))
     return points_p3, xy_p2 + flow_fwd_hw2[ys, xs]
+
+
+def pnp_start(
+    priors: FitPriors,
+    t: int,
+    prior_depth_prev_hw: np.ndarray,
+    c2w_prev_44: np.ndarray,
+    mask_threshold: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start pose of frame t: PnP on the flow correspondences of frame t-1's reliable still
+    pixels, lifted by its depth prior (at the model's scale) at its pose, from the prior pose of
+    frame t when the priors have one, else from frame t-1's. Returns (c2w_44, inlier points
+    [I, 3], their pixels [I, 2]); the guess and none when PnP finds no pose."""
+    c2w_guess_44 = (
+        c2w_prev_44 if priors.c2w_t44 is None else np.asarray(priors.c2w_t44[t], np.float64)
+    )
+    reliable_hw = reliable_still_hw(
+        priors.flow_fwd_t1hw2[t - 1],
+        None if priors.flow_bwd_t1hw2 is None else priors.flow_bwd_t1hw2[t - 1],
+        priors.depth_thw[t - 1] > 0,
+        np.asarray(priors.moving_thw[t - 1], np.float32),
+        np.asarray(priors.moving_thw[t], np.float32),
+        mask_threshold,
+    )
+    K_33 = np.asarray(priors.K_33, np.float64)
+    points_p3, pixels_p2 = flow_correspondences(
+        prior_depth_prev_hw, reliable_hw, priors.flow_fwd_t1hw2[t - 1], K_33, c2w_prev_44
+    )
+    found = pnp_c2w(points_p3, pixels_p2, K_33, c2w_guess_44, rng)
+    if found is None:
+        return c2w_guess_44, points_p3[:0], pixels_p2[:0]
+    return found
+
+
+def refine_still_pose(
+    gaussians: Gaussians,
+    target_hw3: torch.Tensor,
+    still_hw: torch.Tensor,
+    w2c_init_44: torch.Tensor,
+    K_33: torch.Tensor,
+    points_p3: torch.Tensor,
+    pixels_p2: torch.Tensor,
+    cfg: FitConfig,
+    scene_scale: float,
+) -> torch.Tensor:
+    """`optimise_pose` of the model's still Gaussians on the pixels the mask calls still
+    (bool `still_hw`) and the still Gaussians cover at the start pose."""
+    still = gaussians.subset(~gaussians.moving_n)
+    height, width = still_hw.shape
+    with torch.no_grad():
+        out = still.render(w2c_init_44, K_33, width, height, backend=cfg.backend)
+    weight_hw = (out.alpha_hw >= COVERED_ALPHA) & still_hw
+    return optimise_pose(
+        still,
+        target_hw3,
+        weight_hw.float(),
+        w2c_init_44,
+        K_33,
+        points_p3,
+        pixels_p2,
+        lambda_flow=cfg.lambda_flow,
+        iters=cfg.camera_iters,
+        lr=cfg.camera_lr,
+        scene_scale=scene_scale,
+        ssim_share=cfg.ssim_share,
+        backend=cfg.backend,
+    )
+
+
+def depth_prior_scale(
+    still_out: RenderOutput, prior_depth_hw: np.ndarray, usable_hw: np.ndarray, fallback: float
+) -> float:
+    """Scale that maps a frame's depth prior onto the model: the median ratio of the still
+    Gaussians' rendered depth (`still_out`, at the frame's pose) to the prior over the covered
+    `usable_hw` pixels (known prior, still mask), clipped to 0.5..2; `fallback` (the previous
+    frame's scale) when fewer than 50 pixels qualify. 1 for a metric-consistent prior; it absorbs
+    per-frame scale drift otherwise."""
+    model_hw = mean_depth_hw(still_out).cpu().numpy()
+    usable_hw = (still_out.alpha_hw.cpu().numpy() >= COVERED_ALPHA) & usable_hw
+    if usable_hw.sum() < _MIN_SCALE_PIXELS:
+        return fallback
+    ratio = float(np.median(model_hw[usable_hw] / prior_depth_hw[usable_hw]))
+    return float(np.clip(ratio, *_SCALE_RANGE))
 
 
 def optimise_pose(

@@ -16,6 +16,9 @@ import torch
 from services.fit.render import RenderOutput, render
 
 _EPS = 1e-6
+# Learning rate of each parameter group relative to the configured one. Means move in units of
+# the scene depth (median depth of frame 0), so one setting suits scenes of any size.
+_LR_SCALE = {"means": 0.1, "scales": 1.0, "quats": 1.0, "opacities": 5.0, "colors": 2.0}
 
 
 @dataclass
@@ -87,6 +90,16 @@ class Gaussians:
             "opacities": self.opacity_logits_n,
             "colors": self.color_logits_n3,
         }
+
+    def optimiser(self, lr: float, scene_scale: float) -> torch.optim.Adam:
+        """A fresh Adam over the parameters (gradients on): one group each, at `lr` times the
+        group's `_LR_SCALE`, the means' also times `scene_scale`."""
+        self.requires_grad_(True)
+        groups = []
+        for name, tensor in self.parameters().items():
+            scale = _LR_SCALE[name] * (scene_scale if name == "means" else 1.0)
+            groups.append({"params": [tensor], "lr": lr * scale, "name": name})
+        return torch.optim.Adam(groups, eps=1e-15, fused=True)  # one kernel per group
 
     def requires_grad_(self, flag: bool = True) -> Gaussians:
         for tensor in self.parameters().values():

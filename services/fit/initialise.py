@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from services.evaluation.geometry import backproject_p3
+from services.common.geometry import backproject_p3
+from services.fit.config import FitConfig
 from services.fit.gaussians import Gaussians
+from services.fit.priors import FitPriors
 
 _SIGMA_PX_RANGE = (0.5, 4.0)  # footprint of a new Gaussian on screen, pixels (standard deviation)
 _NEIGHBOURS = 3
@@ -76,6 +78,50 @@ def gaussians_at_pixels(
         moving_n=t(moving_hw[rows, cols], torch.bool),
         ids_n=torch.arange(first_id, first_id + len(rows), dtype=torch.int64, device=device),
     )
+
+
+class PixelSeeder:
+    """New Gaussians at chosen pixels of the clip's frames, numbered on from `next_id`: what the
+    first frame's initialisation and every densification pass add to the model."""
+
+    def __init__(self, priors: FitPriors, cfg: FitConfig, device: torch.device, next_id: int = 0):
+        self.priors, self.cfg, self.device, self.next_id = priors, cfg, device, next_id
+        self.K_33 = np.asarray(priors.K_33, np.float64)
+        self.moving_thw = np.asarray(priors.moving_thw, np.float32)
+
+    def first_frame(self, c2w_44: np.ndarray, rng: np.random.Generator) -> Gaussians:
+        """`init_points` Gaussians on frame 0 (pose `c2w_44`), drawn by `texture_probability_hw`
+        among the pixels with a known depth prior."""
+        probability_hw = texture_probability_hw(self.priors.frames_thw3[0], self.cfg.texture_share)
+        probability_hw = probability_hw * (self.priors.depth_thw[0] > 0)
+        rows, cols = sample_pixels(probability_hw, self.cfg.init_points, rng)
+        return self.at_pixels(rows, cols, 0, c2w_44, depth_scale=1.0)
+
+    def at_pixels(
+        self,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        t: int,
+        c2w_44: np.ndarray,
+        depth_scale: float,
+        others_xy_m2: np.ndarray | None = None,
+    ) -> Gaussians:
+        """`gaussians_at_pixels` on frame t, its depth prior times `depth_scale`."""
+        added = gaussians_at_pixels(
+            rows,
+            cols,
+            self.priors.frames_thw3[t],
+            self.priors.depth_thw[t] * depth_scale,
+            self.moving_thw[t] >= self.cfg.mask_threshold,
+            self.K_33,
+            c2w_44,
+            self.next_id,
+            self.cfg.init_opacity,
+            self.device,
+            others_xy_m2,
+        )
+        self.next_id += len(added)
+        return added
 
 
 def _neighbour_gap_px(xy_p2: np.ndarray, others_xy_m2: np.ndarray | None) -> np.ndarray:

@@ -1,6 +1,9 @@
 """Loss terms of the fit: photometric (L2 + SSIM), depth, flow and the two regularisers.
 
 Each term is a plain function of tensors so a reader can see what one weight in FitConfig does.
+`fit_terms` gives one optimisation step's terms by name (`TERMS`), `term_weights` pairs each name
+with its weight in FitConfig, and `weighted_sum` is the one place they are added up, so every
+term can be logged and benchmarked on its own.
 Images are float [H, W, 3] in [0, 1]; per-pixel weights are float [H, W] (0 = ignore the pixel).
 """
 
@@ -10,6 +13,14 @@ import functools
 
 import torch
 import torch.nn.functional as F
+
+from services.fit.config import FitConfig
+from services.fit.gaussians import Gaussians, mean_depth_hw
+from services.fit.motion import COVERED_ALPHA
+from services.fit.render import RenderOutput
+
+TERMS = ("photometric", "depth", "isotropic", "still", "flow")
+"""The terms of the Gaussians' loss, in the order they are added."""
 
 _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
@@ -110,3 +121,66 @@ def still_loss(
     is scale-free). A weighted mean rather than a selection: no host sync on CUDA."""
     squared_n = (((means_n3 - anchor_n3) / unit) ** 2).sum(dim=-1)
     return _weighted_mean(squared_n, still_n.to(squared_n.dtype))
+
+
+def term_weights(cfg: FitConfig) -> dict[str, float]:
+    """Each term's weight in the configuration."""
+    return {
+        "photometric": cfg.lambda_rgb,
+        "depth": cfg.lambda_depth,
+        "isotropic": cfg.lambda_isotropic,
+        "still": cfg.lambda_still,
+        "flow": cfg.lambda_flow,
+    }
+
+
+def fit_terms(
+    out: RenderOutput,
+    target_hw3: torch.Tensor,
+    prior_depth_hw: torch.Tensor,
+    prior_valid_hw: torch.Tensor,
+    gaussians: Gaussians,
+    *,
+    ssim_share: float,
+    anchor_n3: torch.Tensor | None,
+    footprint: float,
+    flow_xy_n2: torch.Tensor | None,
+    flow_target_n2: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """The terms of one optimisation step of the Gaussians, by name, in `TERMS` order.
+
+    Depth counts on covered pixels with a known prior; "still" is there when the frame's start
+    positions are given (`anchor_n3`, in units of `footprint`), "flow" when the seen moving
+    Gaussians' projected centres and flow targets are.
+    """
+    depth_weight_hw = ((out.alpha_hw.detach() >= COVERED_ALPHA) & prior_valid_hw).float()
+    terms = {
+        "photometric": photometric_loss(out.rgb_hw3, target_hw3, ssim_share),
+        "depth": depth_loss(mean_depth_hw(out), prior_depth_hw, depth_weight_hw),
+        "isotropic": isotropic_loss(gaussians.log_scales_n3),
+    }
+    if anchor_n3 is not None:
+        terms["still"] = still_loss(gaussians.means_n3, anchor_n3, ~gaussians.moving_n, footprint)
+    if flow_xy_n2 is not None:
+        terms["flow"] = flow_loss(flow_xy_n2, flow_target_n2)
+    return terms
+
+
+def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Sum of weight x term over the terms, added in their order."""
+    names = iter(terms)
+    first = next(names)
+    total = weights[first] * terms[first]
+    for name in names:
+        total = total + weights[name] * terms[name]
+    return total
+
+
+def term_values(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The terms as numbers (reading them waits for the device)."""
+    return {name: float(term.detach()) for name, term in terms.items()}
+
+
+def describe_terms(values: dict[str, float]) -> str:
+    """Term values for a log line: "photometric 0.0123, depth 0.0456, ..."."""
+    return ", ".join(f"{name} {value:.4g}" for name, value in values.items())

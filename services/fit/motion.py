@@ -4,14 +4,20 @@ GFlow moves the moving Gaussians before optimising a new frame: a visible moving
 where the optical flow takes its pixel, at the depth the depth prior gives there (its camera depth
 scaled by the prior's depth change, so its offset from the surface is kept). A moving Gaussian
 that no pixel sees takes the mean displacement of its nearest visible moving neighbours.
+`split_and_move` does the whole step: relabel the seen Gaussians still/moving, then move.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.spatial import cKDTree
 
-from services.evaluation.geometry import backproject_p3
+from services.common.geometry import backproject_p3, project_p2
+from services.fit.cluster import split_moving
+from services.fit.config import FitConfig
+from services.fit.priors import FitPriors
 
 VISIBLE_DEPTH_TOLERANCE = 0.05
 """A centre counts as seen when its camera z is within this share of the rendered depth."""
@@ -114,3 +120,101 @@ def spread_displacement(
     _, index = cKDTree(known_n3).query(unknown_m3, k=k)
     index = index.reshape(len(unknown_m3), k)
     return displacement_n3[index].mean(axis=1)
+
+
+def flow_on_own_side(
+    flow_hw2: np.ndarray, xy_n2: np.ndarray, moving_n: np.ndarray, moving_hw: np.ndarray
+) -> np.ndarray:
+    """Flow [N, 2] at sub-pixel points, each read from its own side of the moving mask (its
+    current label), so Gaussians at a motion boundary take their own motion."""
+    return np.where(
+        moving_n[:, None],
+        sample_bilinear(flow_hw2, xy_n2, moving_hw),
+        sample_bilinear(flow_hw2, xy_n2, ~moving_hw),
+    )
+
+
+def mask_score_n(
+    moving_prev_hw: np.ndarray,
+    moving_next_hw: np.ndarray,
+    xy_prev_n2: np.ndarray,
+    target_n2: np.ndarray,
+) -> np.ndarray:
+    """Mask prior of each point: mean of its score in the previous frame and where the flow puts
+    it in the next (the previous score alone when that is outside the image)."""
+    height, width = moving_prev_hw.shape
+    rows0, cols0 = nearest_pixel(xy_prev_n2, height, width)
+    rows1, cols1 = nearest_pixel(target_n2, height, width)
+    before = moving_prev_hw[rows0, cols0]
+    after = np.where(inside_image(target_n2, height, width), moving_next_hw[rows1, cols1], before)
+    return 0.5 * (before + after)
+
+
+@dataclass
+class MotionUpdate:
+    """The previous frame's Gaussians relabelled and moved to the next frame (N Gaussians)."""
+
+    means_n3: np.ndarray  # float64 [N, 3] centres in the next frame
+    moving_n: np.ndarray  # bool [N] labels (unseen Gaussians keep theirs)
+    seen_moving_n: np.ndarray  # bool [N] moving and seen in the previous frame
+    target_m2: np.ndarray  # float64 [M, 2] flow targets of those M, pixels of the next frame
+
+
+def split_and_move(
+    means_n3: np.ndarray,
+    moving_n: np.ndarray,
+    priors: FitPriors,
+    t: int,
+    *,
+    c2w_prev_44: np.ndarray,
+    c2w_next_44: np.ndarray,
+    depth_prev_hw: np.ndarray,
+    alpha_prev_hw: np.ndarray,
+    prior_depth_prev_hw: np.ndarray,
+    prior_depth_next_hw: np.ndarray,
+    cfg: FitConfig,
+) -> MotionUpdate:
+    """Relabels the Gaussians seen in frame t-1 still/moving (2-means on residual motion, the
+    priors' mask scores as prior) and moves the moving ones to frame t: seen ones by the flow and
+    the depth prior, unseen ones by their neighbours.
+
+    depth_prev_hw / alpha_prev_hw: the model rendered at frame t-1; prior_depth_*_hw: the depth
+    priors of frames t-1 and t at the model's scale."""
+    K_33 = np.asarray(priors.K_33, np.float64)
+    flow_fwd_hw2 = priors.flow_fwd_t1hw2[t - 1]
+    moving_prev_hw = np.asarray(priors.moving_thw[t - 1], np.float32)
+    moving_next_hw = np.asarray(priors.moving_thw[t], np.float32)
+    mask_threshold = cfg.mask_threshold
+    xy_prev_n2, z_prev_n = project_p2(K_33, c2w_prev_44, means_n3)
+    seen_n = visible_n(xy_prev_n2, z_prev_n, depth_prev_hw, alpha_prev_hw)
+    target_s2 = xy_prev_n2[seen_n] + flow_on_own_side(
+        flow_fwd_hw2, xy_prev_n2[seen_n], moving_n[seen_n], moving_prev_hw >= mask_threshold
+    )
+    still_xy_s2, _ = project_p2(K_33, c2w_next_44, means_n3[seen_n])
+    moving_n = moving_n.copy()
+    moving_n[seen_n] = split_moving(
+        np.linalg.norm(target_s2 - still_xy_s2, axis=1),
+        mask_score_n(moving_prev_hw, moving_next_hw, xy_prev_n2[seen_n], target_s2),
+        mask_threshold,
+        cfg.cluster_min_motion_px,
+    )
+    seen_moving_n = seen_n & moving_n
+    target_m2 = target_s2[moving_n[seen_n]]
+    lifted_m3 = lift_moving(
+        xy_prev_n2[seen_moving_n],
+        z_prev_n[seen_moving_n],
+        target_m2,
+        prior_depth_prev_hw,
+        prior_depth_next_hw,
+        K_33,
+        c2w_next_44,
+    )
+    hidden_moving_n = moving_n & ~seen_n
+    new_means_n3 = means_n3.copy()
+    new_means_n3[seen_moving_n] = lifted_m3
+    new_means_n3[hidden_moving_n] += spread_displacement(
+        means_n3[seen_moving_n],
+        lifted_m3 - means_n3[seen_moving_n],
+        means_n3[hidden_moving_n],
+    )
+    return MotionUpdate(new_means_n3, moving_n, seen_moving_n, target_m2)

@@ -1,0 +1,246 @@
+"""The fit's named loss terms, densify schedule and typed checkpoint state, against exact values.
+
+A two-frame fit checks that each frame's loss terms come back in the result; the rest builds the
+inputs by hand so every expectation is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from services.common.errors import IntegrityError
+from services.common.geometry import intrinsics_33
+from services.evaluation.fit_suite import exact_priors
+from services.evaluation.synth import SceneConfig, make_scene
+from services.fit.checkpoint import (
+    FORMAT,
+    FitCheckpoint,
+    FolderCheckpoints,
+    inputs_fingerprint,
+    pack,
+    resumable_state,
+    unpack,
+)
+from services.fit.config import FitConfig, preset
+from services.fit.densify import DensifyStrategy
+from services.fit.engine import fit
+from services.fit.gaussians import Gaussians, mean_depth_hw
+from services.fit.losses import TERMS, fit_terms, term_weights, weighted_sum
+from services.fit.result import FitOutputs
+
+H, W = 24, 32
+K_33 = intrinsics_33(H, W, 60.0)
+
+
+def _gaussians(n: int = 40) -> Gaussians:
+    """n isotropic Gaussians 3-4 units in front of an identity camera, every other one moving."""
+    rng = np.random.default_rng(3)
+    means_n3 = np.stack(
+        [rng.uniform(-1, 1, n), rng.uniform(-0.7, 0.7, n), rng.uniform(3, 4, n)], axis=1
+    )
+    return Gaussians.create(
+        means_n3=torch.tensor(means_n3, dtype=torch.float32),
+        scales_n3=torch.full((n, 3), 0.15),
+        colors_n3=torch.tensor(rng.uniform(0.1, 0.9, (n, 3)), dtype=torch.float32),
+        opacity=0.8,
+        moving_n=torch.arange(n) % 2 == 1,
+        ids_n=torch.arange(n),
+    )
+
+
+# -- loss terms ---------------------------------------------------------------------------------
+
+
+def test_loss_terms_are_named_and_exact():
+    g = _gaussians()
+    w2c_44, K_t = torch.eye(4), torch.tensor(K_33, dtype=torch.float32)
+    out = g.render(w2c_44, K_t, W, H, backend="torch")
+    prior_hw = mean_depth_hw(out).detach()
+    valid_hw = torch.ones(H, W, dtype=torch.bool)
+    footprint = 0.01
+    anchor_n3 = g.means_n3 + torch.tensor([footprint, 0.0, 0.0])  # one footprint off, in x
+    projected_m2 = torch.rand(int(g.moving_n.sum()), 2) * 10
+    target_m2 = projected_m2 + torch.tensor([3.0, 4.0])  # 5 px away
+    terms = fit_terms(
+        out,
+        out.rgb_hw3.detach(),
+        prior_hw,
+        valid_hw,
+        g,
+        ssim_share=0.2,
+        anchor_n3=anchor_n3,
+        footprint=footprint,
+        flow_xy_n2=projected_m2,
+        flow_target_n2=target_m2,
+    )
+    assert tuple(terms) == TERMS
+    assert terms["photometric"].item() == pytest.approx(0.0, abs=1e-6)  # render == target
+    assert terms["depth"].item() == 0.0  # rendered depth == prior
+    assert terms["isotropic"].item() == 0.0  # spheres
+    assert terms["still"].item() == pytest.approx(1.0, rel=1e-4)  # one footprint, squared
+    assert terms["flow"].item() == pytest.approx(5.0, rel=1e-5)
+
+    weights = term_weights(preset("default"))
+    assert set(weights) == set(TERMS)
+    expected = sum(weights[name] * terms[name].item() for name in TERMS)
+    assert weighted_sum(terms, weights).item() == pytest.approx(expected, rel=1e-6)
+
+    first_frame = fit_terms(
+        out,
+        out.rgb_hw3.detach(),
+        prior_hw,
+        valid_hw,
+        g,
+        ssim_share=0.2,
+        anchor_n3=None,
+        footprint=footprint,
+        flow_xy_n2=None,
+        flow_target_n2=None,
+    )
+    assert tuple(first_frame) == ("photometric", "depth", "isotropic")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """A clip this small fits several times faster on one thread when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_each_frame_reports_its_loss_terms(caplog, one_torch_thread):
+    scene = make_scene(SceneConfig(n_frames=2, seed=7))
+    with caplog.at_level(logging.INFO, logger="services.fit.engine"):
+        result = fit(exact_priors(scene), preset("test"))
+    assert list(result.loss_terms) == list(TERMS)
+    assert all(v.shape == (2,) for v in result.loss_terms.values())
+    # Frame 0 has no still or flow term; frame 1 has all of them.
+    assert math.isnan(result.loss_terms["still"][0]) and math.isnan(result.loss_terms["flow"][0])
+    assert all(np.isfinite(v[1]) and v[1] >= 0 for v in result.loss_terms.values())
+    # Exact priors: the still Gaussians stay within a pixel's footprint, the moving ones project
+    # within half a pixel of their flow targets.
+    assert result.loss_terms["still"][1] < 0.01 and result.loss_terms["flow"][1] < 0.5
+    summaries = [r.getMessage() for r in caplog.records if "loss terms" in r.getMessage()]
+    assert len(summaries) == 2 and all(name in summaries[1] for name in TERMS)
+
+
+# -- densification schedule ---------------------------------------------------------------------
+
+
+def test_densify_schedule():
+    every_40 = DensifyStrategy(dataclasses.replace(FitConfig(), densify_every=40))
+    due = [it for it in range(130) if every_40.is_due(it, first_pass=True)]
+    assert due == [0, 40, 80, 120]
+    assert [it for it in range(130) if every_40.is_due(it, first_pass=False)] == [40, 80, 120]
+    only_first = DensifyStrategy(dataclasses.replace(FitConfig(), densify_every=0))
+    assert [it for it in range(50) if only_first.is_due(it, first_pass=True)] == [0]
+    assert not any(only_first.is_due(it, first_pass=False) for it in range(50))
+
+
+def test_densify_picks_uncovered_pixels_and_prunes_faint_gaussians():
+    cfg = dataclasses.replace(FitConfig(), densify_max=10_000, max_points=10_000)
+    g = _gaussians()
+    out = g.render(torch.eye(4), torch.tensor(K_33, dtype=torch.float32), W, H, backend="torch")
+    strategy = DensifyStrategy(cfg)
+    rows, cols, others_xy_m2 = strategy.pick_pixels(
+        out, out.rgb_hw3, np.ones((H, W), bool), len(g), np.random.default_rng(0)
+    )
+    # A perfect render: only the uncovered pixels are candidates, and all of them are drawn.
+    uncovered_hw = out.alpha_hw.numpy() < cfg.densify_alpha
+    assert np.array_equal(np.sort(np.flatnonzero(uncovered_hw)), np.sort(rows * W + cols))
+    assert len(others_xy_m2) == int((out.radii_n > 0).sum())
+    g.opacity_logits_n[:5] = -10.0  # opacity 4.5e-5, below prune_opacity
+    assert np.array_equal(strategy.prune(g).ids_n.numpy(), np.arange(5, len(g)))
+
+
+# -- checkpoint state ---------------------------------------------------------------------------
+
+
+def _state(fingerprint: str = "abc") -> FitCheckpoint:
+    g = _gaussians(6)
+    outputs = FitOutputs()
+    for t in range(2):
+        outputs.add_frame(
+            np.eye(4) * (t + 1),
+            g.to_frame(),
+            0.5,
+            np.full((H, W, 3), 0.5),
+            np.full((H, W, 3), 128, np.uint8),
+            np.full((H, W), float(t), np.float32),
+            np.eye(H, W, dtype=bool),
+        )
+        outputs.depth_scale.append(1.0 + t)
+        outputs.add_loss_terms({"photometric": 0.1, "depth": 0.2, "isotropic": 0.3})
+    return FitCheckpoint(fingerprint, g, outputs, 17, 12.5, {"optimise": 10.0})
+
+
+def _assert_same(a: FitCheckpoint, b: FitCheckpoint) -> None:
+    assert (a.fingerprint, a.next_id, a.seconds, a.phase_seconds) == (
+        b.fingerprint,
+        b.next_id,
+        b.seconds,
+        b.phase_seconds,
+    )
+    for f in dataclasses.fields(Gaussians):
+        assert torch.equal(getattr(a.gaussians, f.name), getattr(b.gaussians, f.name))
+    for f in dataclasses.fields(FitOutputs):
+        if f.name not in ("frames", "loss_terms"):
+            assert np.array_equal(getattr(a.outputs, f.name), getattr(b.outputs, f.name)), f.name
+    for x, y in zip(a.outputs.frames, b.outputs.frames, strict=True):
+        for f in dataclasses.fields(x):
+            assert np.array_equal(getattr(x, f.name), getattr(y, f.name))
+
+
+def test_checkpoint_state_round_trips():
+    state = _state()
+    loaded = FitCheckpoint.from_bytes(state.to_bytes(), torch.device("cpu"))
+    _assert_same(loaded, state)
+    assert loaded.outputs.loss_terms["photometric"] == [0.1, 0.1]
+    assert all(math.isnan(v) for v in loaded.outputs.loss_terms["flow"])
+    assert unpack(state.to_bytes())[1]["format"] == FORMAT == 2
+
+
+def test_format_1_checkpoint_still_loads():
+    """Format 1 (before the loss terms) is format 2 without the loss arrays and the version."""
+    state = _state()
+    arrays, meta = unpack(state.to_bytes())
+    arrays = {k: v for k, v in arrays.items() if not k.startswith("loss_")}
+    del meta["format"]
+    loaded = FitCheckpoint.from_bytes(pack(arrays, meta), torch.device("cpu"))
+    _assert_same(loaded, state)
+    assert list(loaded.outputs.loss_terms) == list(TERMS)
+    assert all(math.isnan(v) for terms in loaded.outputs.loss_terms.values() for v in terms)
+
+
+def test_newer_or_incomplete_checkpoints_are_refused_clearly():
+    arrays, meta = unpack(_state().to_bytes())
+    with pytest.raises(IntegrityError, match="format 3 is newer"):
+        FitCheckpoint.from_bytes(pack(arrays, {**meta, "format": 3}), torch.device("cpu"))
+    del arrays["c2w_t44"]
+    with pytest.raises(IntegrityError, match="lacks 'c2w_t44'"):
+        FitCheckpoint.from_bytes(pack(arrays, meta), torch.device("cpu"))
+
+
+def test_only_a_checkpoint_of_the_same_inputs_resumes(tmp_path, caplog):
+    scene = make_scene(SceneConfig(n_frames=2))
+    priors, cfg, cpu = exact_priors(scene), preset("test"), torch.device("cpu")
+    fingerprint = inputs_fingerprint(priors, cfg, cpu)
+    # The checkpoint interval does not change the fit; the seed does.
+    assert inputs_fingerprint(priors, dataclasses.replace(cfg, checkpoint_every=7), cpu) == (
+        fingerprint
+    )
+    assert inputs_fingerprint(priors, dataclasses.replace(cfg, seed=1), cpu) != fingerprint
+    sink = FolderCheckpoints(tmp_path)
+    assert resumable_state(sink, fingerprint, cpu) is None
+    sink.save(1, _state(fingerprint).to_bytes())
+    _assert_same(resumable_state(sink, fingerprint, cpu), _state(fingerprint))
+    with caplog.at_level(logging.WARNING):
+        assert resumable_state(sink, "other", cpu) is None
+    assert "starting over" in caplog.text
