@@ -16,7 +16,6 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -32,6 +31,13 @@ from services.common.errors import (
 from services.depth import planner
 from services.depth.backends import mast3r, offline
 from services.depth.backends.base import AlignmentFailedError, WindowBackend, WindowDepth
+from services.depth.config import DepthConfig, needed_stride
+from services.depth.flows import (
+    PairFlows,
+    check_pair_flows,
+    resize_pair_flows,
+    window_pair_flows,
+)
 from services.depth.quality import (
     DepthQuality,
     bad_depth_mask,
@@ -42,6 +48,7 @@ from services.depth.quality import (
 from services.depth.repair import repair_window
 from services.depth.stitch import WindowPart, stitch_windows
 from services.depth.upsample import guide_from_rgb, resize_confidence, resize_depth
+from services.flow.engine import frame_pairs
 
 __all__ = [
     "DepthConfig",
@@ -68,55 +75,6 @@ PRIOR_WARNING = (
 
 
 @dataclass
-class DepthConfig:
-    """How to estimate depth. Every field has a default; `offline` needs no weights."""
-
-    backend: Literal["offline", "mast3r"] = "offline"
-    """offline: motion parallax from optical flow, no weights; mast3r: MASt3R from a checkpoint."""
-    mast3r_checkpoint: Path | None = None
-    """MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric.pth (see the MASt3R README)."""
-    mast3r_trust_checkpoint: bool = False
-    """Allow a full unpickle when the checkpoint does not load with weights_only=True."""
-    memory_budget_gb: float | None = None
-    """GPU memory MASt3R may plan for (GiB); None: the free memory of the device now."""
-    device: str = "auto"
-    """mast3r: auto (CUDA when present), cpu, cuda or cuda:N; offline always runs on the CPU."""
-    focal_px: float | None = None
-    """offline: focal length in pixels at the frames' resolution; None: from fov_deg."""
-    fov_deg: float = 60.0
-    """offline: assumed horizontal field of view when focal_px is not given."""
-    window: int = 16
-    """Most frames per window (mast3r: the memory plan may choose fewer)."""
-    overlap: int = 4
-    """Frames shared by consecutive windows (their scale is fitted there)."""
-    subsample: int = 8
-    """mast3r: anchor spacing of the sparse alignment (px); the artefact score checks it."""
-    mast3r_scene_graph: Literal["logwin", "swin"] = "logwin"
-    """mast3r pair graph: logwin pairs offsets 1, 2, 4, ...; swin the next frames."""
-    mast3r_winsize: int = 3
-    """mast3r: neighbours per side in the pair graph."""
-    mast3r_niter: int = 300
-    """mast3r: iterations of each of the two alignment phases (MASt3R's demo: 300 each)."""
-    mast3r_long_side: int = 512
-    """mast3r: largest working long side (px, a multiple of 16; the model was trained at 512);
-    the memory plan may choose a smaller one. Lower is faster and less detailed."""
-    offline_long_side: int = 512
-    """offline: frames are processed with at most this long side, then upsampled edge-aware."""
-    flow_stride: int = 3
-    """offline: flow is also computed between frames this far apart (a wider baseline)."""
-    min_parallax_deg: float = 0.5
-    """offline: median ray angle (deg) a partner frame needs to triangulate against."""
-    min_parallax_px: float = 1.0
-    """offline: median flow that no pure rotation explains, likewise, in px at a 512-px long
-    side (scaled with the working size, never below 0.5 px); a frame with no such partner (the
-    camera barely translates) gets the smooth prior."""
-    max_fill_share: float = 0.3
-    """A frame with more bad depths than this share is re-run rather than filled."""
-    stitch_shift: bool = False
-    """Fit a depth shift as well as a scale between windows (breaks pose consistency)."""
-
-
-@dataclass
 class DepthResult:
     depth_thw: np.ndarray  # float32 [T, H, W] positive, one relative scale for the whole video
     confidence_thw: np.ndarray  # float32 [T, H, W] in [0, 1]
@@ -133,7 +91,7 @@ class DepthResult:
 
 def describe_backends() -> list[tuple[str, bool, str]]:
     """(name, available, detail) per backend: detail says the device, or what to install."""
-    infos = [("offline", True, "motion parallax from OpenCV DIS flow on the CPU; no weights")]
+    infos = [("offline", True, "motion parallax from the flow stage's flow, CPU; no weights")]
     available, detail = mast3r.availability()
     if available:
         free = planner.free_gpu_bytes()
@@ -298,13 +256,15 @@ class WindowRunner:
     """Runs windows through the backend with the repair and re-run policy (module docstring).
 
     `model` is a loaded MASt3R backend (anything with its `run_window(frames, settings)`), or
-    None for the offline backend, which also stands in where every MASt3R attempt failed.
+    None for the offline backend, which also stands in where every MASt3R attempt failed; it
+    triangulates from `pair_flows` (None: the offline backend cannot run).
     """
 
     cfg: DepthConfig
     frames_thw3: np.ndarray  # at the working size
     moving_thw: np.ndarray | None  # at the working size
     offline_settings: offline.OfflineSettings
+    pair_flows: PairFlows | None  # at the working size
     model: WindowBackend | None = None
     repairs: list[str] = field(default_factory=list)
     bad_values: int = 0  # non-positive or non-finite depths in all raw backend outputs
@@ -321,8 +281,20 @@ class WindowRunner:
         return mast3r.settings_ladder(first)
 
     def _offline(self, start: int, stop: int) -> WindowDepth:
+        if self.pair_flows is None:
+            raise AlignmentFailedError(
+                f"window {start}-{stop - 1}: the offline backend needs the flow stage's result; "
+                "pass flow (the ComputeFlow result for this video)"
+            )
+        n_frames = len(self.frames_thw3)
+        pairs = frame_pairs(n_frames, needed_stride(self.cfg.flow_stride, n_frames))
         moving = None if self.moving_thw is None else self.moving_thw[start:stop]
-        return offline.run_window(self.frames_thw3[start:stop], self.offline_settings, moving)
+        return offline.run_window(
+            self.frames_thw3[start:stop],
+            window_pair_flows(self.pair_flows, pairs, start, stop),
+            self.offline_settings,
+            moving,
+        )
 
     def _accept(self, window: WindowDepth, start: int, last: bool) -> WindowDepth | None:
         """Counts the raw bad depths and repairs them; None when the window must be re-run."""
@@ -444,19 +416,29 @@ def estimate_depth(
     cfg: DepthConfig | None = None,
     progress: ProgressFn = no_progress,
     moving_thw: np.ndarray | None = None,
+    flow: PairFlows | None = None,
 ) -> DepthResult:
     """Depth, confidence, intrinsics and poses for every frame of a video.
 
     `frames_thw3` is uint8 RGB [T, H, W, 3] with T >= 2; `moving_thw` (bool [T, H, W], optional)
-    marks moving objects, which are kept out of the geometry and filled. Raises
-    InvalidArgumentError for bad input or config, FailedPreconditionError when MASt3R's package
-    or checkpoint is missing, ResourceExhaustedError when no plan fits the memory budget.
+    marks moving objects, which are kept out of the geometry and filled. `flow` is the flow
+    stage's result at the frames' size (services/depth/flows.py), with the pairs
+    `cfg.flow_stride` apart (`needed_stride`): the offline backend needs it, MASt3R only for its
+    offline fallback. Raises InvalidArgumentError for bad input or config, FailedPreconditionError
+    when MASt3R's package or checkpoint is missing, ResourceExhaustedError when no plan fits
+    the memory budget.
     """
     cfg = cfg or DepthConfig()
     frames_thw3 = _validate_frames(frames_thw3)
     _validate_moving(moving_thw, frames_thw3.shape)
     _validate_config(cfg)
     n_frames, height, width = frames_thw3.shape[:3]
+    if flow is None and cfg.backend == "offline":
+        raise InvalidArgumentError(
+            "flow", "the offline backend triangulates from the flow stage's result: pass it"
+        )
+    if flow is not None:
+        check_pair_flows(flow, n_frames, (height, width), needed_stride(cfg.flow_stride, n_frames))
     plan = None
     backend = None
     if cfg.backend == "mast3r":
@@ -481,12 +463,12 @@ def estimate_depth(
         moving_thw=_resize_mask(moving_thw, work_hw),
         offline_settings=offline.OfflineSettings(
             focal_px=focal_px * work_hw[1] / width,
-            flow_stride=cfg.flow_stride,
             min_parallax_deg=cfg.min_parallax_deg,
             min_parallax_px=max(
                 cfg.min_parallax_px * max(work_hw) / PARALLAX_REFERENCE_SIDE, PARALLAX_FLOOR_PX
             ),
         ),
+        pair_flows=None if flow is None else resize_pair_flows(flow, work_hw),
         model=backend,
     )
     spans = planner.window_spans(n_frames, window, overlap)

@@ -1,4 +1,4 @@
-"""Depth stage: stored video in, stored depth, confidence, intrinsics (and poses) out."""
+"""Depth stage: stored video and flow in, stored depth, confidence, intrinsics (and poses) out."""
 
 from __future__ import annotations
 
@@ -12,26 +12,66 @@ from services.common.artifacts import Artifacts
 from services.common.config import parse_config_json, refuse_server_fields, with_env_paths
 from services.common.errors import ProgressFn, no_progress
 from services.common.preview import colorize, encode_png, strip
-from services.common.stage import StageOutputs, run_cached
+from services.common.stage import (
+    StageOutputs,
+    artifact,
+    optional_artifact,
+    run_cached,
+    upstream_result,
+)
 from services.common.video import frames_sha256, load_frames
-from services.depth.engine import DepthConfig, estimate_depth
+from services.depth.config import DepthConfig, needed_stride
+from services.depth.engine import estimate_depth
+from services.depth.flows import PairFlows, from_arrays
+from services.flow.stage import pair_artifact
 
 STAGE = "depth"
+
+
+def load_pair_flows(
+    artifacts: Artifacts, flow: common_pb2.StageResult, video: common_pb2.VideoRef, stride: int
+) -> PairFlows:
+    """The flow stage's consecutive pairs and, where it computed them, the pairs `stride` apart
+    (the engine checks that every pair it needs is there)."""
+    hw = (video.height, video.width)
+
+    def pairs(step: int) -> PairFlows:
+        fwd_name, bwd_name = (pair_artifact(n, step) for n in ("flow_forward", "flow_backward"))
+        fwd_ref, bwd_ref = artifact(flow, fwd_name, "flow"), artifact(flow, bwd_name, "flow")
+        return from_arrays(
+            artifacts.get_array(fwd_ref, layout="THWC", expect_hw=hw, field=f"flow.{fwd_name}"),
+            artifacts.get_array(bwd_ref, layout="THWC", expect_hw=hw, field=f"flow.{bwd_name}"),
+            step,
+        )
+
+    pair_flows = pairs(1)
+    if stride and optional_artifact(flow, pair_artifact("flow_forward", stride)) is not None:
+        pair_flows |= pairs(stride)
+    return pair_flows
 
 
 def run_depth(
     artifacts: Artifacts,
     video: common_pb2.VideoRef,
+    flow: common_pb2.StageResult | None,
     config: DepthConfig,
     progress: ProgressFn = no_progress,
 ) -> common_pb2.StageResult:
-    """Depth for every frame, cached by content key; repairs are reported, never fatal."""
+    """Depth for every frame from the flow stage's result (None: MASt3R without its offline
+    fallback), cached by content key; repairs are reported, never fatal."""
 
     video_sha256 = frames_sha256(artifacts, video)
+    flow_result = (
+        None if flow is None else upstream_result(artifacts, flow, "flow", "flow", video_sha256)
+    )
 
     def produce(out: StageOutputs) -> None:
         frames_thw3 = load_frames(artifacts, video, video_sha256)
-        result = estimate_depth(frames_thw3, config, progress)
+        pair_flows = None
+        if flow_result is not None:
+            stride = needed_stride(config.flow_stride, len(frames_thw3))
+            pair_flows = load_pair_flows(artifacts, flow_result, video, stride)
+        result = estimate_depth(frames_thw3, config, progress, flow=pair_flows)
         out.array("depth", result.depth_thw.astype(np.float32), "THW")
         out.array("confidence", result.confidence_thw.astype(np.float32), "THW")
         fx, fy, cx, cy = (float(v) for v in result.intrinsics)
@@ -84,7 +124,8 @@ def run_depth(
             }
         )
 
-    return run_cached(artifacts, STAGE, config.backend, config, video_sha256, [], produce)
+    inputs = [flow_result.key if flow_result is not None else ""]
+    return run_cached(artifacts, STAGE, config.backend, config, video_sha256, inputs, produce)
 
 
 # Request fields that only the server's operator may set, and the variables that set them.
@@ -102,15 +143,15 @@ def depth_from_request(
     remote_caller: bool = False,
 ) -> common_pb2.StageResult:
     """The DepthService call, in-process: the server and the embedded pipeline both use this.
-    A MASt3R checkpoint not named in the request comes from GFLOW_MAST3R_CHECKPOINT. A
+    `request.flow` names the flow stage's result (required for the offline backend). A MASt3R
+    checkpoint not named in the request comes from GFLOW_MAST3R_CHECKPOINT. A
     `remote_caller` may not name it nor trust it (`SERVER_FIELDS`): the server's environment
     does (GFLOW_MAST3R_TRUST_CHECKPOINT=1 allows a full unpickle)."""
     config = parse_config_json(request.config_json, DepthConfig)
-    if request.backend:
-        config = dataclasses.replace(config, backend=request.backend)
     if remote_caller:
         refuse_server_fields(config, SERVER_FIELDS, "config_json")
         trust = os.environ.get(SERVER_FIELDS["mast3r_trust_checkpoint"]) == "1"
         config = dataclasses.replace(config, mast3r_trust_checkpoint=trust)
     config = with_env_paths(config, {"mast3r_checkpoint": SERVER_FIELDS["mast3r_checkpoint"]})
-    return run_depth(artifacts, request.video, config, progress)
+    flow = request.flow if request.HasField("flow") else None
+    return run_depth(artifacts, request.video, flow, config, progress)

@@ -21,6 +21,7 @@ import numpy as np
 
 from services.common.errors import InvalidArgumentError
 from services.depth.engine import DepthResult, estimate_depth
+from services.depth.flows import from_flow_result
 from services.evaluation import metrics
 from services.evaluation.naive_tracker import chained_flow_tracks
 from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
@@ -131,13 +132,14 @@ def pipeline_flow_and_depth(
     frames_thw3: np.ndarray, config: PipelineConfig
 ) -> tuple[np.ndarray, np.ndarray, DepthResult]:
     """The default pipeline's flow (forward and backward, [T-1, H, W, 2]) and depth for a clip:
-    the flow and depth engines with the stages' configs (the depth engine, like the depth stage,
-    computes the flow it needs itself)."""
-    flow = compute_flow(frames_thw3, config.flow)
+    the flow and depth engines with the stages' configs, the flow computed once and handed to
+    depth as the pipeline hands the flow stage's result to the depth stage."""
+    flow = compute_flow(frames_thw3, config.flow_config(len(frames_thw3)))
     consecutive = [p for p in flow.pairs if p.t1 - p.t0 == 1]
     flow_fwd_t1hw2 = np.stack([p.flow_fwd_hw2 for p in consecutive]).astype(np.float32)
     flow_bwd_t1hw2 = np.stack([p.flow_bwd_hw2 for p in consecutive]).astype(np.float32)
-    return flow_fwd_t1hw2, flow_bwd_t1hw2, estimate_depth(frames_thw3, config.depth)
+    depth = estimate_depth(frames_thw3, config.depth, flow=from_flow_result(flow))
+    return flow_fwd_t1hw2, flow_bwd_t1hw2, depth
 
 
 def pipeline_priors(scene: SyntheticScene, config: PipelineConfig) -> FitPriors:

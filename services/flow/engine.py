@@ -12,8 +12,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -27,6 +25,7 @@ from services.common.errors import (
 )
 from services.flow.backends import dis, raft, unimatch
 from services.flow.backends.base import FlowBackend
+from services.flow.config import FlowConfig
 from services.flow.consistency import flow_in_frame, forward_backward_consistency, warp_image
 from services.flow.memory import PeakMemory
 
@@ -48,34 +47,6 @@ log = logging.getLogger(__name__)
 _MODULES = {"dis": dis, "raft": raft, "unimatch": unimatch}
 MIN_SIDE_PX = 8
 MAX_BATCH = 16  # directed pairs per model call at most: progress is reported once per batch
-
-
-@dataclass
-class FlowConfig:
-    """How to compute flow. Every field has a default; `dis` needs no weights."""
-
-    backend: Literal["dis", "raft", "unimatch"] = "dis"
-    """dis: OpenCV DIS on the CPU; raft: torchvision RAFT; unimatch: UniMatch GMFlow."""
-    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
-    """DIS quality preset (slower is better)."""
-    variational_refinement: bool = True
-    """DIS: 5 variational refinement iterations after the patch search (False: none)."""
-    raft_model: Literal["small", "large"] = "small"
-    """Which torchvision RAFT; the weights file must be for this one."""
-    raft_weights: Path | None = None
-    """RAFT state dict (.pth) from torchvision's model zoo, e.g. raft_small_C_T_V2-01064c6d.pth."""
-    raft_iterations: int = 12
-    """RAFT recurrent refinement updates per pair."""
-    unimatch_checkpoint: Path | None = None
-    """UniMatch checkpoint, e.g. gmflow-scale2-regrefine6-mixdata-train320x576-4e7b215d.pth."""
-    extra_stride: int = 0
-    """Also compute pairs (t, t + k) for this k >= 2; 0 = consecutive pairs only."""
-    fb_threshold_px: float = 1.0
-    """A pixel is consistent when its forward-backward round trip misses by less than this."""
-    memory_budget_gb: float = 6.0
-    """Memory one batch may use on the device (GiB); the default fits a 6 GB card."""
-    device: str = "auto"
-    """auto (CUDA when present), cpu, cuda or cuda:N; dis always runs on the CPU."""
 
 
 @dataclass

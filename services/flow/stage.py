@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from gflow.v1 import common_pb2, flow_pb2
@@ -13,18 +11,33 @@ from services.common.errors import ProgressFn, no_progress
 from services.common.preview import encode_png, flow_to_rgb, strip
 from services.common.stage import StageOutputs, run_cached
 from services.common.video import frames_sha256, load_frames
-from services.flow.engine import FlowConfig, FlowResult, compute_flow
+from services.flow.config import FlowConfig
+from services.flow.engine import FlowResult, compute_flow
 
 STAGE = "flow"
 
 
-def _write_pairs(out: StageOutputs, result: FlowResult, stride: int, suffix: str) -> list[dict]:
+def pair_artifact(name: str, stride: int) -> str:
+    """Artifact name of one stride's pairs: `flow_forward` holds the consecutive pairs,
+    `flow_forward_stride3` the pairs (t, t + 3) (likewise flow_backward, consistent_forward)."""
+    return name if stride == 1 else f"{name}_stride{stride}"
+
+
+def _write_pairs(out: StageOutputs, result: FlowResult, stride: int) -> list[dict]:
     pairs = [p for p in result.pairs if p.t1 - p.t0 == stride]
     if not pairs:
         return []
-    out.array(f"flow_forward{suffix}", np.stack([p.flow_fwd_hw2 for p in pairs]), "THWC")
-    out.array(f"flow_backward{suffix}", np.stack([p.flow_bwd_hw2 for p in pairs]), "THWC")
-    out.array(f"consistent_forward{suffix}", np.stack([p.consistent_fwd_hw for p in pairs]), "THW")
+    out.array(
+        pair_artifact("flow_forward", stride), np.stack([p.flow_fwd_hw2 for p in pairs]), "THWC"
+    )
+    out.array(
+        pair_artifact("flow_backward", stride), np.stack([p.flow_bwd_hw2 for p in pairs]), "THWC"
+    )
+    out.array(
+        pair_artifact("consistent_forward", stride),
+        np.stack([p.consistent_fwd_hw for p in pairs]),
+        "THW",
+    )
     return [
         {
             "t0": p.t0,
@@ -49,11 +62,9 @@ def run_flow(
     def produce(out: StageOutputs) -> None:
         frames_thw3 = load_frames(artifacts, video, video_sha256)
         result = compute_flow(frames_thw3, config, progress)
-        per_pair = _write_pairs(out, result, 1, "")
+        per_pair = _write_pairs(out, result, 1)
         if config.extra_stride > 1:
-            per_pair += _write_pairs(
-                out, result, config.extra_stride, f"_stride{config.extra_stride}"
-            )
+            per_pair += _write_pairs(out, result, config.extra_stride)
         consecutive = [p for p in per_pair if p["t1"] - p["t0"] == 1]
         share = float(np.mean([p["consistent_share"] for p in consecutive]))
         error = float(np.mean([p["fb_error_mean_px"] for p in consecutive]))
@@ -113,8 +124,6 @@ def flow_from_request(
     Weights not named in the request come from GFLOW_RAFT_WEIGHTS / GFLOW_UNIMATCH_CHECKPOINT;
     a `remote_caller` may not name them (`SERVER_FIELDS`)."""
     config = parse_config_json(request.config_json, FlowConfig)
-    if request.backend:
-        config = dataclasses.replace(config, backend=request.backend)
     if remote_caller:
         refuse_server_fields(config, SERVER_FIELDS, "config_json")
     config = with_env_paths(config, SERVER_FIELDS)

@@ -10,12 +10,12 @@ from typing import Annotated, Literal
 import tyro
 
 from services.common.errors import InvalidArgumentError
-from services.depth.engine import DepthConfig
+from services.depth.config import DepthConfig, needed_stride
 from services.fit.config import FitConfig, preset
-from services.fit.tracks import DEFAULT_TRACK_GRID
-from services.flow.engine import FlowConfig
+from services.fit.queries import DEFAULT_TRACK_GRID
+from services.flow.config import FlowConfig
 from services.pipeline.ingest import IngestConfig
-from services.segment.engine import SegmentConfig
+from services.segment.config import SegmentConfig
 
 
 @dataclass
@@ -91,6 +91,19 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.track_grid < 0:
             raise InvalidArgumentError("track_grid", f"{self.track_grid} must be 0 (none) or more")
+        stride = self.depth.flow_stride
+        if stride >= 2 and self.flow.extra_stride not in (0, stride):
+            raise InvalidArgumentError(
+                "flow.extra_stride",
+                f"{self.flow.extra_stride}, but depth triangulates frames {stride} apart "
+                f"(depth.flow_stride): leave it at 0 or set it to {stride}",
+            )
+
+    def flow_config(self, n_frames: int) -> FlowConfig:
+        """The flow stage's config for a clip of `n_frames`: `flow` plus the wider pairs depth
+        triangulates from (depth.flow_stride apart), so one flow run serves every stage."""
+        stride = needed_stride(self.depth.flow_stride, n_frames)
+        return dataclasses.replace(self.flow, extra_stride=stride) if stride else self.flow
 
 
 FitPresetName = Literal["default", "fast", "test"]

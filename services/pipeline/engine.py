@@ -9,6 +9,7 @@ before, which is also how a killed run resumes (and fit resumes from its last ch
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -37,13 +38,9 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from services.depth.stage import depth_from_request
-from services.fit.stage import fit_from_request
-from services.fit.tracks import grid_queries_q3
-from services.flow.stage import flow_from_request
+from services.fit.queries import grid_queries_q3
 from services.pipeline.config import PipelineConfig, RemoteConfig
 from services.pipeline.report import write_report
-from services.segment.stage import segment_from_request
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +56,36 @@ def _no_pipeline_progress(stage: str, done: int, total: int, message: str) -> No
 
 @dataclass(frozen=True)
 class _StageCall:
-    """How to run one stage in-process and how to reach it over gRPC."""
+    """How to run one stage in-process (`local`: "module:function", see `_local_stage`) and how
+    to reach it over gRPC."""
 
-    local: Callable[[Artifacts, object, ProgressFn], common_pb2.StageResult]
+    local: str
     stub: type
     method: str
 
 
 _CALLS = {
-    "flow": _StageCall(flow_from_request, flow_pb2_grpc.FlowServiceStub, "ComputeFlow"),
-    "depth": _StageCall(depth_from_request, depth_pb2_grpc.DepthServiceStub, "EstimateDepth"),
-    "segment": _StageCall(
-        segment_from_request, segment_pb2_grpc.SegmentServiceStub, "SegmentMotion"
+    "flow": _StageCall(
+        "services.flow.stage:flow_from_request", flow_pb2_grpc.FlowServiceStub, "ComputeFlow"
     ),
-    "fit": _StageCall(fit_from_request, fit_pb2_grpc.FitServiceStub, "Fit"),
+    "depth": _StageCall(
+        "services.depth.stage:depth_from_request", depth_pb2_grpc.DepthServiceStub, "EstimateDepth"
+    ),
+    "segment": _StageCall(
+        "services.segment.stage:segment_from_request",
+        segment_pb2_grpc.SegmentServiceStub,
+        "SegmentMotion",
+    ),
+    "fit": _StageCall("services.fit.stage:fit_from_request", fit_pb2_grpc.FitServiceStub, "Fit"),
 }
+
+
+def _local_stage(stage: str) -> Callable[[Artifacts, object, ProgressFn], common_pb2.StageResult]:
+    """The in-process entry of `stage`, imported on its first embedded call. This is the one
+    place stage modules load lazily: a run whose stages all run on services never imports the
+    engines, nor torch through them (a `gflow run --remote-config` client needs neither)."""
+    module, function = _CALLS[stage].local.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _endpoint(remote: RemoteConfig, stage: str) -> Endpoint | None:
@@ -115,7 +127,7 @@ def call_stage(
     call = _CALLS[stage]
     endpoint = _endpoint(remote, stage)
     if endpoint is None:
-        return call.local(artifacts, request, progress)
+        return _local_stage(stage)(artifacts, request, progress)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     stage_deadline_s = remote.stage_deadline(request.video.frame_count)
     attempt = 0
@@ -149,17 +161,15 @@ def call_stage(
 
 
 def flow_request(video: common_pb2.VideoRef, config: PipelineConfig) -> flow_pb2.ComputeFlowRequest:
-    return flow_pb2.ComputeFlowRequest(
-        video=video, backend=config.flow.backend, config_json=to_json(config.flow)
-    )
+    """The flow run every later stage reads, with the wider pairs depth triangulates from."""
+    flow_config = config.flow_config(video.frame_count)
+    return flow_pb2.ComputeFlowRequest(video=video, config_json=to_json(flow_config))
 
 
 def depth_request(
-    video: common_pb2.VideoRef, config: PipelineConfig
+    video: common_pb2.VideoRef, flow: common_pb2.StageResult, config: PipelineConfig
 ) -> depth_pb2.EstimateDepthRequest:
-    return depth_pb2.EstimateDepthRequest(
-        video=video, backend=config.depth.backend, config_json=to_json(config.depth)
-    )
+    return depth_pb2.EstimateDepthRequest(video=video, flow=flow, config_json=to_json(config.depth))
 
 
 def segment_request(
@@ -222,7 +232,7 @@ def run_pipeline(
         return result
 
     flow = run("flow", flow_request(video, config))
-    depth = run("depth", depth_request(video, config))
+    depth = run("depth", depth_request(video, flow, config))
     segment = run("segment", segment_request(video, flow, depth, config))
     fit = run("fit", fit_request(video, depth, flow, segment, config, track_queries))
     result = pipeline_pb2.PipelineResult(

@@ -42,11 +42,10 @@ from services.common import codec, errors, runtime
 from services.common.artifacts import JSON_MEDIA_TYPE, Artifacts
 from services.common.client import Endpoint, collect_stage, open_channel
 from services.common.config import to_json
-from services.common.media import write_mp4
 from services.common.service import StageServicer
 from services.common.stage import RESULT_MEDIA_TYPE
 from services.common.store import S3Store
-from services.common.video import store_frames
+from services.common.video import store_frames, write_mp4
 from services.depth.server import DepthServicer
 from services.evaluation.metrics import depth_metrics, flow_epe, mask_j
 from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
@@ -201,8 +200,8 @@ def _flow_request(video) -> flow_pb2.ComputeFlowRequest:
     return flow_request(video, _config())
 
 
-def _depth_request(video) -> depth_pb2.EstimateDepthRequest:
-    return depth_request(video, _config())
+def _depth_request(video, flow) -> depth_pb2.EstimateDepthRequest:
+    return depth_request(video, flow, _config())
 
 
 def _segment_request(video, flow, depth) -> segment_pb2.SegmentMotionRequest:
@@ -219,8 +218,8 @@ def flow(served, video) -> StageCall:
 
 
 @pytest.fixture(scope="module")
-def depth(served, video) -> StageCall:
-    return served.call("depth", _depth_request(video))
+def depth(served, video, flow) -> StageCall:
+    return served.call("depth", _depth_request(video, flow.result))
 
 
 @pytest.fixture(scope="module")
@@ -229,9 +228,18 @@ def segment(served, video, flow, depth) -> StageCall:
 
 
 @pytest.fixture(scope="module")
-def large_depth(served, large_scene, tmp_path_factory) -> StageCall:
-    video = _ingested(served, large_scene, tmp_path_factory.mktemp("large"))
-    return served.call("depth", _depth_request(video))
+def large_video(served, large_scene, tmp_path_factory) -> common_pb2.VideoRef:
+    return _ingested(served, large_scene, tmp_path_factory.mktemp("large"))
+
+
+@pytest.fixture(scope="module")
+def large_flow(served, large_video) -> StageCall:
+    return served.call("flow", _flow_request(large_video))
+
+
+@pytest.fixture(scope="module")
+def large_depth(served, large_video, large_flow) -> StageCall:
+    return served.call("depth", _depth_request(large_video, large_flow.result))
 
 
 @pytest.fixture(scope="module")
@@ -352,9 +360,13 @@ def _assert_invalid(exc: errors.GFlowError, field: str, says: str) -> None:
 
 def test_flow_streams_stores_and_matches_the_exact_flow(served, flow, scene):
     _assert_streamed_then_stored(served, flow, "flow", "dis")
-    # one event per batch of directed pairs (all 14 fit in one batch at this size)
-    assert {p.total for p in flow.progress} == {2 * (T - 1)}
-    assert flow.progress[-1].message == f"flow dis: {2 * (T - 1)}/{2 * (T - 1)} directions"
+    # One event per batch of directed pairs: both directions of the consecutive pairs and of the
+    # pairs 3 apart that the offline depth triangulates from (depth.flow_stride).
+    directions = 2 * ((T - 1) + (T - 3))
+    assert {p.total for p in flow.progress} == {directions}
+    assert flow.progress[-1].message == f"flow dis: {directions}/{directions} directions"
+    wide = _array(served, flow.result, "flow_forward_stride3")
+    assert wide.shape == (T - 3, H, W, 2) and wide.dtype == np.float32
     fwd = _array(served, flow.result, "flow_forward")
     bwd = _array(served, flow.result, "flow_backward")
     consistent = _array(served, flow.result, "consistent_forward")
@@ -553,7 +565,7 @@ def test_second_identical_call_comes_from_the_store(served, video, stage, reques
     first = _stage_calls(request)[stage]().result
     requests = {
         "flow": lambda: _flow_request(video),
-        "depth": lambda: _depth_request(video),
+        "depth": lambda: _depth_request(video, request.getfixturevalue("flow").result),
         "segment": lambda: _segment_request(
             video, request.getfixturevalue("flow").result, request.getfixturevalue("depth").result
         ),
@@ -607,6 +619,11 @@ def test_flow_on_stored_frames_with_nan_is_invalid(served, video, scene):
     _assert_invalid(exc, "video.frames", f"expected {T} uint8 frames, got ({T}, {H}, {W}, 3)")
 
 
+def test_offline_depth_without_the_flow_result_is_invalid(served, video):
+    exc = _refused(served, "depth", depth_pb2.EstimateDepthRequest(video=video))
+    _assert_invalid(exc, "flow", "the offline backend triangulates from the flow stage's result")
+
+
 def test_fit_without_the_segment_prior_is_invalid(served, video, flow, depth):
     request = _fit_request(video, depth.result, flow.result, common_pb2.StageResult())
     exc = _refused(served, "fit", request)
@@ -624,11 +641,12 @@ def test_fit_with_a_prior_missing_from_the_store_is_invalid(served, video, flow,
 
 
 def test_nothing_was_left_in_the_bucket_but_published_artifacts(
-    served, flow, depth, segment, fit, large_depth, exact_segment, busy_fit
+    served, flow, depth, segment, fit, large_flow, large_depth, exact_segment, busy_fit
 ):
     """Every key is under a stage result, an ingested video or a test's own input: no temporary
     upload keys and nothing from the refused calls."""
-    results = [c.result for c in (flow, depth, segment, fit.call, large_depth, exact_segment)]
+    calls = (flow, depth, segment, fit.call, large_flow, large_depth, exact_segment)
+    results = [c.result for c in calls]
     prefixes = tuple(f"{r.key}/" for r in [*results, busy_fit.short]) + ("video/", "test/")
     stray = [key for key in served.store.list() if not key.startswith(prefixes)]
     assert stray == []

@@ -27,7 +27,7 @@ def _levels(local_store, frames_thw3: np.ndarray) -> dict[str, str]:
         return call_stage(artifacts, stage, request, config.remote, lambda *_: None, None)
 
     flow = run("flow", flow_request(video, config))
-    depth = run("depth", depth_request(video, config))
+    depth = run("depth", depth_request(video, flow, config))
     segment = run("segment", segment_request(video, flow, depth, config))
     result = pipeline_pb2.PipelineResult(video=video, flow=flow, depth=depth, segment=segment)
     verdict = judge_run(run_figures(artifacts, result))

@@ -3,8 +3,10 @@ fallback policy with a stand-in model, and input validation.
 
 Figures at the time of writing (2 shared CPU cores): moving-camera scene 256x192, 8 frames:
 abs-rel 0.040 after one median scale for the whole clip (static pixels 0.023), 2 s.
-ScanNet (4 frames, 640x480, worked at 512x384): all depths finite and positive, rotation errors
-of the chained poses 0.3-1.4 deg, consecutive median-depth ratios within 3.5%. docs/depth.md.
+ScanNet (4 frames, 640x480, flow at 640x480 resized to the 512x384 working size): all depths
+finite and positive, rotation errors of the chained poses 0.3-1.0 deg, consecutive median-depth
+ratios within 3.5%. docs/depth.md. The flow comes from the flow engine, as the pipeline's flow
+stage computes it (tests/depth_flow.py).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgumentError, ResourceExhaustedError
+from services.common.geometry import focal_intrinsics_33, relative_pose_from_c2w
 from services.depth.backends.base import AlignmentFailedError, WindowDepth
-from services.depth.backends.offline import PRIOR_CONFIDENCE, OfflineSettings, intrinsics
+from services.depth.backends.offline import PRIOR_CONFIDENCE, OfflineSettings
 from services.depth.engine import DepthConfig, WindowRunner, describe_backends, estimate_depth
+from services.depth.flows import resize_flow
 from services.depth.quality import ARTEFACT_LIMIT
 from services.evaluation.metrics import (
     ate_rpe,
@@ -28,7 +32,7 @@ from services.evaluation.metrics import (
     rotation_error_deg,
 )
 from services.evaluation.synth import SceneConfig, make_scene
-from services.evaluation.two_view import relative_pose_from_c2w
+from tests.depth_flow import flow_for_depth
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +41,13 @@ def moving_scene():
 
 
 @pytest.fixture(scope="module")
-def moving_result(moving_scene):
-    return estimate_depth(moving_scene.frames_thw3, DepthConfig())
+def moving_flow(moving_scene):
+    return flow_for_depth(moving_scene.frames_thw3)
+
+
+@pytest.fixture(scope="module")
+def moving_result(moving_scene, moving_flow):
+    return estimate_depth(moving_scene.frames_thw3, DepthConfig(), flow=moving_flow)
 
 
 def test_offline_depth_on_a_moving_camera(moving_scene, moving_result):
@@ -61,8 +70,10 @@ def test_offline_depth_on_a_moving_camera(moving_scene, moving_result):
     assert np.all((result.confidence_thw >= 0) & (result.confidence_thw <= 1))
 
 
-def test_moving_mask_keeps_objects_out_of_the_geometry(moving_scene, moving_result):
-    masked = estimate_depth(moving_scene.frames_thw3, moving_thw=moving_scene.moving_thw)
+def test_moving_mask_keeps_objects_out_of_the_geometry(moving_scene, moving_flow):
+    masked = estimate_depth(
+        moving_scene.frames_thw3, moving_thw=moving_scene.moving_thw, flow=moving_flow
+    )
     static = ~moving_scene.moving_thw
     err = depth_metrics(masked.depth_thw, moving_scene.depth_thw, valid=static)["abs_rel"]
     assert err < 0.035
@@ -71,7 +82,7 @@ def test_moving_mask_keeps_objects_out_of_the_geometry(moving_scene, moving_resu
 
 def test_rotating_camera_falls_back_to_the_prior_and_says_so():
     scene = make_scene(SceneConfig(height=96, width=128, n_frames=6, camera="rotation"))
-    result = estimate_depth(scene.frames_thw3)
+    result = estimate_depth(scene.frames_thw3, flow=flow_for_depth(scene.frames_thw3))
     assert result.quality.prior_share == 1.0 and result.prior_t.all()
     assert np.all(result.confidence_thw <= PRIOR_CONFIDENCE + 1e-6)
     assert result.c2w_t44 is None
@@ -87,7 +98,8 @@ def test_rotating_camera_falls_back_to_the_prior_and_says_so():
 
 def test_long_video_is_cut_into_windows_and_stitched():
     scene = make_scene(SceneConfig(height=144, width=192, n_frames=14, camera="moving"))
-    result = estimate_depth(scene.frames_thw3, DepthConfig(window=6, overlap=2))
+    cfg = DepthConfig(window=6, overlap=2)
+    result = estimate_depth(scene.frames_thw3, cfg, flow=flow_for_depth(scene.frames_thw3, cfg))
     assert result.depth_thw.shape == (14, 144, 192)
     static = ~scene.moving_thw
     assert depth_metrics(result.depth_thw, scene.depth_thw, valid=static)["abs_rel"] < 0.08
@@ -101,10 +113,39 @@ def test_long_video_is_cut_into_windows_and_stitched():
 
 def test_output_keeps_the_frames_height_and_width():
     scene = make_scene(SceneConfig(height=96, width=160, n_frames=4, camera="moving"))
-    result = estimate_depth(scene.frames_thw3, DepthConfig(offline_long_side=64))
+    cfg = DepthConfig(offline_long_side=64)
+    result = estimate_depth(scene.frames_thw3, cfg, flow=flow_for_depth(scene.frames_thw3, cfg))
     assert result.work_hw == (38, 64) and result.depth_thw.shape == (4, 96, 160)
     fx, fy, cx, cy = result.intrinsics
     assert (cx, cy) == pytest.approx((79.5, 47.5)) and fx == pytest.approx(fy, rel=0.02)
+
+
+def test_offline_depth_refuses_missing_or_incomplete_flow(moving_scene, moving_flow):
+    frames = moving_scene.frames_thw3
+    with pytest.raises(InvalidArgumentError, match="flow stage's result") as err:
+        estimate_depth(frames)
+    assert err.value.field == "flow"
+    consecutive = {pair: flows for pair, flows in moving_flow.items() if pair[1] - pair[0] == 1}
+    with pytest.raises(
+        InvalidArgumentError, match=r"\(0, 3\): compute the flow with extra_stride=3"
+    ):
+        estimate_depth(frames, flow=consecutive)
+    cropped = {pair: (fwd[:, :100], bwd[:, :100]) for pair, (fwd, bwd) in moving_flow.items()}
+    with pytest.raises(InvalidArgumentError, match=r"shape \(192, 100, 2\)") as err:
+        estimate_depth(frames, flow=cropped)
+    assert err.value.field == "flow"
+
+
+def test_flow_resized_to_the_working_size_matches_the_exact_flow_there():
+    """The exact flow of a 256x192 scene, resized to 128x96 with its vectors halved, is the exact
+    flow of the same scene rendered at 128x96 (up to occlusion edges)."""
+    big = make_scene(SceneConfig(height=192, width=256, n_frames=2, camera="moving"))
+    small = make_scene(SceneConfig(height=96, width=128, n_frames=2, camera="moving"))
+    error_hw = np.linalg.norm(
+        resize_flow(big.flow_fwd_t1hw2[0], (96, 128)) - small.flow_fwd_t1hw2[0], axis=-1
+    )
+    assert np.abs(small.flow_fwd_t1hw2[0]).max() > 10.0  # a real motion, not a still scene
+    assert np.median(error_hw) < 0.01 and np.quantile(error_hw, 0.95) < 0.01
 
 
 def test_scannet_depth_is_finite_positive_and_poses_match(shared_data):
@@ -113,7 +154,8 @@ def test_scannet_depth_is_finite_positive_and_poses_match(shared_data):
     images = [cv2.imread(str(root / "color" / f"{n}.png")) for n in names]
     frames = np.stack([cv2.cvtColor(image, cv2.COLOR_BGR2RGB) for image in images])
     gt_c2w = np.stack([np.loadtxt(root / "pose" / f"{n}.txt") for n in names])
-    result = estimate_depth(frames)  # default 60 degree field of view (ScanNet's is 58)
+    # The default 60 degree field of view (ScanNet's is 58); flow at 640x480, depth at 512x384.
+    result = estimate_depth(frames, flow=flow_for_depth(frames))
     assert np.all(np.isfinite(result.depth_thw)) and np.all(result.depth_thw > 0)
     assert result.quality.nonpositive_share == 0.0 and result.quality.scale_drift < 0.06
     assert result.c2w_t44 is not None
@@ -141,7 +183,7 @@ class _StandIn:
         n, h, w = frames_thw3.shape[:3]
         depth = np.broadcast_to(np.linspace(1.0, 3.0, h)[:, None], (n, h, w)).astype(np.float32)
         depth = answer(depth.copy())
-        return WindowDepth(depth, np.ones_like(depth), intrinsics(h, w, 50.0))
+        return WindowDepth(depth, np.ones_like(depth), focal_intrinsics_33(h, w, 50.0))
 
 
 def _runner(model, n_frames: int = 6) -> WindowRunner:
@@ -151,6 +193,7 @@ def _runner(model, n_frames: int = 6) -> WindowRunner:
         frames_thw3=scene.frames_thw3,
         moving_thw=None,
         offline_settings=OfflineSettings(focal_px=55.4),
+        pair_flows=flow_for_depth(scene.frames_thw3),
         model=model,
     )
 

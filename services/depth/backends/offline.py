@@ -1,11 +1,11 @@
 """Offline depth from motion parallax: optical flow + two-view geometry, no weights needed.
 
 Per window of frames (docs/depth.md has the figures):
-1. DIS optical flow (services.flow) between consecutive frames and frames `flow_stride` apart,
-   both directions, with forward-backward consistency.
+1. The flow stage's flow (services/depth/flows.py) between consecutive frames and frames
+   `flow_stride` apart, both directions, checked forward-backward at the working size.
 2. One relative pose per frame pair: essential matrix by RANSAC on the flow correspondences of
    consistent static pixels of both directions, with an assumed focal length, then the Sampson
-   least-squares polish of services.evaluation.two_view.
+   least-squares polish of services.common.two_view.
 3. A partner frame counts when its rays meet at a large enough angle and no pure rotation
    explains its flow (`_has_parallax`). Each frame is triangulated with its widest-baseline
    partners on every consistent static pixel that agrees with the epipolar geometry; narrower
@@ -28,14 +28,15 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from services.common.geometry import camera_rays_p3, focal_intrinsics_33, pixel_grid_hw2
+from services.common.two_view import refine_pose, sampson_px
 from services.depth.backends.base import WindowDepth
+from services.depth.flows import PairFlows
 from services.depth.quality import warp_to_source
 from services.depth.repair import fill_bad_depth
 from services.depth.stitch import HUBER_K, MAD_TO_SIGMA, fit_scale_shift
 from services.depth.upsample import guide_from_rgb, guided_filter
-from services.evaluation.two_view import refine_pose, sampson_px
 from services.flow.consistency import forward_backward_consistency
-from services.flow.engine import FlowConfig, compute_flow
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ class OfflineSettings:
     """Parameters of the offline backend, at the working resolution."""
 
     focal_px: float  # assumed focal length (px) at the working resolution
-    flow_stride: int = 3  # flow is also computed between frames this far apart (wider baseline)
     fb_threshold_px: float = 1.0  # forward-backward round-trip tolerance of a usable flow vector
     epipolar_px: float = 1.0  # Sampson distance (px) above which a pixel is not static geometry
     min_parallax_deg: float = 0.5  # median ray angle a partner needs (else: the prior)
@@ -75,13 +75,6 @@ class TwoViewGeometry:
     rotation_residual_deg: float  # median ray misfit of the best pure rotation (0: no parallax)
 
 
-def intrinsics(height: int, width: int, focal_px: float) -> np.ndarray:
-    """Square pixels, principal point at the image centre (pixel centres at integers)."""
-    return np.array(
-        [[focal_px, 0.0, (width - 1) / 2.0], [0.0, focal_px, (height - 1) / 2.0], [0, 0, 1.0]]
-    )
-
-
 def prior_depth(height: int, width: int, near: float, far: float) -> np.ndarray:
     """The smooth fallback: inverse depth linear in the row, `far` at the top, `near` at the
     bottom (a ground plane seen by a level camera whose horizon lies above the image)."""
@@ -90,20 +83,9 @@ def prior_depth(height: int, width: int, near: float, far: float) -> np.ndarray:
     return np.broadcast_to(1.0 / inverse, (height, width)).astype(np.float32)
 
 
-def _rays_p3(K_33: np.ndarray, xy_p2: np.ndarray) -> np.ndarray:
-    """Camera rays with z = 1 through pixels (x, y)."""
-    fx, fy, cx, cy = K_33[0, 0], K_33[1, 1], K_33[0, 2], K_33[1, 2]
-    return np.stack([(xy_p2[:, 0] - cx) / fx, (xy_p2[:, 1] - cy) / fy, np.ones(len(xy_p2))], axis=1)
-
-
 def _angle_deg(a_p3: np.ndarray, b_p3: np.ndarray) -> np.ndarray:
     cos = np.sum(a_p3 * b_p3, 1) / (np.linalg.norm(a_p3, axis=1) * np.linalg.norm(b_p3, axis=1))
     return np.rad2deg(np.arccos(np.clip(cos, -1.0, 1.0)))
-
-
-def _grid_xy(height: int, width: int) -> np.ndarray:
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
 def best_rotation(rays_a_p3: np.ndarray, rays_b_p3: np.ndarray) -> tuple[np.ndarray, float]:
@@ -133,7 +115,7 @@ def _sample_matches(
     height, width = usable_hw.shape
     index = np.flatnonzero(usable_hw.ravel())
     index = index[:: max(1, len(index) // max_matches)]
-    pts_a = _grid_xy(height, width)[index]
+    pts_a = pixel_grid_hw2(height, width).reshape(-1, 2)[index]
     return pts_a, pts_a + flow_hw2.reshape(-1, 2)[index].astype(np.float64)
 
 
@@ -145,7 +127,7 @@ def rotation_from_flow(
     pts_a, pts_b = _sample_matches(flow_hw2, usable_hw, settings.max_matches)
     if len(pts_a) < MIN_MATCHES:
         return None
-    R, misfit = best_rotation(_rays_p3(K_33, pts_a), _rays_p3(K_33, pts_b))
+    R, misfit = best_rotation(camera_rays_p3(K_33, pts_a), camera_rays_p3(K_33, pts_b))
     return TwoViewGeometry(R, np.zeros(3), misfit, misfit)
 
 
@@ -167,11 +149,11 @@ def pose_from_matches(
     if n_good < MIN_MATCHES:
         return None
     R, t = refine_pose(R, t.ravel(), pts_a[keep], pts_b[keep], K_33)
-    _, no_translation = best_rotation(_rays_p3(K_33, pts_a), _rays_p3(K_33, pts_b))
+    _, no_translation = best_rotation(camera_rays_p3(K_33, pts_a), camera_rays_p3(K_33, pts_b))
     residual = np.abs(sampson_px(R, t, pts_a, pts_b, K_33))
     inliers = residual < settings.epipolar_px
-    rays_a = _rays_p3(K_33, pts_a[inliers]) @ R.T
-    parallax = _angle_deg(rays_a, _rays_p3(K_33, pts_b[inliers])) if inliers.any() else [0.0]
+    rays_a = camera_rays_p3(K_33, pts_a[inliers]) @ R.T
+    parallax = _angle_deg(rays_a, camera_rays_p3(K_33, pts_b[inliers])) if inliers.any() else [0.0]
     return TwoViewGeometry(R, t, float(np.median(parallax)), no_translation)
 
 
@@ -209,10 +191,10 @@ def triangulate(
     so z and lambda are camera depths, in units of the baseline |t| = 1).
     """
     height, width = flow_hw2.shape[:2]
-    pts_a = _grid_xy(height, width)
+    pts_a = pixel_grid_hw2(height, width).reshape(-1, 2)
     pts_b = pts_a + flow_hw2.reshape(-1, 2).astype(np.float64)
-    a = _rays_p3(K_33, pts_a) @ pose.R_33.T
-    b = _rays_p3(K_33, pts_b)
+    a = camera_rays_p3(K_33, pts_a) @ pose.R_33.T
+    b = camera_rays_p3(K_33, pts_b)
     aa, bb, ab = np.sum(a * a, 1), np.sum(b * b, 1), np.sum(a * b, 1)
     rhs_z, rhs_l = -(a @ pose.t_3), b @ pose.t_3
     det = aa * bb - ab * ab
@@ -252,14 +234,14 @@ def chain_scale(
     b * d_next(p') r(p') = R D_t(p) r(p) + s t over usable pixels (robust, Huber IRLS on the
     3D residual relative to the point's distance). n = pixels used (0: nothing to fit)."""
     height, width = depth_t_hw.shape
-    xy = _grid_xy(height, width)
+    xy = pixel_grid_hw2(height, width).reshape(-1, 2)
     moved = xy + flow_hw2.reshape(-1, 2)
     next_at = warp_to_source(depth_next_hw, flow_hw2).ravel()
     ok = usable_hw.ravel() & np.isfinite(next_at) & (next_at > 0)
     if ok.sum() < MIN_MATCHES:
         return 1.0, 0.0, 0
-    u = next_at[ok, None] * _rays_p3(K_33, moved[ok])  # [N, 3]
-    v = (depth_t_hw.ravel()[ok, None] * _rays_p3(K_33, xy[ok])) @ pose.R_33.T
+    u = next_at[ok, None] * camera_rays_p3(K_33, moved[ok])  # [N, 3]
+    v = (depth_t_hw.ravel()[ok, None] * camera_rays_p3(K_33, xy[ok])) @ pose.R_33.T
     norm = np.linalg.norm(v, axis=1)
     t = np.broadcast_to(pose.t_3, u.shape)
     weights = np.ones(len(u))
@@ -275,23 +257,17 @@ def chain_scale(
 
 
 def _directed_flows(
-    frames_thw3: np.ndarray, settings: OfflineSettings
+    pair_flows: PairFlows, n_frames: int, settings: OfflineSettings
 ) -> tuple[dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], np.ndarray]:
-    """{(a, b): (flow a->b, consistent_a)} for all computed pairs, and the consecutive forward
-    flows [n-1, h, w, 2] (for the quality figures)."""
-    n = len(frames_thw3)
-    stride = settings.flow_stride if 2 <= settings.flow_stride < n else 0
-    result = compute_flow(
-        frames_thw3, FlowConfig(extra_stride=stride, fb_threshold_px=settings.fb_threshold_px)
-    )
+    """{(a, b): (flow a->b, consistent_a)} for both directions of every pair, and the consecutive
+    forward flows [n-1, h, w, 2] (for the quality figures)."""
     flows = {}
-    for pair in result.pairs:
-        flows[(pair.t0, pair.t1)] = (pair.flow_fwd_hw2, pair.consistent_fwd_hw)
-        back_ok, _ = forward_backward_consistency(
-            pair.flow_bwd_hw2, pair.flow_fwd_hw2, settings.fb_threshold_px
-        )
-        flows[(pair.t1, pair.t0)] = (pair.flow_bwd_hw2, back_ok)
-    consecutive = np.stack([flows[(t, t + 1)][0] for t in range(n - 1)])
+    for (t0, t1), (fwd_hw2, bwd_hw2) in pair_flows.items():
+        fwd_ok, _ = forward_backward_consistency(fwd_hw2, bwd_hw2, settings.fb_threshold_px)
+        bwd_ok, _ = forward_backward_consistency(bwd_hw2, fwd_hw2, settings.fb_threshold_px)
+        flows[(t0, t1)] = (fwd_hw2, fwd_ok)
+        flows[(t1, t0)] = (bwd_hw2, bwd_ok)
+    consecutive = np.stack([flows[(t, t + 1)][0] for t in range(n_frames - 1)])
     return flows, consecutive
 
 
@@ -393,13 +369,18 @@ def _frame_depth(
 
 
 def run_window(
-    frames_thw3: np.ndarray, settings: OfflineSettings, moving_thw: np.ndarray | None = None
+    frames_thw3: np.ndarray,
+    pair_flows: PairFlows,
+    settings: OfflineSettings,
+    moving_thw: np.ndarray | None = None,
 ) -> WindowDepth:
-    """Depth, confidence, intrinsics and poses of one window (uint8 frames at the working size)."""
+    """Depth, confidence, intrinsics and poses of one window (uint8 frames at the working size)
+    from the flow of its frame pairs (numbered from the window's first frame, at the same size):
+    every consecutive pair, plus the pairs `flow_stride` apart that fit in the window."""
     n, height, width = frames_thw3.shape[:3]
-    K_33 = intrinsics(height, width, settings.focal_px)
+    K_33 = focal_intrinsics_33(height, width, settings.focal_px)
     static_thw = np.ones((n, height, width), bool) if moving_thw is None else ~moving_thw
-    flows, consecutive = _directed_flows(frames_thw3, settings)
+    flows, consecutive = _directed_flows(pair_flows, n, settings)
     poses = {}
     for a, b in flows:
         if a < b:
