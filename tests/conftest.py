@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.common.store import LocalFolderStore, S3Settings, S3Store
-from services.pipeline.seaweed import DEFAULT_ACCESS_KEY, start_seaweed_s3
+from services.ops.seaweedfs import DEFAULT_ACCESS_KEY, start_seaweed_s3
 
 TEST_SECRET_KEY = "gflow-test-secret-0123456789"
 

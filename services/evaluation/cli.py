@@ -16,13 +16,16 @@ from typing import Annotated, Literal
 import numpy as np
 import tyro
 
+from gflow.v1 import flow_pb2, segment_pb2
 from services.common.artifacts import Artifacts
+from services.common.config import to_json
+from services.common.errors import no_progress
 from services.common.store import open_store
 from services.common.video import store_frames
 from services.evaluation.davis import evaluate_davis_masks
 from services.evaluation.tapvid import evaluate_tapvid, load_tapvid_davis
 from services.pipeline.config import FitPresetName, PipelineConfig, with_fit_preset
-from services.pipeline.engine import PipelineProgress, put_queries, run_pipeline
+from services.pipeline.engine import PipelineProgress, call_stage, put_queries, run_pipeline
 from services.pipeline.ingest import IngestConfig, prepare_frames
 from services.pipeline.progress import stage_progress
 
@@ -91,19 +94,19 @@ def tapvid_tracker(artifacts: Artifacts, config: PipelineConfig, progress: Pipel
 
 
 def davis_segmenter(artifacts: Artifacts, config: PipelineConfig):
-    """A DAVIS segmenter made of the flow and segment stages (the fit is not needed)."""
-    from gflow.v1 import flow_pb2, segment_pb2
-    from services.common.config import to_json
-    from services.flow.stage import flow_from_request
-    from services.segment.stage import segment_from_request
+    """A DAVIS segmenter made of the flow and segment stages (the fit is not needed), run where
+    `config.remote` puts them, as the pipeline runs them."""
+
+    def run(stage: str, request):
+        return call_stage(artifacts, stage, request, config.remote, no_progress, None)
 
     def segment(frames_thw3: np.ndarray) -> np.ndarray:
         video = store_frames(artifacts, _frames_as_is(frames_thw3), fps=24.0)
-        flow = flow_from_request(
-            artifacts, flow_pb2.ComputeFlowRequest(video=video, config_json=to_json(config.flow))
+        flow = run(
+            "flow", flow_pb2.ComputeFlowRequest(video=video, config_json=to_json(config.flow))
         )
-        masks = segment_from_request(
-            artifacts,
+        masks = run(
+            "segment",
             segment_pb2.SegmentMotionRequest(
                 video=video, flow=flow, config_json=to_json(config.segment)
             ),

@@ -10,13 +10,15 @@ TUM: one line per frame, `timestamp tx ty tz qx qy qz qw`, camera-to-world.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from services.common.errors import InvalidArgumentError
-from services.fit.gaussians import FrameGaussians
+
+if TYPE_CHECKING:  # only a type here: reading a PLY (the viewer) does not load torch
+    from services.fit.gaussians import FrameGaussians
 
 SH_C0 = 0.28209479177387814
 """Degree-0 spherical harmonic: rgb = 0.5 + SH_C0 * f_dc."""

@@ -17,14 +17,13 @@ import numpy as np
 import torch
 
 from services.common.errors import InvalidArgumentError
-from services.evaluation.geometry import backproject_p3, project_p2
+from services.common.geometry import backproject_p3, project_p2
 from services.fit.engine import FitResult
 from services.fit.motion import sample_bilinear, visible_n
 from services.fit.projection import project_gaussians
 from services.fit.rasterizer_torch import gaussian_alpha
 
 _QUERY_CHUNK = 256  # queries weighed against all Gaussians at once (memory: chunk x N floats)
-DEFAULT_TRACK_GRID = 16  # n x n frame-0 points tracked when a run names no queries
 
 
 def _check_queries(result: FitResult, queries_q3: np.ndarray) -> np.ndarray:
@@ -198,12 +197,3 @@ def track_queries(result: FitResult, queries_q3: np.ndarray) -> Tracks:
         frame = result.frames[t]
         moving_q[rows] = frame.moving_n[np.searchsorted(frame.ids_n, ids_q[rows])]
     return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
-
-
-def grid_queries_q3(height: int, width: int, n: int) -> np.ndarray:
-    """An n x n grid of query rows (t, y, x) on frame 0 at the centres of equal cells: float32
-    [n * n, 3]; n = 0 gives no queries."""
-    ys = (np.arange(n) + 0.5) * height / max(n, 1) - 0.5
-    xs = (np.arange(n) + 0.5) * width / max(n, 1) - 0.5
-    y_nn, x_nn = np.meshgrid(ys, xs, indexing="ij")
-    return np.stack([np.zeros(n * n), y_nn.ravel(), x_nn.ravel()], axis=1).astype(np.float32)

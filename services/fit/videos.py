@@ -1,6 +1,6 @@
 """Videos of a fit: reconstruction, Gaussian centres, depth, moving masks and trajectories.
 
-Each video is H.264 mp4 bytes (services.common.media.write_mp4). Trajectories are drawn from
+Each video is H.264 mp4 bytes (services.common.video.write_mp4). Trajectories are drawn from
 the tracks the fit stage writes (services.fit.tracks.track_queries; by default a grid of frame-0
 points); still tracks are drawn in blue, moving ones in warm colours by speed. Every statistic
 used for drawing is defined on empty sets, so a clip where nothing moves, or everything does, or
@@ -15,11 +15,12 @@ import cv2
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
-from services.common.media import write_mp4
 from services.common.preview import colorize, overlay_mask
+from services.common.video import write_mp4
 from services.fit.engine import FitPriors, FitResult
 from services.fit.gaussians import render_frame
-from services.fit.tracks import DEFAULT_TRACK_GRID, Tracks, grid_queries_q3, track_queries
+from services.fit.queries import DEFAULT_TRACK_GRID, grid_queries_q3
+from services.fit.tracks import Tracks, track_queries
 
 VIDEO_NAMES = ("reconstruction", "centres", "depth", "moving", "trajectories")
 _CENTRE_SIGMA_PX = 0.6  # on-screen size of a Gaussian in the centres video

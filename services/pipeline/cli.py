@@ -1,8 +1,5 @@
-"""The `gflow` command line: run, serve, synth, eval, report, demo, view.
-
-Subcommands are reached by their plain names (`gflow eval tapvid --data FILE`; a parent's flags
-may follow its subcommand); a new one is a dataclass in main()'s union with its handler.
-"""
+"""The pipeline's commands of `gflow`: run, report, view (the entry point and the subcommand
+table are services/cli.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -21,9 +18,7 @@ import yaml
 from gflow.v1 import common_pb2
 from services.common.artifacts import Artifacts
 from services.common.config import from_dict, to_json
-from services.common.errors import GFlowError, InvalidArgumentError
-from services.common.logs import setup_logging
-from services.common.media import write_mp4
+from services.common.errors import InvalidArgumentError
 from services.common.store import S3Settings, StoreConfig, open_store
 from services.pipeline.config import (
     FitPresetName,
@@ -34,12 +29,6 @@ from services.pipeline.config import (
 from services.pipeline.engine import put_queries, run_pipeline
 from services.pipeline.export import export_run, load_run
 from services.pipeline.ingest import ingest
-from services.pipeline.lab import LabCommand, run_lab
-from services.pipeline.local_services import (
-    ServeCommand,
-    run_until_signalled,
-    start_local_services,
-)
 from services.pipeline.progress import console, stage_progress
 from services.pipeline.report import render_report_html, run_verdict
 from services.pipeline.viewer import ViewCommand, serve_viewer, stored_pipeline_result
@@ -79,22 +68,6 @@ class ReportCommand:
 
     # The folder a `gflow run` wrote (its --out).
     run_dir: tyro.conf.Positional[Path]
-
-
-@dataclass
-class DemoCommand:
-    """Generate a small synthetic clip and run the whole embedded pipeline on it (CPU-friendly)."""
-
-    # Where the clip, the outputs and the report go.
-    out: Path = Path("gflow-demo")
-    # Height of the synthetic clip in pixels.
-    height: int = 96
-    # Width of the synthetic clip in pixels.
-    width: int = 128
-    # Frames in the clip.
-    n_frames: int = 10
-    # Seed of the scene's layout, textures and motion.
-    seed: int = 0
 
 
 def _store_and_remote(command: RunCommand) -> tuple[StoreConfig, RemoteConfig]:
@@ -189,72 +162,3 @@ def view_command(command: ViewCommand) -> None:
         artifacts = Artifacts(open_store(_endpoints_store(endpoints)))
         result = stored_pipeline_result(artifacts, command.run)
     serve_viewer(artifacts, result, command)
-
-
-def demo_command(command: DemoCommand) -> Path:
-    """Synthetic clip -> mp4 -> the whole embedded pipeline with the fast fit preset."""
-    from services.evaluation.synth import SceneConfig, make_scene
-
-    command.out.mkdir(parents=True, exist_ok=True)
-    scene = make_scene(
-        SceneConfig(
-            height=command.height, width=command.width, n_frames=command.n_frames, seed=command.seed
-        )
-    )
-    clip = command.out / "clip.mp4"
-    clip.write_bytes(write_mp4(scene.frames_thw3, fps=10.0))
-    pipeline = PipelineConfig()
-    pipeline.ingest.max_side = max(command.height, command.width)
-    started = time.monotonic()
-    report = run_command(
-        RunCommand(video=clip, out=command.out, fit_preset="fast", pipeline=pipeline)
-    )
-    console.print(f"demo finished in {time.monotonic() - started:.1f} s")
-    return report
-
-
-def serve_command(command: ServeCommand) -> None:
-    services = start_local_services(command)
-    console.print(f"serving; endpoints in {services.endpoints_file}")
-    console.print(f"run a video on them: gflow run VIDEO --remote-config {services.endpoints_file}")
-    run_until_signalled(services)
-
-
-def main(args: list[str] | None = None) -> None:
-    """The `gflow` entry point; `args` replace sys.argv[1:] (tests)."""
-    from services.evaluation.cli import EvalCommand, run_eval
-    from services.evaluation.synth import SynthCommand, run_synth
-
-    command = tyro.cli(
-        Annotated[RunCommand, tyro.conf.subcommand("run")]
-        | Annotated[ServeCommand, tyro.conf.subcommand("serve")]
-        | Annotated[LabCommand, tyro.conf.subcommand("lab")]
-        | Annotated[SynthCommand, tyro.conf.subcommand("synth")]
-        | Annotated[EvalCommand, tyro.conf.subcommand("eval")]
-        | Annotated[ReportCommand, tyro.conf.subcommand("report")]
-        | Annotated[DemoCommand, tyro.conf.subcommand("demo")]
-        | Annotated[ViewCommand, tyro.conf.subcommand("view")],
-        description="GFlow: a 4D world (dynamic 3D Gaussians + cameras) from one monocular video.",
-        args=args,
-        config=(tyro.conf.OmitSubcommandPrefixes, tyro.conf.CascadeSubcommandArgs),
-    )
-    setup_logging(getattr(command, "log_level", "INFO"))
-    handlers = {
-        RunCommand: run_command,
-        ServeCommand: serve_command,
-        LabCommand: run_lab,
-        SynthCommand: run_synth,
-        EvalCommand: run_eval,
-        ReportCommand: report_command,
-        DemoCommand: demo_command,
-        ViewCommand: view_command,
-    }
-    try:
-        outcome = handlers[type(command)](command)
-    except GFlowError as exc:
-        console.print(f"[red]error[/red] ({exc.reason}): {exc}", soft_wrap=True)  # one line
-        raise SystemExit(2) from exc
-    if isinstance(outcome, Path):
-        console.print(f"[green]done[/green]: {outcome}")
-    elif outcome is not None:
-        console.print(json.dumps(outcome, indent=1) if isinstance(outcome, dict) else outcome)

@@ -1,4 +1,5 @@
-"""Ingest: decode a video (mp4 or a folder of frames), resize, pick frames, hash, store.
+"""Ingest: the pipeline step that stores a user's clip: decode it (services.common.video), pick
+frames, resize them to the working size, store them under their hash.
 
 Everything downstream is keyed by the hash of the decoded frames, so the same clip at the same
 settings is recognised however it arrives.
@@ -7,7 +8,6 @@ settings is recognised however it arrives.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +17,9 @@ import numpy as np
 from gflow.v1 import common_pb2
 from services.common.artifacts import Artifacts
 from services.common.errors import InvalidArgumentError
-from services.common.video import store_frames
+from services.common.video import decode_video, store_frames
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass
@@ -37,54 +35,6 @@ class IngestConfig:
     stride: int = 1
     # Frame rate to record for a folder of images (mp4 files carry their own).
     fps: float = 10.0
-
-
-def _read_folder(folder: Path) -> list[np.ndarray]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise InvalidArgumentError(
-            "video", f"folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images"
-        )
-    frames = []
-    for path in paths:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise InvalidArgumentError("video", f"{path} is not a readable image")
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    return frames
-
-
-def _read_container(data: bytes, suffix: str, name: str) -> tuple[list[np.ndarray], float]:
-    """Decode through a temporary file; an undecodable input is one line naming `name` (the
-    user's file), not ffmpeg's dump about the temporary one."""
-    import imageio.v3 as iio
-
-    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
-        tmp.write(data)
-        tmp.flush()
-        try:
-            meta = iio.immeta(tmp.name, plugin="FFMPEG")
-            frames = [np.asarray(f)[..., :3] for f in iio.imiter(tmp.name, plugin="FFMPEG")]
-        except Exception as exc:  # imageio raises many types for undecodable input
-            log.debug("ffmpeg could not decode %s: %s", name, exc)
-            raise InvalidArgumentError(
-                "video", f"cannot decode {name}: not a video file ffmpeg can read"
-            ) from None
-    return frames, float(meta.get("fps") or 0.0)
-
-
-def decode_video(
-    source: Path | bytes, suffix: str = ".mp4", name: str = "the uploaded video"
-) -> tuple[list[np.ndarray], float]:
-    """(frames as RGB uint8 [H, W, 3], fps or 0) from a folder, a video file or its bytes
-    (`name` says which file the bytes came from, for errors)."""
-    if isinstance(source, Path):
-        if not source.exists():
-            raise InvalidArgumentError("video", f"{source} does not exist")
-        if source.is_dir():
-            return _read_folder(source), 0.0
-        return _read_container(source.read_bytes(), source.suffix or suffix, str(source))
-    return _read_container(source, suffix, name)
 
 
 def working_size(height: int, width: int, max_side: int) -> tuple[int, int]:

@@ -20,10 +20,9 @@ import numpy as np
 from gflow.v1 import common_pb2, pipeline_pb2
 from services.common.artifacts import Artifacts
 from services.common.keys import content_key
-from services.common.media import read_mp4
 from services.common.preview import colorize, overlay_mask, strip
 from services.common.stage import optional_artifact
-from services.common.video import frames_sha256, load_frames
+from services.common.video import decode_video, frames_sha256, load_frames
 from services.pipeline.verdicts import RunVerdict, judge_run, path_figures
 
 MEDIA_PNG = "image/png"
@@ -187,7 +186,10 @@ def _video_frames(
     artifacts: Artifacts, result: common_pb2.StageResult, name: str
 ) -> np.ndarray | None:
     ref = optional_artifact(result, name)
-    return None if ref is None else read_mp4(artifacts.get_bytes(ref, f"fit.{name}"))
+    if ref is None:
+        return None
+    frames, _ = decode_video(artifacts.get_bytes(ref, f"fit.{name}"), ".mp4", f"fit.{name}")
+    return np.stack(frames)
 
 
 def strip_panels(

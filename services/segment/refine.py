@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
-from services.flow.engine import forward_backward_consistency, warp_image
+from services.flow.consistency import forward_backward_consistency, warp_image
 
 _MAX_OFFSETS_PER_AXIS = 13  # the vote window is sampled on at most this many offsets per axis
 # A narrower band means frames so small (under about 120 px diagonal) that an object is a few

@@ -8,11 +8,12 @@ from gflow.v1 import common_pb2, segment_pb2
 from services.common.artifacts import Artifacts
 from services.common.config import parse_config_json
 from services.common.errors import ProgressFn, no_progress
+from services.common.image_metrics import mask_j
 from services.common.preview import encode_png, overlay_mask, strip
 from services.common.stage import StageOutputs, artifact, run_cached, upstream_result
 from services.common.video import frames_sha256, load_frames
-from services.evaluation.metrics import mask_j
-from services.segment.engine import SegmentConfig, segment_motion, validate_user_masks
+from services.segment.config import SegmentConfig
+from services.segment.engine import segment_motion, validate_user_masks
 
 STAGE = "segment"
 

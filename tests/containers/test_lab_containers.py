@@ -20,9 +20,7 @@ import pytest
 from services.common.artifacts import Artifacts
 from services.common.runtime import DEFAULT_PORTS
 from services.common.store import S3Settings, S3Store
-from services.pipeline.cli import RunCommand, run_command
-from services.pipeline.export import load_run
-from services.pipeline.lab import (
+from services.ops.lab import (
     LAB_LABEL,
     LabDownCommand,
     LabLogsCommand,
@@ -36,8 +34,10 @@ from services.pipeline.lab import (
     lab_up,
     volume_name,
 )
-from services.pipeline.local_services import BUCKET
-from services.pipeline.seaweed import free_port
+from services.ops.seaweedfs import free_port
+from services.ops.serve import BUCKET
+from services.pipeline.cli import RunCommand, run_command
+from services.pipeline.export import load_run
 from tests.integration.test_e2e_services import (  # noqa: F401 - fixtures used by name
     Run,
     clip,

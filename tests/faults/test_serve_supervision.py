@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.artifacts import Artifacts
 from services.common.errors import no_progress
 from services.common.store import LocalFolderStore, S3Settings, S3Store
+from services.ops.seaweedfs import free_port
 from services.pipeline.config import PipelineConfig, RemoteConfig
 from services.pipeline.engine import (
     call_stage,
@@ -34,7 +35,6 @@ from services.pipeline.engine import (
     run_pipeline,
     segment_request,
 )
-from services.pipeline.seaweed import free_port
 from tests.faults.clips import lean_fit, stored_clip
 from tests.integration.test_e2e_services import one_thread  # noqa: F401 - autouse: one thread
 
@@ -151,7 +151,7 @@ def test_a_worker_killed_mid_fit_is_restarted_and_the_run_completes_bit_identica
         results = {}
         for stage, request in (
             ("flow", lambda: flow_request(video, config)),
-            ("depth", lambda: depth_request(video, config)),
+            ("depth", lambda: depth_request(video, results["flow"], config)),
             ("segment", lambda: segment_request(video, results["flow"], results["depth"], config)),
         ):
             results[stage] = call_stage(artifacts, stage, request(), remote, no_progress, 600)

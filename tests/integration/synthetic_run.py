@@ -13,11 +13,10 @@ import numpy as np
 
 from gflow.v1 import common_pb2, pipeline_pb2
 from services.common.artifacts import Artifacts
-from services.common.media import write_mp4
+from services.common.geometry import backproject_p3
 from services.common.preview import colorize, encode_png
 from services.common.stage import StageOutputs
-from services.common.video import frames_sha256, store_frames
-from services.evaluation.geometry import backproject_p3
+from services.common.video import frames_sha256, store_frames, write_mp4
 from services.evaluation.synth import SyntheticScene
 from services.fit.export import intrinsics_json, ply_bytes, write_tum
 from services.fit.gaussians import FrameGaussians

@@ -12,6 +12,8 @@ MiB) differ and are not compared. Wall time of this file: about 60 s there.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,23 +28,22 @@ from services.common import codec
 from services.common.artifacts import JSON_MEDIA_TYPE, Artifacts
 from services.common.client import Endpoint, open_channel
 from services.common.config import to_json
-from services.common.media import write_mp4
 from services.common.runtime import DEFAULT_PORTS
 from services.common.store import LocalFolderStore, S3Settings, S3Store
+from services.common.video import write_mp4
 from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.config import preset
-from services.pipeline.cli import RunCommand, run_command
-from services.pipeline.config import PipelineConfig
-from services.pipeline.engine import STAGES, run_pipeline
-from services.pipeline.export import load_run
-from services.pipeline.ingest import ingest
-from services.pipeline.local_services import (
+from services.ops.seaweedfs import free_port
+from services.ops.serve import (
     BUCKET,
     LocalServices,
     ServeCommand,
     start_local_services,
 )
-from services.pipeline.seaweed import free_port
+from services.pipeline.config import PipelineConfig
+from services.pipeline.engine import STAGES, run_pipeline
+from services.pipeline.export import load_run
+from services.pipeline.ingest import ingest
 from tests.integration.ply import ply_gaussians
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -101,14 +102,29 @@ def embedded(clip, tmp_path_factory) -> Run:
     return Run(artifacts, run_pipeline(artifacts, ingest(artifacts, clip, config.ingest), config))
 
 
+# `gflow run` in a fresh interpreter; it then says whether the run loaded torch.
+_GFLOW_RUN = """
+import sys
+from services.cli import main
+main(sys.argv[1:])
+print("torch loaded:", "torch" in sys.modules)
+"""
+
+
 @pytest.fixture(scope="module")
 def remote(clip, services: LocalServices, tmp_path_factory) -> Run:
-    """`gflow run CLIP --remote-config endpoints.yaml --fit-preset test`."""
+    """`gflow run CLIP --remote-config endpoints.yaml --fit-preset test`, as its own process: a
+    client whose stages all run on services never loads torch."""
     out = tmp_path_factory.mktemp("remote")
-    command = RunCommand(
-        video=clip, out=out, remote_config=services.endpoints_file, fit_preset="test"
+    args = [str(clip), "--out", str(out), "--remote-config", str(services.endpoints_file)]
+    run = subprocess.run(
+        [sys.executable, "-c", _GFLOW_RUN, "run", *args, "--fit-preset", "test"],
+        capture_output=True,
+        text=True,
     )
-    report = run_command(command)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.splitlines()[-1] == "torch loaded: False"
+    report = out / "report.html"
     assert report.is_file() and b"<html" in report.read_bytes()[:200].lower()
     settings = S3Settings(
         endpoint=services.s3.endpoint,

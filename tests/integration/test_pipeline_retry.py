@@ -12,9 +12,9 @@ from gflow.v1 import flow_pb2, flow_pb2_grpc
 from services.common import errors, runtime
 from services.common.client import Endpoint, collect_stage, open_channel
 from services.common.errors import no_progress
+from services.ops.seaweedfs import free_port
 from services.pipeline.config import RemoteConfig
 from services.pipeline.engine import call_stage
-from services.pipeline.seaweed import free_port
 from tests.integration.probe_service import binding
 
 ENGINE_LOGGER = "services.pipeline.engine"

@@ -14,7 +14,7 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.common.store import LocalFolderStore, S3Store, sha256_hex
-from services.pipeline.seaweed import free_port
+from services.ops.seaweedfs import free_port
 from tests.conftest import s3_settings
 
 

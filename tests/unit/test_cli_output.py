@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from gflow.v1 import common_pb2
+from services.cli import main
 from services.common.errors import InvalidArgumentError
-from services.common.media import write_mp4
-from services.fit.tracks import grid_queries_q3
-from services.pipeline.cli import main, read_queries
+from services.common.video import write_mp4
+from services.fit.queries import grid_queries_q3
+from services.pipeline.cli import read_queries
 
 # The CLI's own flags, per subcommand (the engines' --pipeline.* flags have their own docs).
 OWN_FLAGS = {

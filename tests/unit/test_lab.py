@@ -15,8 +15,7 @@ from docker.types import DeviceRequest
 
 from services.common.errors import FailedPreconditionError, InvalidArgumentError
 from services.common.runtime import DEFAULT_PORTS
-from services.pipeline.cli import RunCommand, _store_and_remote
-from services.pipeline.lab import (
+from services.ops.lab import (
     LabDownCommand,
     LabSettings,
     LabStatusCommand,
@@ -25,12 +24,13 @@ from services.pipeline.lab import (
     endpoints,
     lab_down,
     lab_status,
-    parse_gpu_assignment,
     plan_lab,
     run_kwargs,
     write_secrets,
 )
-from services.pipeline.lab_store import StoreServeCommand
+from services.ops.lab_store import StoreServeCommand
+from services.ops.serve import parse_gpu_assignment
+from services.pipeline.cli import RunCommand, _store_and_remote
 from tests.deploy.support import listening, parse_server_flags
 
 

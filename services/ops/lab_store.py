@@ -14,7 +14,7 @@ from pathlib import Path
 import tyro
 
 from services.common.logs import setup_logging
-from services.pipeline.seaweed import start_seaweed_s3
+from services.ops.seaweedfs import start_seaweed_s3
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.errors import UnavailableError
+from services.common.errors import InvalidArgumentError, UnavailableError
 from services.common.runtime import DEFAULT_PORTS
-from services.pipeline.seaweed import (
+from services.ops.seaweedfs import (
     SeaweedS3,
     die_with_parent,
     restart_seaweed_s3,
@@ -49,6 +49,11 @@ class ServeCommand:
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     # Seconds to wait for every service to report SERVING.
     start_timeout_s: float = 120.0
+    # GPUs per stage, STAGE=ID[,ID...], e.g. depth=0 flow=0 segment=0 fit=0,1: a stage's
+    # workers see only their GPU (CUDA_VISIBLE_DEVICES); fit gets one worker per id, the n-th
+    # on port fit + n, behind round-robin. Once any is given, a stage not named runs on the CPU;
+    # none given: every worker sees every GPU.
+    gpus: list[str] = field(default_factory=list)
 
 
 # A crashed worker is restarted after 1 s, then 2, 4, ... at most 30 s while it keeps crashing;
@@ -58,6 +63,77 @@ RESTART_MAX_DELAY_S = 30.0
 STABLE_AFTER_S = 60.0
 # Seconds a worker gets to drain after SIGTERM before it is killed (its own drain is 30 s).
 STOP_GRACE_S = 35.0
+
+
+def parse_gpu_assignment(items: list[str]) -> dict[str, tuple[str, ...]]:
+    """`["depth=0", "fit=2,3"]` -> `{"depth": ("0",), "fit": ("2", "3")}`."""
+    assignment: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        stage, sep, ids = item.partition("=")
+        if not sep:
+            raise InvalidArgumentError("--gpus", f"{item!r}: write STAGE=ID[,ID...], e.g. fit=2,3")
+        if stage not in STAGE_SERVICES:
+            raise InvalidArgumentError(
+                "--gpus",
+                f"{item!r}: {stage!r} is not a stage; GPUs go to {', '.join(STAGE_SERVICES)}",
+            )
+        if stage in assignment:
+            raise InvalidArgumentError(
+                "--gpus", f"names {stage} twice: give its ids once, e.g. {stage}=0,1"
+            )
+        gpu_ids = tuple(ids.split(","))
+        if not all(i.strip().isdigit() for i in gpu_ids):
+            raise InvalidArgumentError(
+                "--gpus", f"{item!r}: GPU ids are the indices nvidia-smi -L lists, e.g. {stage}=0"
+            )
+        assignment[stage] = tuple(i.strip() for i in gpu_ids)
+    return assignment
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Where one stage worker listens and which GPUs it sees."""
+
+    name: str  # the stage, or fit-N for the N-th extra fit worker
+    stage: str
+    port: int
+    cuda_visible_devices: str | None  # None: inherited (every GPU)
+
+
+def plan_workers(ports: dict[str, int], gpus: list[str]) -> list[WorkerPlan]:
+    """One worker per stage (per listed GPU for fit), on the ports given (fit + n for the
+    n-th fit worker), each seeing only its GPUs once any assignment is given."""
+    assignment = parse_gpu_assignment(gpus)
+    plans = []
+    for stage in STAGE_SERVICES:
+        ids = assignment.get(stage, ())
+        if not gpus:
+            placements: list[str | None] = [None]
+        elif stage == "fit" and ids:
+            placements = list(ids)
+        else:
+            placements = [",".join(ids)]  # "" hides every GPU: the CPU
+        for n, visible in enumerate(placements):
+            name = stage if n == 0 else f"{stage}-{n}"
+            plans.append(WorkerPlan(name, stage, ports[stage] + n, visible))
+    taken = [p.port for p in plans] + [ports["pipeline"]]
+    clash = sorted({port for port in taken if taken.count(port) > 1})
+    if clash:
+        raise InvalidArgumentError(
+            "--gpus",
+            f"the fit workers take ports {ports['fit']}.. (fit + n), which clash with another "
+            f"service on {clash}: give the others other --ports",
+        )
+    return plans
+
+
+def stage_targets(plans: list[WorkerPlan]) -> dict[str, str]:
+    """The gRPC target of each stage: host:port, or ipv4:a,b for round-robin over several."""
+    targets = {}
+    for stage in STAGE_SERVICES:
+        listed = [f"127.0.0.1:{p.port}" for p in plans if p.stage == stage]
+        targets[stage] = listed[0] if len(listed) == 1 else "ipv4:" + ",".join(listed)
+    return targets
 
 
 @dataclass
@@ -180,6 +256,8 @@ def _wait_serving(port: int, deadline: float) -> None:
 
 def start_local_services(command: ServeCommand) -> LocalServices:
     """SeaweedFS, then the four stage services, then the pipeline service pointed at them."""
+    plans = plan_workers(command.ports, command.gpus)
+    targets = stage_targets(plans)
     root = command.dir.resolve()
     (root / "logs").mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
@@ -208,25 +286,38 @@ def start_local_services(command: ServeCommand) -> LocalServices:
     workers: dict[str, Worker] = {}
     started = LocalServices(s3, workers, root / "endpoints.yaml")
     try:
-        for stage in [*STAGE_SERVICES, "pipeline"]:
-            args = ["--port", str(command.ports[stage]), *common]
-            if stage == "pipeline":
-                args = [a.replace("--", "--server.", 1) if a.startswith("--") else a for a in args]
-                for remote in STAGE_SERVICES:
-                    args += [f"--remote.{remote}", f"127.0.0.1:{command.ports[remote]}"]
-                args += ["--remote.auth-token-file", str(token_file)]
-            argv = [sys.executable, "-m", f"services.{stage}.server", *args]
-            workers[stage] = Worker(stage, argv, env, root / "logs" / f"{stage}.log")
-            workers[stage].start()
+        for plan in plans:
+            argv = [sys.executable, "-m", f"services.{plan.stage}.server", "--port"]
+            argv += [str(plan.port), *common]
+            worker_env = dict(env)
+            if plan.cuda_visible_devices is not None:
+                worker_env["CUDA_VISIBLE_DEVICES"] = plan.cuda_visible_devices
+            log.info(
+                "%s worker on port %d, GPUs %s",
+                plan.name,
+                plan.port,
+                "all" if plan.cuda_visible_devices is None else plan.cuda_visible_devices or "none",
+            )
+            workers[plan.name] = Worker(
+                plan.name, argv, worker_env, root / "logs" / f"{plan.name}.log"
+            )
+            workers[plan.name].start()
+        args = [a.replace("--", "--server.", 1) if a.startswith("--") else a for a in common]
+        argv = [sys.executable, "-m", "services.pipeline.server", "--server.port"]
+        argv += [str(command.ports["pipeline"]), *args]
+        for stage in STAGE_SERVICES:
+            argv += [f"--remote.{stage}", targets[stage]]
+        argv += ["--remote.auth-token-file", str(token_file)]
+        workers["pipeline"] = Worker("pipeline", argv, env, root / "logs" / "pipeline.log")
+        workers["pipeline"].start()
         deadline = time.monotonic() + command.start_timeout_s
-        for stage in workers:
-            _wait_serving(command.ports[stage], deadline)
+        for port in [p.port for p in plans] + [command.ports["pipeline"]]:
+            _wait_serving(port, deadline)
     except BaseException:
         started.stop()
         raise
     endpoints = {
-        "remote": {s: f"127.0.0.1:{command.ports[s]}" for s in STAGE_SERVICES}
-        | {"auth_token_file": str(token_file)},
+        "remote": targets | {"auth_token_file": str(token_file)},
         "pipeline": f"127.0.0.1:{command.ports['pipeline']}",
         "store": {
             "url": f"s3://{BUCKET}",

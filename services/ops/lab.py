@@ -35,7 +35,7 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.common.runtime import DEFAULT_PORTS
-from services.pipeline.local_services import BUCKET, STAGE_SERVICES
+from services.ops.serve import BUCKET, STAGE_SERVICES, parse_gpu_assignment
 
 log = logging.getLogger(__name__)
 
@@ -147,31 +147,6 @@ class ContainerSpec:
         """Changes when the spec or the image behind its tag changes."""
         text = json.dumps([asdict(self), image_id], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def parse_gpu_assignment(items: list[str]) -> dict[str, tuple[str, ...]]:
-    """`["depth=0", "fit=2,3"]` -> `{"depth": ("0",), "fit": ("2", "3")}`."""
-    assignment: dict[str, tuple[str, ...]] = {}
-    for item in items:
-        stage, sep, ids = item.partition("=")
-        if not sep:
-            raise InvalidArgumentError("--gpus", f"{item!r}: write STAGE=ID[,ID...], e.g. fit=2,3")
-        if stage not in STAGE_SERVICES:
-            raise InvalidArgumentError(
-                "--gpus",
-                f"{item!r}: {stage!r} is not a stage; GPUs go to {', '.join(STAGE_SERVICES)}",
-            )
-        if stage in assignment:
-            raise InvalidArgumentError(
-                "--gpus", f"names {stage} twice: give its ids once, e.g. {stage}=0,1"
-            )
-        gpu_ids = tuple(ids.split(","))
-        if not all(i.strip().isdigit() for i in gpu_ids):
-            raise InvalidArgumentError(
-                "--gpus", f"{item!r}: GPU ids are the indices nvidia-smi -L lists, e.g. {stage}=0"
-            )
-        assignment[stage] = tuple(i.strip() for i in gpu_ids)
-    return assignment
 
 
 def parse_env(items: list[str]) -> tuple[tuple[str, str], ...]:

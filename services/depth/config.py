@@ -1,0 +1,64 @@
+"""How the depth stage computes: its configuration, apart from the engine and its backends so a
+caller that only names a depth run (the pipeline, a remote-only `gflow run`) loads neither."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class DepthConfig:
+    """How to estimate depth. Every field has a default; `offline` needs no weights."""
+
+    backend: Literal["offline", "mast3r"] = "offline"
+    """offline: motion parallax from optical flow, no weights; mast3r: MASt3R from a checkpoint."""
+    mast3r_checkpoint: Path | None = None
+    """MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric.pth (see the MASt3R README)."""
+    mast3r_trust_checkpoint: bool = False
+    """Allow a full unpickle when the checkpoint does not load with weights_only=True."""
+    memory_budget_gb: float | None = None
+    """GPU memory MASt3R may plan for (GiB); None: the free memory of the device now."""
+    device: str = "auto"
+    """mast3r: auto (CUDA when present), cpu, cuda or cuda:N; offline always runs on the CPU."""
+    focal_px: float | None = None
+    """offline: focal length in pixels at the frames' resolution; None: from fov_deg."""
+    fov_deg: float = 60.0
+    """offline: assumed horizontal field of view when focal_px is not given."""
+    window: int = 16
+    """Most frames per window (mast3r: the memory plan may choose fewer)."""
+    overlap: int = 4
+    """Frames shared by consecutive windows (their scale is fitted there)."""
+    subsample: int = 8
+    """mast3r: anchor spacing of the sparse alignment (px); the artefact score checks it."""
+    mast3r_scene_graph: Literal["logwin", "swin"] = "logwin"
+    """mast3r pair graph: logwin pairs offsets 1, 2, 4, ...; swin the next frames."""
+    mast3r_winsize: int = 3
+    """mast3r: neighbours per side in the pair graph."""
+    mast3r_niter: int = 300
+    """mast3r: iterations of each of the two alignment phases (MASt3R's demo: 300 each)."""
+    mast3r_long_side: int = 512
+    """mast3r: largest working long side (px, a multiple of 16; the model was trained at 512);
+    the memory plan may choose a smaller one. Lower is faster and less detailed."""
+    offline_long_side: int = 512
+    """offline: frames are processed with at most this long side, then upsampled edge-aware."""
+    flow_stride: int = 3
+    """offline: also triangulate frames this far apart (a wider baseline); the flow stage
+    computes their flow (its extra_stride: the pipeline asks for it)."""
+    min_parallax_deg: float = 0.5
+    """offline: median ray angle (deg) a partner frame needs to triangulate against."""
+    min_parallax_px: float = 1.0
+    """offline: median flow that no pure rotation explains, likewise, in px at a 512-px long
+    side (scaled with the working size, never below 0.5 px); a frame with no such partner (the
+    camera barely translates) gets the smooth prior."""
+    max_fill_share: float = 0.3
+    """A frame with more bad depths than this share is re-run rather than filled."""
+    stitch_shift: bool = False
+    """Fit a depth shift as well as a scale between windows (breaks pose consistency)."""
+
+
+def needed_stride(flow_stride: int, n_frames: int) -> int:
+    """The flow stage's `extra_stride` that gives the offline backend its wide-baseline pairs on a
+    clip of `n_frames`; 0 where none fit (a stride of 1, or a clip no longer than the stride)."""
+    return flow_stride if 2 <= flow_stride < n_frames else 0
