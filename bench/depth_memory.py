@@ -4,6 +4,12 @@ two memory budgets. Writes a JSON file and prints markdown tables (docs/depth.md
     python bench/depth_memory.py                     # on the GPU: real ViT-L/512, random weights
     python bench/depth_memory.py --model tiny --device cpu --windows 3 --clip-frames 4 \
         --clip-hw 60 90 --budgets-gb 6 --long-side 96 --sweep-niter 3 --clip-niter 3
+    python bench/depth_memory.py --mode artefact     # stripes: the stage against the network
+
+`--mode artefact` runs the depth stage on the first `artefact_frames` frames at each subsample
+and scores its periodic artefact beside that of the network's own dense depth of the same frames
+(`Mast3rBackend.dense_depth`, at the working size): a pattern the network has is not the
+upsampling's.
 
 The mast3r package must be importable (PYTHONPATH, see docs/depth.md). The model has the
 released checkpoint's architecture with random weights: memory does not depend on the values.
@@ -42,6 +48,7 @@ from services.depth.backends.mast3r import (  # noqa: E402
     scene_graph_name,
 )
 from services.depth.engine import DepthConfig, _resize_frames, estimate_depth  # noqa: E402
+from services.depth.quality import ARTEFACT_LIMIT, periodic_artefact_score  # noqa: E402
 from services.evaluation.synth import SceneConfig, make_scene  # noqa: E402
 
 log = logging.getLogger("depth_memory")
@@ -62,6 +69,7 @@ SPECS = {
 
 @dataclass
 class BenchConfig:
+    mode: Literal["memory", "artefact"] = "memory"
     model: Literal["vitl512", "tiny"] = "vitl512"
     device: str = "cuda"
     long_side: int = 512
@@ -78,6 +86,8 @@ class BenchConfig:
     about linearly with them)."""
     margin: float = 1.25
     """Safety factor on the fitted per-pixel costs."""
+    artefact_subsamples: tuple[int, ...] = (8, 4, 2)
+    artefact_frames: int = 8
     out: Path = Path("bench/out/depth_memory.json")
 
 
@@ -197,6 +207,41 @@ def clip_run(cfg: BenchConfig, checkpoint: Path, frames_thw3: np.ndarray, budget
     }
 
 
+def artefact_runs(cfg: BenchConfig, checkpoint: Path, frames_thw3: np.ndarray) -> list[dict]:
+    """Per subsample: the stage's periodic artefact and the network's own (worst frame)."""
+    network = Mast3rBackend(checkpoint, cfg.device)
+    frames = frames_thw3[: cfg.artefact_frames]
+    rows = []
+    for subsample in cfg.artefact_subsamples:
+        depth_cfg = DepthConfig(
+            backend="mast3r",
+            mast3r_checkpoint=checkpoint,
+            device=cfg.device,
+            subsample=subsample,
+            window=len(frames),
+            overlap=1,
+            mast3r_niter=cfg.clip_niter,
+            mast3r_long_side=cfg.long_side,
+        )
+        started = time.perf_counter()
+        result = estimate_depth(frames, depth_cfg)
+        seconds = time.perf_counter() - started
+        frames_work = _resize_frames(frames, result.work_hw)
+        own = [periodic_artefact_score(network.dense_depth(f), subsample) for f in frames_work]
+        rows.append(
+            {
+                "subsample": subsample,
+                "work_hw": list(result.work_hw),
+                "stage": result.quality.periodic_artefact,
+                "network": max(own),
+                "seconds": seconds,
+                "repairs": result.repairs,
+            }
+        )
+        log.info("artefact %s", {k: v for k, v in rows[-1].items() if k != "repairs"})
+    return rows
+
+
 def main(cfg: BenchConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
@@ -213,6 +258,17 @@ def main(cfg: BenchConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="mast3r-bench-") as tmp:
         checkpoint = Path(tmp) / f"{cfg.model}.pth"
         save_checkpoint(SPECS[cfg.model], checkpoint)
+        if cfg.mode == "artefact":
+            report["artefact"] = artefact_runs(cfg, checkpoint, frames_thw3)
+            save()
+            print("\n| subsample | work hw | stage | network's own | limit |")
+            print("|---|---|---|---|---|")
+            for row in report["artefact"]:
+                print(
+                    f"| {row['subsample']} | {row['work_hw'][1]}x{row['work_hw'][0]} "
+                    f"| {row['stage']:.2f} | {row['network']:.2f} | {ARTEFACT_LIMIT:g} |"
+                )
+            return
         report["sweep"] = sweep(cfg, checkpoint, frames_thw3)
         save()
         fitted = fit_cost(report["sweep"], cfg)

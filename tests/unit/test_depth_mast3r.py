@@ -28,6 +28,7 @@ from services.depth.backends.mast3r import (
 from services.depth.engine import DepthConfig, estimate_depth
 from services.depth.quality import ARTEFACT_LIMIT, periodic_artefact_score
 from services.evaluation.synth import SceneConfig, make_scene
+from tests.depth_flow import flow_for_depth
 from tests.third_party import needs_package
 
 needs_mast3r = needs_package("mast3r")  # puts the real sources on sys.path where present
@@ -156,17 +157,6 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return _save_like_train_py(_tiny_mast3r(0), tmp_path_factory.mktemp("mast3r") / "tiny.pth")
 
 
-def _network_depth_artefact(net, frame_hw3: np.ndarray, period_px: int) -> float:
-    """Periodic artefact score of the network's own dense depth of a frame (paired with itself,
-    MASt3R's input normalisation)."""
-    image = torch.from_numpy(frame_hw3).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    view = {"img": image, "true_shape": torch.tensor([frame_hw3.shape[:2]]), "idx": [0]}
-    view["instance"] = ["0"]
-    with torch.no_grad():
-        pred, _ = net(view, view)
-    return periodic_artefact_score(pred["pts3d"][0, ..., 2].numpy(), period_px)
-
-
 @needs_mast3r
 def test_real_checkpoint_loads_safely_and_whole(tiny_checkpoint, tmp_path):
     backend = Mast3rBackend(tiny_checkpoint, "cpu")
@@ -215,8 +205,8 @@ def test_whole_depth_stage_on_real_mast3r_keeps_orientation(
     # the stage may keep that, but must add no block pattern of its own (nearest-anchor blocks
     # score 30-100 here).
     frames_work = [cv2.resize(f, (work_w, work_h)) for f in scene.frames_thw3]
-    net = Mast3rBackend(tiny_checkpoint, "cpu").model
-    network = max(_network_depth_artefact(net, f, subsample) for f in frames_work)
+    backend = Mast3rBackend(tiny_checkpoint, "cpu")
+    network = max(periodic_artefact_score(backend.dense_depth(f), subsample) for f in frames_work)
     assert result.quality.periodic_artefact < max(ARTEFACT_LIMIT, 1.25 * network)
 
 
@@ -236,7 +226,7 @@ def test_non_positive_depths_are_re_run_not_raised(tmp_path):
     cfg = DepthConfig(
         backend="mast3r", mast3r_checkpoint=path, device="cpu", window=3, overlap=1, **FAST
     )
-    result = estimate_depth(scene.frames_thw3, cfg)
+    result = estimate_depth(scene.frames_thw3, cfg, flow=flow_for_depth(scene.frames_thw3, cfg))
     assert result.depth_thw.shape == (3, 60, 90) and np.all(result.depth_thw > 0)
     assertions = [r for r in result.repairs if "stopped on an assertion" in r]
     assert len(assertions) == len(settings_ladder(Mast3rSettings(scene_graph="swin", winsize=1)))

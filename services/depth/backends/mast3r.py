@@ -260,6 +260,22 @@ class Mast3rBackend:
         self.model = net.to(device).eval()
         self._torch = torch
 
+    def dense_depth(self, frame_hw3: np.ndarray) -> np.ndarray:
+        """The network's own dense depth of one uint8 frame (paired with itself, MASt3R's input
+        normalisation): float32 [H, W]. A diagnostic: a periodic pattern here is the network's,
+        so the stage's periodic_artefact is judged against it (docs/depth.md)."""
+        torch = self._torch
+        image = torch.from_numpy(frame_hw3).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        view = {
+            "img": image.to(self.device),
+            "true_shape": torch.tensor([frame_hw3.shape[:2]]),
+            "idx": [0],
+            "instance": ["0"],
+        }
+        with torch.no_grad():
+            pred, _ = self.model(view, view)
+        return pred["pts3d"][0, ..., 2].float().cpu().numpy()
+
     def run_window(self, frames_thw3: np.ndarray, settings: Mast3rSettings) -> WindowDepth:
         """Aligns uint8 frames already at the working size (multiples of 16, not square)."""
         torch = self._torch
