@@ -46,6 +46,8 @@ SPEC_LABEL = "gflow.lab.spec"  # digest of spec and image: `up` keeps an unchang
 CPU_VARIANT_STAGES = ("depth", "flow", "fit")  # their CPU images are tagged `<tag>-cpu`
 SECRET_FILES = ("auth_token", "s3_access_key", "s3_secret_key")
 SECRETS_IN_CONTAINER = "/run/gflow"
+WEIGHTS_IN_CONTAINER = "/weights"  # where the images' GFLOW_*_CHECKPOINT defaults point
+WEIGHTS_STAGES = ("depth", "flow")
 STORE_DATA_IN_CONTAINER = "/data"
 # Docker's health checks run every 2 s here (the images say 15 s), so `up` sees health soon.
 HEALTH_INTERVAL_NS = 2_000_000_000
@@ -78,6 +80,9 @@ class LabUpCommand:
     gpus: list[str] = field(default_factory=list)
     # KEY=VALUE set in every service container, e.g. OMP_NUM_THREADS=1.
     env: list[str] = field(default_factory=list)
+    # Folder with the model checkpoints (MASt3R, UniMatch, RAFT), mounted read-only at /weights
+    # in the depth and flow containers, where their GFLOW_*_CHECKPOINT defaults look.
+    weights: Path | None = None
     # S3 port of the store on 127.0.0.1.
     s3_port: int = 8333
     # Port of each service on 127.0.0.1; the n-th fit container listens on fit + n.
@@ -142,6 +147,7 @@ class ContainerSpec:
     command: tuple[str, ...]
     environment: tuple[tuple[str, str], ...]
     gpu_ids: tuple[str, ...] = ()
+    weights_dir: str = ""  # host folder mounted read-only at WEIGHTS_IN_CONTAINER ("" = none)
 
     def digest(self, image_id: str) -> str:
         """Changes when the spec or the image behind its tag changes."""
@@ -171,6 +177,15 @@ def plan_lab(command: LabUpCommand) -> list[ContainerSpec]:
     settings = command.lab
     gpus = parse_gpu_assignment(command.gpus)
     user_env = parse_env(command.env)
+    weights_dir = ""
+    if command.weights is not None:
+        if not command.weights.is_dir():
+            raise InvalidArgumentError(
+                "--weights",
+                f"{command.weights} is not a folder: give the folder that holds the checkpoints "
+                "(docs/deploy.md, Weights)",
+            )
+        weights_dir = str(command.weights.resolve())
     missing = [s for s in (*STAGE_SERVICES, "pipeline") if s not in command.ports]
     if missing:
         raise InvalidArgumentError("--ports", f"no port for {', '.join(missing)}")
@@ -219,6 +234,7 @@ def plan_lab(command: LabUpCommand) -> list[ContainerSpec]:
                     command=("--host", "127.0.0.1", "--port", str(port), *server_flags, *extra),
                     environment=(("GFLOW_PORT", str(port)), *store_env, *user_env),
                     gpu_ids=gpu_ids,
+                    weights_dir=weights_dir if stage in WEIGHTS_STAGES else "",
                 )
             )
             targets.append(f"127.0.0.1:{port}")
@@ -265,7 +281,8 @@ def volume_name(settings: LabSettings) -> str:
 
 def run_kwargs(spec: ContainerSpec, settings: LabSettings, digest: str) -> dict[str, Any]:
     """Arguments of `docker.containers.run` for `spec`: host network, secrets read-only, the
-    store's data in its volume, one NVIDIA device request for the container's GPUs."""
+    store's data in its volume, the weights folder read-only, one NVIDIA device request for the
+    container's GPUs."""
     secrets_dir = settings.dir.resolve() / "secrets"
     mounts = [
         Mount(f"{SECRETS_IN_CONTAINER}/{name}", str(secrets_dir / name), "bind", read_only=True)
@@ -273,6 +290,8 @@ def run_kwargs(spec: ContainerSpec, settings: LabSettings, digest: str) -> dict[
     ]
     if spec.service == "store":
         mounts.append(Mount(STORE_DATA_IN_CONTAINER, volume_name(settings), "volume"))
+    if spec.weights_dir:
+        mounts.append(Mount(WEIGHTS_IN_CONTAINER, spec.weights_dir, "bind", read_only=True))
     device_requests = (
         [DeviceRequest(driver="nvidia", device_ids=list(spec.gpu_ids), capabilities=[["gpu"]])]
         if spec.gpu_ids

@@ -147,6 +147,28 @@ def test_containers_are_servers_of_the_code_on_loopback_with_the_store_and_secre
     assert fit.max_concurrent_jobs == 1
 
 
+def test_weights_folder_is_mounted_read_only_in_depth_and_flow_only(tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    command = LabUpCommand(weights=weights)
+    command.lab.dir = tmp_path / "lab"
+    for spec in plan_lab(command):
+        mounts = {m["Target"]: m for m in run_kwargs(spec, command.lab, digest="abc")["mounts"]}
+        if spec.service in ("depth", "flow"):
+            mount = mounts["/weights"]
+            assert (mount["Source"], mount["Type"], mount["ReadOnly"]) == (
+                str(weights.resolve()),
+                "bind",
+                True,
+            )
+        else:
+            assert "/weights" not in mounts
+    no_weights = {s.name: s for s in plan_lab(LabUpCommand())}
+    assert all(spec.weights_dir == "" for spec in no_weights.values())
+    with pytest.raises(InvalidArgumentError, match="--weights.*not a folder"):
+        plan_lab(LabUpCommand(weights=tmp_path / "missing"))
+
+
 def test_endpoints_file_is_what_gflow_run_reads(tmp_path):
     command = LabUpCommand(gpus=["fit=0,1"], s3_port=9100)
     command.lab.dir = tmp_path / "lab"
