@@ -62,3 +62,10 @@ def needed_stride(flow_stride: int, n_frames: int) -> int:
     """The flow stage's `extra_stride` that gives the offline backend its wide-baseline pairs on a
     clip of `n_frames`; 0 where none fit (a stride of 1, or a clip no longer than the stride)."""
     return flow_stride if 2 <= flow_stride < n_frames else 0
+
+
+# Request fields that only the server's operator may set, and the variables that set them.
+SERVER_FIELDS = {
+    "mast3r_checkpoint": "GFLOW_MAST3R_CHECKPOINT",
+    "mast3r_trust_checkpoint": "GFLOW_MAST3R_TRUST_CHECKPOINT",
+}

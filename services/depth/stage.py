@@ -20,7 +20,7 @@ from services.common.stage import (
     upstream_result,
 )
 from services.common.video import frames_sha256, load_frames
-from services.depth.config import DepthConfig, needed_stride
+from services.depth.config import SERVER_FIELDS, DepthConfig, needed_stride
 from services.depth.engine import estimate_depth
 from services.depth.flows import PairFlows, from_arrays
 from services.flow.stage import pair_artifact
@@ -126,13 +126,6 @@ def run_depth(
 
     inputs = [flow_result.key if flow_result is not None else ""]
     return run_cached(artifacts, STAGE, config.backend, config, video_sha256, inputs, produce)
-
-
-# Request fields that only the server's operator may set, and the variables that set them.
-SERVER_FIELDS = {
-    "mast3r_checkpoint": "GFLOW_MAST3R_CHECKPOINT",
-    "mast3r_trust_checkpoint": "GFLOW_MAST3R_TRUST_CHECKPOINT",
-}
 
 
 def depth_from_request(

@@ -35,3 +35,10 @@ class FlowConfig:
     """Memory one batch may use on the device (GiB); the default fits a 6 GB card."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N; dis always runs on the CPU."""
+
+
+# Request fields that only the server's operator may set, and the variables that set them.
+SERVER_FIELDS = {
+    "raft_weights": "GFLOW_RAFT_WEIGHTS",
+    "unimatch_checkpoint": "GFLOW_UNIMATCH_CHECKPOINT",
+}

@@ -11,7 +11,7 @@ from services.common.errors import ProgressFn, no_progress
 from services.common.preview import encode_png, flow_to_rgb, strip
 from services.common.stage import StageOutputs, run_cached
 from services.common.video import frames_sha256, load_frames
-from services.flow.config import FlowConfig
+from services.flow.config import SERVER_FIELDS, FlowConfig
 from services.flow.engine import FlowResult, compute_flow
 
 STAGE = "flow"
@@ -104,13 +104,6 @@ def run_flow(
         )
 
     return run_cached(artifacts, STAGE, config.backend, config, video_sha256, [], produce)
-
-
-# Request fields that only the server's operator may set, and the variables that set them.
-SERVER_FIELDS = {
-    "raft_weights": "GFLOW_RAFT_WEIGHTS",
-    "unimatch_checkpoint": "GFLOW_UNIMATCH_CHECKPOINT",
-}
 
 
 def flow_from_request(

@@ -19,8 +19,8 @@ from services.common.config import parse_config_json, refuse_server_fields
 from services.common.describe import backend_info
 from services.common.errors import InvalidArgumentError
 from services.common.service import StageServicer, serve_forever
-from services.depth.stage import SERVER_FIELDS as DEPTH_SERVER_FIELDS
-from services.flow.stage import SERVER_FIELDS as FLOW_SERVER_FIELDS
+from services.depth.config import SERVER_FIELDS as DEPTH_SERVER_FIELDS
+from services.flow.config import SERVER_FIELDS as FLOW_SERVER_FIELDS
 from services.pipeline.config import PipelineConfig, RemoteConfig
 from services.pipeline.engine import STAGES, run_pipeline
 from services.pipeline.ingest import ingest

@@ -57,11 +57,12 @@ def test_unknown_or_bad_file_keys_are_named(tmp_path):
         _store_and_remote(_command(_endpoints(tmp_path, {"retry_attempts": 0})))
 
 
-# Imports `gflow` (services.cli, which also holds the eval, synth, lab and serve commands) and the
-# modules a remote-only run calls, then lists what must not have loaded.
+# Imports `gflow` (services.cli, which also holds the eval, synth, lab and serve commands), the
+# modules a remote-only run calls and the pipeline service, then lists what must not have loaded.
 _IMPORT_THE_CLI = """
 import sys
 import services.cli, services.pipeline.engine, services.pipeline.export, services.pipeline.report
+import services.pipeline.server
 stages = ("depth", "flow", "segment", "fit")
 print(sorted(m for m in sys.modules if m == "torch" or m.split(".")[:1] == ["torch"]
              or m in [f"services.{s}.{p}" for s in stages for p in ("stage", "engine")]))
@@ -69,9 +70,10 @@ print(sorted(m for m in sys.modules if m == "torch" or m.split(".")[:1] == ["tor
 
 
 def test_the_cli_and_a_remote_run_load_no_engine_and_no_torch():
-    """A `gflow run --remote-config` client runs no stage, so neither the stage engines nor torch
-    load (stage modules load in one place, pipeline.engine._local_stage, on an embedded call).
-    tests/integration/test_e2e_services.py checks a whole remote run the same way."""
+    """A `gflow run --remote-config` client (and the pipeline service) runs no stage, so neither
+    the stage engines nor torch load (stage modules load in one place,
+    pipeline.engine._local_stage, on an embedded call). tests/integration/test_e2e_services.py
+    checks a whole remote run the same way."""
     loaded = subprocess.run(
         [sys.executable, "-c", _IMPORT_THE_CLI], capture_output=True, text=True, check=True
     ).stdout.strip()
