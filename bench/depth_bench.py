@@ -89,7 +89,9 @@ def main(cfg: BenchConfig) -> None:
         print(
             f"| {long_side} | {w} x {h} | {row['flow_seconds']:.1f} | {row['seconds']:.1f} | "
             f"{cfg.n_frames / row['seconds']:.2f} | {row['peak_mib']:.0f} | "
-            f"{row['abs_rel']:.3f} | {row['artefact']:.2f} | {row['prior_share']:.2f} |"
+            f"{row['abs_rel']:.3f} | "
+            f"{'—' if row['artefact'] is None else format(row['artefact'], '.2f')} | "
+            f"{row['prior_share']:.2f} |"
         )
     print(f"(peak: {row['memory_kind']})\n")
     usable = CostModel().usable_fraction

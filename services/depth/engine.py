@@ -497,13 +497,15 @@ def estimate_depth(
         ]
     )
     conf = np.stack([resize_confidence(c, height, width) for c in stitched.confidence_thw])
-    period = cfg.subsample * width / work_hw[1]
+    period = cfg.subsample * width / work_hw[1] if cfg.backend == "mast3r" else None
     sample = np.unique(np.linspace(0, n_frames - 1, min(ARTEFACT_FRAMES, n_frames)).astype(int))
     quality = DepthQuality(
         nonpositive_share=runner.bad_values / max(runner.all_values, 1),
         scale_ratio_t=ratios,
         scale_drift=scale_drift(ratios),
-        periodic_artefact=max(periodic_artefact_score(depth[t], period) for t in sample),
+        periodic_artefact=None
+        if period is None
+        else max(periodic_artefact_score(depth[t], period) for t in sample),
         artefact_period_px=period,
         prior_share=float(prior_t.mean()),
     )

@@ -6,6 +6,8 @@ Three figures (DESIGN.md, failure cases 1, 4 and 7):
   drift), following the flow when it is known so camera motion does not count as drift;
 - a periodic artefact score: spectral energy of the depth gradient magnitude at the subsample
   period and its harmonics, relative to the spectrum around it (about 1 clean, large for blocks).
+  Only the mast3r backend has a subsample (anchor) grid; offline depth has no such period, so
+  there the score is not computed (None).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ class DepthQuality:
     nonpositive_share: float  # share of depths <= 0 or non-finite before repair (0 is clean)
     scale_ratio_t: np.ndarray  # float64 [T-1] median depth ratio frame t+1 / frame t (static)
     scale_drift: float  # max |ratio - 1| over consecutive frames (0 is no drift); NaN for T=1
-    periodic_artefact: float  # worst frame's artefact score at the subsample period (about 1 clean)
-    artefact_period_px: float  # the period that score looked at, in output pixels
+    # Worst frame's artefact score at the subsample period (about 1 clean); None for the offline
+    # backend, which has no anchor grid to make one.
+    periodic_artefact: float | None
+    artefact_period_px: float | None  # the period that score looked at, in output pixels
     prior_share: float  # share of frames whose depth is the smooth prior (no parallax)
 
 

@@ -84,7 +84,8 @@ def run_depth(
         quality = result.quality
         out.figure("nonpositive_share", quality.nonpositive_share)
         out.figure("scale_drift", quality.scale_drift)
-        out.figure("periodic_artefact", quality.periodic_artefact)
+        if quality.periodic_artefact is not None:  # mast3r only: offline has no anchor grid
+            out.figure("periodic_artefact", quality.periodic_artefact)
         out.figure("prior_share", quality.prior_share)
         middle = len(frames_thw3) // 2
         out.file(

@@ -24,7 +24,6 @@ from services.depth.backends.base import AlignmentFailedError, WindowDepth
 from services.depth.backends.offline import PRIOR_CONFIDENCE, OfflineSettings
 from services.depth.engine import DepthConfig, WindowRunner, describe_backends, estimate_depth
 from services.depth.flows import resize_flow
-from services.depth.quality import ARTEFACT_LIMIT
 from services.evaluation.metrics import (
     ate_rpe,
     depth_metrics,
@@ -65,7 +64,9 @@ def test_offline_depth_on_a_moving_camera(moving_scene, moving_result):
     assert camera["rpe_rot_deg"] < 0.3 and camera["ate"] < 0.03  # metres, after Sim(3)
     q = result.quality
     assert q.nonpositive_share == 0.0 and q.prior_share == 0.0
-    assert q.scale_drift < 0.05 and q.periodic_artefact < ARTEFACT_LIMIT
+    assert q.scale_drift < 0.05
+    # No anchor grid, so no subsample period to score (the mast3r tests score it).
+    assert q.periodic_artefact is None and q.artefact_period_px is None
     assert result.plan is None and result.backend == "offline" and result.repairs == []
     assert np.all((result.confidence_thw >= 0) & (result.confidence_thw <= 1))
 
