@@ -103,6 +103,11 @@ class SeaweedS3:
             self.process.wait()
 
 
+# Below this much free disk `weed` marks its volumes read-only (its default, 1 % of the disk,
+# is 2.5 GiB on a 250 GB disk); we refuse to start with less than twice it.
+MIN_FREE_BYTES = 2**30
+
+
 def start_seaweed_s3(
     workdir: Path,
     secret_key: str,
@@ -121,6 +126,13 @@ def start_seaweed_s3(
         )
     data = workdir / "weed-data"
     data.mkdir(parents=True, exist_ok=True)
+    free_bytes = shutil.disk_usage(data).free
+    if free_bytes < 2 * MIN_FREE_BYTES:
+        raise FailedPreconditionError(
+            f"only {free_bytes / 2**30:.1f} GiB free under {data}: SeaweedFS turns its volumes "
+            f"read-only below {MIN_FREE_BYTES / 2**30:.0f} GiB and every write then fails with "
+            "HTTP 500; free disk space there (e.g. `docker image prune`) and start again"
+        )
     workdir.chmod(0o700)
     identities = {
         "identities": [
@@ -155,6 +167,7 @@ def start_seaweed_s3(
         f"-s3.config={config}",
         "-volume.max=400",
         "-master.volumeSizeLimitMB=32",
+        f"-volume.minFreeSpace={MIN_FREE_BYTES // 2**30}GiB",
         *_side_listeners_off(binary),
     ]
     log_path = workdir / "weed.log"

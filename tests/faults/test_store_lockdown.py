@@ -4,6 +4,7 @@ gateway holds), while the signed S3 path works; its folder and secret files are 
 
 from __future__ import annotations
 
+import collections
 import json
 import stat
 import urllib.error
@@ -12,7 +13,9 @@ import uuid
 
 import pytest
 
+from services.common.errors import FailedPreconditionError
 from services.common.store import S3Store
+from services.ops import seaweedfs
 from tests.conftest import s3_settings
 
 pytestmark = pytest.mark.s3
@@ -56,3 +59,14 @@ def test_store_folder_and_identities_are_the_owners_only(seaweed):
     workdir = seaweed.log_path.parent
     assert _mode(workdir) == 0o700
     assert _mode(workdir / "identities.json") == 0o600
+
+
+def test_a_disk_too_full_for_seaweedfs_is_refused_before_it_starts(tmp_path, monkeypatch):
+    """Below its free-space floor weed answers every write with HTTP 500: say so up front."""
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(
+        seaweedfs.shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 2**29, 2**29)
+    )
+    with pytest.raises(FailedPreconditionError, match=r"only 0\.5 GiB free under .*weed-data"):
+        seaweedfs.start_seaweed_s3(tmp_path, "secret")
+    assert not (tmp_path / "weed.log").exists()
