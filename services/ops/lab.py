@@ -35,7 +35,7 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.common.runtime import DEFAULT_PORTS
-from services.ops.serve import BUCKET, STAGE_SERVICES, parse_gpu_assignment
+from services.ops.serve import BUCKET, STAGE_SERVICES, grpc_target, parse_gpu_assignment
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +238,7 @@ def plan_lab(command: LabUpCommand) -> list[ContainerSpec]:
                 )
             )
             targets.append(f"127.0.0.1:{port}")
-        # Several workers: gRPC's fixed-list target, round-robin in the project's client.
-        stage_targets[stage] = targets[0] if len(targets) == 1 else "ipv4:" + ",".join(targets)
+        stage_targets[stage] = grpc_target(targets)
     port = command.ports["pipeline"]
     remotes = [(f"--remote.{s}", stage_targets[s]) for s in STAGE_SERVICES]
     specs.append(
@@ -324,8 +323,7 @@ def endpoints(specs: list[ContainerSpec], settings: LabSettings) -> dict[str, An
         targets.setdefault(spec.service, []).append(f"127.0.0.1:{spec.port}")
 
     def target(service: str) -> str:
-        listed = targets[service]
-        return listed[0] if len(listed) == 1 else "ipv4:" + ",".join(listed)
+        return grpc_target(targets[service])
 
     return {
         "remote": {s: target(s) for s in STAGE_SERVICES}

@@ -127,13 +127,18 @@ def plan_workers(ports: dict[str, int], gpus: list[str]) -> list[WorkerPlan]:
     return plans
 
 
+def grpc_target(addresses: list[str]) -> str:
+    """One address as is; several as gRPC's fixed-list target `ipv4:a,b` (round-robin in the
+    project's client)."""
+    return addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
+
+
 def stage_targets(plans: list[WorkerPlan]) -> dict[str, str]:
-    """The gRPC target of each stage: host:port, or ipv4:a,b for round-robin over several."""
-    targets = {}
-    for stage in STAGE_SERVICES:
-        listed = [f"127.0.0.1:{p.port}" for p in plans if p.stage == stage]
-        targets[stage] = listed[0] if len(listed) == 1 else "ipv4:" + ",".join(listed)
-    return targets
+    """The gRPC target of each stage over its workers."""
+    return {
+        stage: grpc_target([f"127.0.0.1:{p.port}" for p in plans if p.stage == stage])
+        for stage in STAGE_SERVICES
+    }
 
 
 @dataclass
