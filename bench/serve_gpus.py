@@ -59,30 +59,14 @@ class ServeGpusBench:
     out: Path = Path("bench/out/serve_gpus")
 
 
-def _gpu_apps() -> list[tuple[int, int, int]]:
-    """(pid, GPU index, MiB) of every process holding GPU memory now (none without a GPU)."""
+def _nvidia_smi(query: str) -> list[list[str]]:
+    """Rows of an nvidia-smi CSV query (none without a GPU)."""
     if shutil.which("nvidia-smi") is None:
         return []
-    index_of = {}
-    listed = subprocess.run(
-        ["nvidia-smi", "--query-gpu=index,uuid", "--format=csv,noheader"],
-        capture_output=True,
-        text=True,
+    out = subprocess.run(
+        ["nvidia-smi", query, "--format=csv,noheader,nounits"], capture_output=True, text=True
     ).stdout
-    for line in listed.strip().splitlines():
-        index, uuid = (s.strip() for s in line.split(","))
-        index_of[uuid] = int(index)
-    query = "--query-compute-apps=pid,gpu_uuid,used_memory"
-    apps = subprocess.run(
-        ["nvidia-smi", query, "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    rows = []
-    for line in apps.strip().splitlines():
-        pid, uuid, mib = (s.strip() for s in line.split(","))
-        rows.append((int(pid), index_of.get(uuid, -1), int(mib)))
-    return rows
+    return [[cell.strip() for cell in line.split(",")] for line in out.strip().splitlines()]
 
 
 def _worker_of(pid: int, names_by_port: dict[int, str]) -> str:
@@ -97,10 +81,12 @@ def _worker_of(pid: int, names_by_port: dict[int, str]) -> str:
 
 
 def _sample(stop: threading.Event, names_by_port: dict[int, str], seen: dict) -> None:
+    """Until `stop`: the most memory each worker held on each GPU index."""
+    index_of = {uuid: int(index) for index, uuid in _nvidia_smi("--query-gpu=index,uuid")}
     while not stop.wait(0.5):
-        for pid, gpu, mib in _gpu_apps():
-            key = (_worker_of(pid, names_by_port), gpu)
-            seen[key] = max(seen.get(key, 0), mib)
+        for pid, uuid, mib in _nvidia_smi("--query-compute-apps=pid,gpu_uuid,used_memory"):
+            key = (_worker_of(int(pid), names_by_port), index_of.get(uuid, -1))
+            seen[key] = max(seen.get(key, 0), int(mib))
 
 
 def _run_layout(bench: ServeGpusBench, layout: str, clips: list[Path]) -> dict:
