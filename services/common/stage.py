@@ -177,5 +177,19 @@ def artifact(result: common_pb2.StageResult, name: str, field: str) -> common_pb
     )
 
 
+def upstream_array(
+    artifacts: Artifacts,
+    result: common_pb2.StageResult,
+    name: str,
+    layout: str,
+    hw: tuple[int, int],
+    field: str,
+) -> np.ndarray:
+    """The array artifact `name` of an upstream result, checked for layout and frame size;
+    errors name `field.name`."""
+    ref = artifact(result, name, field)
+    return artifacts.get_array(ref, layout=layout, expect_hw=hw, field=f"{field}.{name}")
+
+
 def optional_artifact(result: common_pb2.StageResult, name: str) -> common_pb2.ArtifactRef | None:
     return next((a.ref for a in result.artifacts if a.name == name), None)

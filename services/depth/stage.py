@@ -14,9 +14,9 @@ from services.common.errors import ProgressFn, no_progress
 from services.common.preview import colorize, encode_png, strip
 from services.common.stage import (
     StageOutputs,
-    artifact,
     optional_artifact,
     run_cached,
+    upstream_array,
     upstream_result,
 )
 from services.common.video import frames_sha256, load_frames
@@ -37,10 +37,9 @@ def load_pair_flows(
 
     def pairs(step: int) -> PairFlows:
         fwd_name, bwd_name = (pair_artifact(n, step) for n in ("flow_forward", "flow_backward"))
-        fwd_ref, bwd_ref = artifact(flow, fwd_name, "flow"), artifact(flow, bwd_name, "flow")
         return from_arrays(
-            artifacts.get_array(fwd_ref, layout="THWC", expect_hw=hw, field=f"flow.{fwd_name}"),
-            artifacts.get_array(bwd_ref, layout="THWC", expect_hw=hw, field=f"flow.{bwd_name}"),
+            upstream_array(artifacts, flow, fwd_name, "THWC", hw, "flow"),
+            upstream_array(artifacts, flow, bwd_name, "THWC", hw, "flow"),
             step,
         )
 

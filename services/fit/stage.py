@@ -17,6 +17,7 @@ from services.common.stage import (
     artifact,
     optional_artifact,
     run_cached,
+    upstream_array,
     upstream_result,
 )
 from services.common.store import ObjectStore
@@ -58,8 +59,7 @@ def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest, video_sha256:
     hw = (video.height, video.width)
 
     def array(result: common_pb2.StageResult, name: str, layout: str, field: str) -> np.ndarray:
-        ref = artifact(result, name, field)
-        return artifacts.get_array(ref, layout=layout, expect_hw=hw, field=f"{field}.{name}")
+        return upstream_array(artifacts, result, name, layout, hw, field)
 
     K_33 = intrinsics_33(
         artifacts.get_json(artifact(request.depth, "intrinsics", "depth"), "depth")

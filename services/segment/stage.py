@@ -10,7 +10,13 @@ from services.common.config import parse_config_json
 from services.common.errors import ProgressFn, no_progress
 from services.common.image_metrics import mask_j
 from services.common.preview import encode_png, overlay_mask, strip
-from services.common.stage import StageOutputs, artifact, run_cached, upstream_result
+from services.common.stage import (
+    StageOutputs,
+    artifact,
+    run_cached,
+    upstream_array,
+    upstream_result,
+)
 from services.common.video import frames_sha256, load_frames
 from services.segment.config import SegmentConfig
 from services.segment.engine import segment_motion, validate_user_masks
@@ -63,8 +69,7 @@ def run_segment(
         else:
 
             def flow(name: str) -> np.ndarray:
-                ref = artifact(flow_result, name, "flow")
-                return artifacts.get_array(ref, layout="THWC", expect_hw=hw, field=f"flow.{name}")
+                return upstream_array(artifacts, flow_result, name, "THWC", hw, "flow")
 
             depth_thw = None
             if depth_result is not None:
