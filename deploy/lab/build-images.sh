@@ -30,7 +30,6 @@ build() {  # build TAG DOCKERFILE CONTEXT [docker build args]: the legacy builde
     image=$1 file=$2 context=$3
     shift 3
     started=$(date +%s)
-    replaced=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
     if ! DOCKER_BUILDKIT=0 docker build --network host --force-rm -f "$file" -t "$image" "$@" "$context" \
         >"$logs/build.log" 2>&1; then
         tail -n 40 "$logs/build.log" >&2
@@ -38,11 +37,16 @@ build() {  # build TAG DOCKERFILE CONTEXT [docker build args]: the legacy builde
         exit 1
     fi
     log "$image built in $(since "$started")"
-    # The image this build replaced would stay behind untagged (about 2 GB a service per
-    # rebuild) until the disk fills; remove it unless a container still uses it.
-    if [ -n "$replaced" ] && [ "$replaced" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
-        docker rmi "$replaced" >/dev/null 2>&1 || log "kept the replaced $image ($replaced): in use"
-    fi
+}
+# Every rebuild leaves untagged images behind: the builder stages and the images the new tags
+# replaced (about 2 GB a service per rebuild) until the disk fills. Those made while this script
+# ran are removed at its end, newest first (an old image can be the base of a later old one).
+docker image ls -q --no-trunc -f dangling=true >"$logs/dangling-before"
+remove_left_behind() {  # `docker image ls` lists the newest first
+    docker image ls -q --no-trunc -f dangling=true | grep -vxF -f "$logs/dangling-before" \
+        | while read -r id; do
+            docker rmi "$id" >/dev/null 2>&1 || log "kept an untagged image a container uses: $id"
+        done
 }
 
 if docker image inspect "$base" >/dev/null 2>&1; then
@@ -117,3 +121,4 @@ for service in depth flow fit segment pipeline; do
 done
 build "gflow-store:$tag" deploy/lab/store.Dockerfile . --build-arg "GFLOW_IMAGE=gflow-pipeline:$tag" \
     --build-arg "BUILDER_IMAGE=gflow-cpu-deps:$tag"
+remove_left_behind
