@@ -47,7 +47,12 @@ from services.depth.backends.mast3r import (  # noqa: E402
     parse_model_spec,
     scene_graph_name,
 )
-from services.depth.engine import DepthConfig, _resize_frames, estimate_depth  # noqa: E402
+from services.depth.engine import (  # noqa: E402
+    DepthConfig,
+    DepthRuntime,
+    _resize_frames,
+    estimate_depth,
+)
 from services.depth.quality import ARTEFACT_LIMIT, periodic_artefact_score  # noqa: E402
 from services.evaluation.synth import SceneConfig, make_scene  # noqa: E402
 
@@ -187,13 +192,12 @@ def clip_run(cfg: BenchConfig, checkpoint: Path, frames_thw3: np.ndarray, budget
     depth_cfg = DepthConfig(
         backend="mast3r",
         mast3r_checkpoint=checkpoint,
-        device=cfg.device,
-        memory_budget_gb=budget_gb,
         mast3r_niter=cfg.clip_niter,
         mast3r_long_side=cfg.long_side,
     )
+    runtime = DepthRuntime(device=cfg.device, memory_budget_gb=budget_gb)
     started = time.perf_counter()
-    result = estimate_depth(frames_thw3, depth_cfg)
+    result = estimate_depth(frames_thw3, depth_cfg, runtime)
     seconds = time.perf_counter() - started
     return {
         "budget_gb": budget_gb,
@@ -216,7 +220,6 @@ def artefact_runs(cfg: BenchConfig, checkpoint: Path, frames_thw3: np.ndarray) -
         depth_cfg = DepthConfig(
             backend="mast3r",
             mast3r_checkpoint=checkpoint,
-            device=cfg.device,
             subsample=subsample,
             window=len(frames),
             overlap=1,
@@ -224,7 +227,7 @@ def artefact_runs(cfg: BenchConfig, checkpoint: Path, frames_thw3: np.ndarray) -
             mast3r_long_side=cfg.long_side,
         )
         started = time.perf_counter()
-        result = estimate_depth(frames, depth_cfg)
+        result = estimate_depth(frames, depth_cfg, DepthRuntime(device=cfg.device))
         seconds = time.perf_counter() - started
         frames_work = _resize_frames(frames, result.work_hw)
         own = [periodic_artefact_score(network.dense_depth(f), subsample) for f in frames_work]

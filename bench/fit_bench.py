@@ -29,7 +29,7 @@ import tyro
 from services.evaluation import metrics
 from services.evaluation.fit_suite import exact_priors
 from services.evaluation.synth import SceneConfig, make_scene
-from services.fit.config import preset
+from services.fit.config import FitRuntime, preset
 from services.fit.engine import fit, resolve_device
 from services.fit.losses import term_weights
 from services.fit.tracks import track_2d
@@ -48,7 +48,7 @@ class BenchConfig:
     presets: tuple[str, ...] = ("default", "fast")
     """Fit presets to run (default, fast, test)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to fit (overrides the presets' device)."""
+    """Where to fit (the fit's runtime device)."""
     camera: Literal["moving", "rotation", "static"] = "moving"
     """Camera motion of the synthetic clip."""
     objects: int = 1
@@ -82,12 +82,13 @@ def measure(cfg: BenchConfig) -> tuple[list[dict], float]:
         [queries.query_t_q, queries.query_xy_q2[:, 1], queries.query_xy_q2[:, 0]], axis=1
     )
     device = resolve_device(cfg.device)
+    runtime = FitRuntime(device=cfg.device)
     rows = []
     for name in cfg.presets:
-        fit_cfg = dataclasses.replace(preset(name), device=cfg.device, seed=cfg.seed)
+        fit_cfg = dataclasses.replace(preset(name), seed=cfg.seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        result = fit(priors, fit_cfg)
+        result = fit(priors, fit_cfg, runtime)
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
         points, occluded = track_2d(result, query_rows)
         tapvid = metrics.tapvid_metrics(

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from services.evaluation.fit_suite import exact_priors
 from services.evaluation.synth import SceneConfig, make_scene
-from services.fit.config import preset
+from services.fit.config import FitRuntime, preset
 from services.fit.engine import FitPriors, fit, resolve_device
 
 
@@ -58,12 +58,14 @@ def main() -> None:
     cfg = tyro.cli(ProfileConfig)
     scene = make_scene(SceneConfig(height=cfg.height, width=cfg.width, n_frames=cfg.frames))
     priors = exact_priors(scene)
-    fit_cfg = dataclasses.replace(preset(cfg.preset), device=cfg.device)
+    fit_cfg = preset(cfg.preset)
+    runtime = FitRuntime(device=cfg.device)
     device = resolve_device(cfg.device)
-    fit(_first_frames(priors, 2), dataclasses.replace(fit_cfg, iters_first=2, iters=2))  # warm-up
+    warm_up_cfg = dataclasses.replace(fit_cfg, iters_first=2, iters=2)
+    fit(_first_frames(priors, 2), warm_up_cfg, runtime)
 
     started = time.perf_counter()
-    result = fit(priors, fit_cfg)
+    result = fit(priors, fit_cfg, runtime)
     wall = time.perf_counter() - started
     print(
         f"{cfg.preset} {cfg.width}x{cfg.height}x{cfg.frames} on {device}: "
@@ -87,7 +89,7 @@ def main() -> None:
 
     if first_profiled == 0:
         prof.start()
-    fit(priors, fit_cfg, toggle)
+    fit(priors, fit_cfg, runtime, toggle)
     print(f"profiled frames {first_profiled}..{cfg.frames - 1} of a second fit")
     averages = prof.key_averages()
     if device.type == "cuda":

@@ -13,7 +13,6 @@ On CUDA a warm-up run on one pair comes first and is not timed; on the CPU nothi
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from services.flow.engine import FlowConfig, compute_flow  # noqa: E402
+from services.flow.engine import FlowConfig, FlowRuntime, compute_flow  # noqa: E402
 
 DAVIS_FRAMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis-frames"
 
@@ -62,10 +61,10 @@ def _frames(cfg: BenchConfig) -> tuple[np.ndarray, str]:
     return np.stack([images[cycle[t % len(cycle)]] for t in range(cfg.n_frames)]), "DAVIS"
 
 
-def _run_case(frames_thw3: np.ndarray, flow_cfg: FlowConfig) -> dict:
-    if flow_cfg.device.startswith("cuda"):
-        compute_flow(frames_thw3[:2], flow_cfg)
-    result = compute_flow(frames_thw3, flow_cfg)
+def _run_case(frames_thw3: np.ndarray, flow_cfg: FlowConfig, runtime: FlowRuntime) -> dict:
+    if runtime.device.startswith("cuda"):
+        compute_flow(frames_thw3[:2], flow_cfg, runtime)
+    result = compute_flow(frames_thw3, flow_cfg, runtime)
     return {
         "device": result.device,
         "seconds": result.seconds,
@@ -86,9 +85,9 @@ def _random_raft_weights(model: str, folder: Path) -> Path:
     return path
 
 
-def _cases(cfg: BenchConfig, folder: Path) -> list[tuple[str, FlowConfig]]:
+def _cases(cfg: BenchConfig, folder: Path) -> list[tuple[str, FlowConfig, FlowRuntime]]:
     cases = [
-        (f"dis {preset}", FlowConfig(backend="dis", dis_preset=preset))
+        (f"dis {preset}", FlowConfig(backend="dis", dis_preset=preset), FlowRuntime())
         for preset in cfg.dis_presets
     ]
     if cfg.raft_weights is None and not cfg.raft_random_weights:
@@ -100,7 +99,7 @@ def _cases(cfg: BenchConfig, folder: Path) -> list[tuple[str, FlowConfig]]:
         weights = cfg.raft_weights or _random_raft_weights(model, folder)
         for device in devices:
             flow_cfg = FlowConfig(backend="raft", raft_model=model, raft_weights=weights)
-            cases.append((f"raft {model}", dataclasses.replace(flow_cfg, device=device)))
+            cases.append((f"raft {model}", flow_cfg, FlowRuntime(device=device)))
     return cases
 
 
@@ -109,9 +108,9 @@ def main(cfg: BenchConfig) -> None:
     rows = []
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as folder:
-        for name, flow_cfg in _cases(cfg, Path(folder)):
+        for name, flow_cfg, runtime in _cases(cfg, Path(folder)):
             with spawn.Pool(1) as pool:
-                rows.append((name, pool.apply(_run_case, (frames_thw3, flow_cfg))))
+                rows.append((name, pool.apply(_run_case, (frames_thw3, flow_cfg, runtime))))
     t, h, w = frames_thw3.shape[:3]
     print(f"flow engine, {t} {source} frames of {w}x{h} ({t - 1} pairs, both directions each)")
     header = (

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from services.evaluation.synth import SceneConfig, make_scene  # noqa: E402
 from services.flow.backends import unimatch  # noqa: E402
-from services.flow.engine import FlowConfig, compute_flow  # noqa: E402
+from services.flow.engine import FlowConfig, FlowRuntime, compute_flow  # noqa: E402
 
 log = logging.getLogger("flow_memory")
 
@@ -100,13 +100,9 @@ def main(cfg: BenchConfig) -> None:
             total = torch.cuda.get_device_properties(cfg.device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.budget_gb * 2**30 / total))
         _reset(cfg.device)
-        flow_cfg = FlowConfig(
-            backend="unimatch",
-            unimatch_checkpoint=checkpoint,
-            device=cfg.device,
-            memory_budget_gb=cfg.budget_gb,
-        )
-        result = compute_flow(frames_thw3, flow_cfg)
+        flow_cfg = FlowConfig(backend="unimatch", unimatch_checkpoint=checkpoint)
+        runtime = FlowRuntime(device=cfg.device, memory_budget_gb=cfg.budget_gb)
+        result = compute_flow(frames_thw3, flow_cfg, runtime)
         report["clip"] = {
             "frames": cfg.clip_frames,
             "budget_gb": cfg.budget_gb,

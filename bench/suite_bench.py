@@ -12,7 +12,6 @@ fills its cores; on a GPU machine use `--device cuda` (the fits then share the G
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -24,7 +23,8 @@ from typing import Literal
 import tyro
 
 from services.evaluation.fit_suite import SUITE, PriorSource, run_clip, suite_clip
-from services.fit.config import preset
+from services.fit.config import FitRuntime, preset
+from services.pipeline.config import PipelineConfig, PipelineRuntime
 
 
 @dataclass
@@ -54,15 +54,16 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         import torch
 
         torch.set_num_threads(1)
-    cfg = dataclasses.replace(preset(preset_name), device=bench.device)
+    runtime = PipelineRuntime(fit=FitRuntime(device=bench.device))
     row = run_clip(
         suite_clip(clip),
         source,
-        cfg,
+        preset(preset_name),
         width=bench.width,
         height=bench.height,
         n_frames=bench.frames,
         n_tracks=bench.tracks,
+        pipeline=PipelineConfig(runtime=runtime),
     )
     row["preset"] = preset_name
     return row

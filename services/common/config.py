@@ -2,6 +2,9 @@
 
 Stage requests carry their engine's config dataclass as `config_json`; the same dataclasses are
 the command line (through tyro), so a flag, a JSON field and a Python attribute share one name.
+Each config dataclass checks its own fields in `__post_init__` (so JSON, flags and Python
+construction are checked alike); a stage server takes its runtime dataclass (device, budgets)
+from its environment (`runtime_from_env`), never from a request.
 """
 
 from __future__ import annotations
@@ -72,7 +75,52 @@ def from_dict(config_type: type[T], values: Any, field: str = "config") -> T:
             f"{field}.{unknown[0]}", f"unknown field; known fields are {sorted(known)}"
         )
     kwargs = {k: _convert(v, hints[k], f"{field}.{k}") for k, v in values.items()}
-    return config_type(**kwargs)
+    try:
+        return config_type(**kwargs)
+    except InvalidArgumentError as exc:  # from __post_init__: name the field as the JSON does
+        raise InvalidArgumentError(f"{field}.{exc.field}", exc.description) from None
+
+
+def check_choices(config: Any) -> None:
+    """Refuse a Literal field whose value is not one of its choices (a Python caller is not
+    checked by tyro or `from_dict`), naming the field."""
+    for name, hint in typing.get_type_hints(type(config)).items():
+        choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+        if choices and getattr(config, name) not in choices:
+            raise InvalidArgumentError(
+                name, f"{getattr(config, name)!r} is not one of {list(choices)}"
+            )
+
+
+def check_device(value: str, field: str = "device") -> None:
+    """Refuse a torch device name other than auto, cpu, cuda or cuda:N, naming the field."""
+    if value not in ("auto", "cpu") and not value.startswith("cuda"):
+        raise InvalidArgumentError(field, f"{value!r}: use auto, cpu, cuda or cuda:N")
+
+
+def runtime_env_name(stage: str, field: str) -> str:
+    """The environment variable that sets a stage server's runtime field, e.g. GFLOW_FIT_DEVICE."""
+    return f"GFLOW_{stage}_{field}".upper()
+
+
+def runtime_from_env(runtime_type: type[T], stage: str) -> T:
+    """A stage's runtime dataclass (how it computes: device, budgets) from the serving process's
+    environment, GFLOW_<STAGE>_<FIELD> per field (`runtime_env_name`), defaults for the rest.
+    Values are JSON where they parse as JSON (8, null), else strings (cuda:1); a bad one is
+    refused naming its variable."""
+    values = {}
+    for item in dataclasses.fields(runtime_type):
+        raw = os.environ.get(runtime_env_name(stage, item.name))
+        if raw is not None:
+            try:
+                values[item.name] = json.loads(raw)
+            except json.JSONDecodeError:
+                values[item.name] = raw
+    try:
+        return from_dict(runtime_type, values, "")
+    except InvalidArgumentError as exc:
+        name = runtime_env_name(stage, exc.field.rsplit(".", 1)[-1])
+        raise InvalidArgumentError(name, exc.description) from None
 
 
 def to_json(config: Any) -> str:
@@ -91,6 +139,22 @@ def parse_config_json(text: str, config_type: type[T], field: str = "config_json
     except RecursionError as exc:
         raise InvalidArgumentError(field, "JSON nested too deeply") from exc
     return from_dict(config_type, values, field)
+
+
+def parse_request_config(text: str, config_type: type[T], runtime_type: type, stage: str) -> T:
+    """`parse_config_json` of a stage request, whose config says what to compute: a field of
+    the stage's runtime (device, budgets) is refused naming the variable its operator sets."""
+    try:
+        return parse_config_json(text, config_type)
+    except InvalidArgumentError as exc:
+        name = exc.field.removeprefix("config_json.")
+        if name not in {f.name for f in dataclasses.fields(runtime_type)}:
+            raise
+        raise InvalidArgumentError(
+            exc.field,
+            f"is how the server computes, not what: its operator chooses it "
+            f"({runtime_env_name(stage, name)}), a request cannot; leave it out",
+        ) from None
 
 
 def refuse_server_fields(config: Any, env_by_field: dict[str, str], field: str) -> None:

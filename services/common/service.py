@@ -1,7 +1,10 @@
-"""What every stage server shares: the job limiter, stage streaming, Describe, and `main`.
+"""What every stage server shares: the job limiter, stage streaming, Describe, its runtime, and
+`main`.
 
 A stage server subclasses `StageServicer` next to its generated servicer base and adds one
-method that parses the request and calls the stage function: transport only.
+method that parses the request and calls the stage function: transport only. How the stage
+computes (device, budgets: its `runtime_type`) is the operator's choice, read once at start from
+GFLOW_<STAGE>_<FIELD> environment variables; a request carries only what to compute.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import tyro
 from gflow.v1 import common_pb2
 from services.common import runtime
 from services.common.artifacts import Artifacts
+from services.common.config import runtime_from_env
 from services.common.describe import describe_response
 from services.common.errors import GFlowError, ProgressFn, UnavailableError
 from services.common.jobs import JobLimiter
@@ -31,10 +35,14 @@ class StageServicer:
 
     service_name = ""
     stage = ""
+    runtime_type: type | None = None  # the stage's runtime dataclass, where it has one
 
     def __init__(self, artifacts: Artifacts, max_concurrent_jobs: int = 1):
         self.artifacts = artifacts
         self.limiter = JobLimiter(max_concurrent_jobs)
+        self.runtime = (
+            runtime_from_env(self.runtime_type, self.stage) if self.runtime_type else None
+        )
 
     def backends(self) -> list[common_pb2.BackendInfo]:
         return []

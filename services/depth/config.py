@@ -1,11 +1,21 @@
 """How the depth stage computes: its configuration, apart from the engine and its backends so a
-caller that only names a depth run (the pipeline, a remote-only `gflow run`) loads neither."""
+caller that only names a depth run (the pipeline, a remote-only `gflow run`) loads neither.
+
+`DepthConfig` is what is computed (the content key takes all of it); `DepthRuntime` is how (the
+device, the memory budget): never in the key, chosen by whoever runs the engine."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from services.common.config import check_choices, check_device
+from services.common.errors import InvalidArgumentError
+from services.depth.planner import MIN_WINDOW
+
+MIN_SIDE_PX = 16  # smallest frame side (and offline working long side) depth works at
 
 
 @dataclass
@@ -18,10 +28,6 @@ class DepthConfig:
     """MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric.pth (see the MASt3R README)."""
     mast3r_trust_checkpoint: bool = False
     """Allow a full unpickle when the checkpoint does not load with weights_only=True."""
-    memory_budget_gb: float | None = None
-    """GPU memory MASt3R may plan for (GiB); None: the free memory of the device now."""
-    device: str = "auto"
-    """mast3r: auto (CUDA when present), cpu, cuda or cuda:N; offline always runs on the CPU."""
     focal_px: float | None = None
     """offline: focal length in pixels at the frames' resolution; None: from fov_deg."""
     fov_deg: float = 60.0
@@ -56,6 +62,55 @@ class DepthConfig:
     """A frame with more bad depths than this share is re-run rather than filled."""
     stitch_shift: bool = False
     """Fit a depth shift as well as a scale between windows (breaks pose consistency)."""
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot work, naming the field."""
+        check_choices(self)
+        check_positive("focal_px", self.focal_px)
+        check_positive("min_parallax_deg", self.min_parallax_deg)
+        check_positive("min_parallax_px", self.min_parallax_px)
+        if not 10.0 <= self.fov_deg <= 150.0:
+            raise InvalidArgumentError("fov_deg", f"{self.fov_deg} is outside 10..150 degrees")
+        if self.window < MIN_WINDOW:
+            raise InvalidArgumentError("window", f"{self.window} must be >= {MIN_WINDOW}")
+        if not 1 <= self.overlap < self.window:
+            raise InvalidArgumentError(
+                "overlap", f"{self.overlap}: needs 1 <= overlap < window ({self.window})"
+            )
+        if self.subsample not in (2, 4, 8, 16):
+            raise InvalidArgumentError("subsample", f"{self.subsample}: use 2, 4, 8 or 16")
+        for name in ("mast3r_niter", "mast3r_winsize", "flow_stride"):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(name, f"{getattr(self, name)} must be >= 1")
+        if self.offline_long_side < MIN_SIDE_PX:
+            raise InvalidArgumentError(
+                "offline_long_side", f"{self.offline_long_side} must be >= {MIN_SIDE_PX}"
+            )
+        if not 0.0 < self.max_fill_share < 1.0:
+            raise InvalidArgumentError("max_fill_share", f"{self.max_fill_share} must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class DepthRuntime:
+    """Where and within what memory depth is estimated. Never in the content key (a budget of
+    None already means whatever the device has free at the time); under a tighter budget
+    MASt3R's memory plan may choose shorter windows or a smaller working size, and the stage's
+    report records the plan it used."""
+
+    device: str = "auto"
+    """mast3r: auto (CUDA when present), cpu, cuda or cuda:N; offline always runs on the CPU."""
+    memory_budget_gb: float | None = None
+    """GPU memory MASt3R may plan for (GiB); None: the free memory of the device now."""
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
+        check_positive("memory_budget_gb", self.memory_budget_gb)
+
+
+def check_positive(name: str, value: float | None) -> None:
+    """Refuse a value that is set (not None) but not a finite number > 0, naming the field."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise InvalidArgumentError(name, f"{value} must be a finite number > 0")
 
 
 def needed_stride(flow_stride: int, n_frames: int) -> int:

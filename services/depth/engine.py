@@ -31,7 +31,7 @@ from services.common.errors import (
 from services.depth import planner
 from services.depth.backends import mast3r, offline
 from services.depth.backends.base import AlignmentFailedError, WindowBackend, WindowDepth
-from services.depth.config import DepthConfig, needed_stride
+from services.depth.config import MIN_SIDE_PX, DepthConfig, DepthRuntime, needed_stride
 from services.depth.flows import (
     PairFlows,
     check_pair_flows,
@@ -54,6 +54,7 @@ __all__ = [
     "DepthConfig",
     "DepthQuality",
     "DepthResult",
+    "DepthRuntime",
     "MemoryPlan",
     "WindowRunner",
     "describe_backends",
@@ -63,8 +64,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MemoryPlan = planner.MemoryPlan
-BACKENDS = ("offline", "mast3r")
-MIN_SIDE_PX = 16
 ARTEFACT_FRAMES = 8  # frames (evenly spread) the periodic artefact score is computed on
 PARALLAX_REFERENCE_SIDE = 512  # long side (px) at which min_parallax_px is given
 PARALLAX_FLOOR_PX = 0.5  # twice DIS flow's own error (0.25-0.3 px): below it parallax is noise
@@ -138,58 +137,17 @@ def _validate_moving(moving_thw: np.ndarray | None, frames_shape: tuple[int, ...
         raise InvalidArgumentError("moving_thw", "must be a bool mask (True on moving objects)")
 
 
-def _validate_config(cfg: DepthConfig) -> None:
-    def positive(name: str, value: float | None) -> None:
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise InvalidArgumentError(name, f"{value} must be a finite number > 0")
-
-    if cfg.backend not in BACKENDS:
-        raise InvalidArgumentError("backend", f"{cfg.backend!r} is not one of {list(BACKENDS)}")
-    positive("memory_budget_gb", cfg.memory_budget_gb)
-    positive("focal_px", cfg.focal_px)
-    positive("min_parallax_deg", cfg.min_parallax_deg)
-    positive("min_parallax_px", cfg.min_parallax_px)
-    if not 10.0 <= cfg.fov_deg <= 150.0:
-        raise InvalidArgumentError("fov_deg", f"{cfg.fov_deg} is outside 10..150 degrees")
-    if cfg.window < planner.MIN_WINDOW:
-        raise InvalidArgumentError("window", f"{cfg.window} must be >= {planner.MIN_WINDOW}")
-    if not 1 <= cfg.overlap < cfg.window:
-        raise InvalidArgumentError(
-            "overlap", f"{cfg.overlap}: needs 1 <= overlap < window ({cfg.window})"
-        )
-    if cfg.subsample not in (2, 4, 8, 16):
-        raise InvalidArgumentError("subsample", f"{cfg.subsample}: use 2, 4, 8 or 16")
-    if cfg.mast3r_scene_graph not in ("logwin", "swin"):
-        raise InvalidArgumentError(
-            "mast3r_scene_graph", f"{cfg.mast3r_scene_graph!r}: use logwin or swin"
-        )
-    if cfg.mast3r_niter < 1:
-        raise InvalidArgumentError("mast3r_niter", f"{cfg.mast3r_niter} must be >= 1")
-    if cfg.mast3r_winsize < 1:
-        raise InvalidArgumentError("mast3r_winsize", f"{cfg.mast3r_winsize} must be >= 1")
-    if cfg.offline_long_side < MIN_SIDE_PX:
-        raise InvalidArgumentError(
-            "offline_long_side", f"{cfg.offline_long_side} must be >= {MIN_SIDE_PX}"
-        )
-    if cfg.flow_stride < 1:
-        raise InvalidArgumentError("flow_stride", f"{cfg.flow_stride} must be >= 1")
-    if not 0.0 < cfg.max_fill_share < 1.0:
-        raise InvalidArgumentError("max_fill_share", f"{cfg.max_fill_share} must be in (0, 1)")
-    if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
-        raise InvalidArgumentError("device", f"{cfg.device!r}: use auto, cpu, cuda or cuda:N")
-
-
-def _resolve_device(cfg: DepthConfig) -> str:
+def _resolve_device(runtime: DepthRuntime) -> str:
     import torch
 
-    if cfg.device == "auto":
+    if runtime.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+    if runtime.device.startswith("cuda") and not torch.cuda.is_available():
         raise UnavailableError(
-            f"device: {cfg.device!r} was asked for but torch sees no CUDA device; "
+            f"device: {runtime.device!r} was asked for but torch sees no CUDA device; "
             "use device='auto' or 'cpu'"
         )
-    return cfg.device
+    return runtime.device
 
 
 def _system_available_bytes() -> int:
@@ -202,9 +160,11 @@ def _system_available_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _memory_plan(cfg: DepthConfig, height: int, width: int, n_frames: int) -> MemoryPlan:
-    if cfg.memory_budget_gb is not None:
-        budget, source = int(cfg.memory_budget_gb * 2**30), "config"
+def _memory_plan(
+    cfg: DepthConfig, runtime: DepthRuntime, height: int, width: int, n_frames: int
+) -> MemoryPlan:
+    if runtime.memory_budget_gb is not None:
+        budget, source = int(runtime.memory_budget_gb * 2**30), "config"
     else:
         free = planner.free_gpu_bytes()
         budget, source = (
@@ -414,6 +374,7 @@ def _consecutive_flows(
 def estimate_depth(
     frames_thw3: np.ndarray,
     cfg: DepthConfig | None = None,
+    runtime: DepthRuntime = DepthRuntime(),
     progress: ProgressFn = no_progress,
     moving_thw: np.ndarray | None = None,
     flow: PairFlows | None = None,
@@ -424,14 +385,13 @@ def estimate_depth(
     marks moving objects, which are kept out of the geometry and filled. `flow` is the flow
     stage's result at the frames' size (services/depth/flows.py), with the pairs
     `cfg.flow_stride` apart (`needed_stride`): the offline backend needs it, MASt3R only for its
-    offline fallback. Raises InvalidArgumentError for bad input or config, FailedPreconditionError
-    when MASt3R's package or checkpoint is missing, ResourceExhaustedError when no plan fits
-    the memory budget.
+    offline fallback. `runtime` says on which device and within which memory MASt3R runs.
+    Raises InvalidArgumentError for bad input, FailedPreconditionError when MASt3R's package or
+    checkpoint is missing, ResourceExhaustedError when no plan fits the memory budget.
     """
     cfg = cfg or DepthConfig()
     frames_thw3 = _validate_frames(frames_thw3)
     _validate_moving(moving_thw, frames_thw3.shape)
-    _validate_config(cfg)
     n_frames, height, width = frames_thw3.shape[:3]
     if flow is None and cfg.backend == "offline":
         raise InvalidArgumentError(
@@ -447,8 +407,8 @@ def estimate_depth(
             raise FailedPreconditionError(detail, reason="PACKAGE_MISSING")
         if cfg.mast3r_checkpoint is None or not Path(cfg.mast3r_checkpoint).is_file():
             mast3r.load_checkpoint(cfg.mast3r_checkpoint)  # raises the precise precondition
-        device = _resolve_device(cfg)
-        plan = _memory_plan(cfg, height, width, n_frames)
+        device = _resolve_device(runtime)
+        plan = _memory_plan(cfg, runtime, height, width, n_frames)
         backend = mast3r.Mast3rBackend(cfg.mast3r_checkpoint, device, cfg.mast3r_trust_checkpoint)
         work_hw, window, overlap = plan.work_hw, plan.window, max(plan.overlap, 1)
         log.info("depth mast3r plan: %s", plan)

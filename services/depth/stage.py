@@ -9,7 +9,7 @@ import numpy as np
 
 from gflow.v1 import common_pb2, depth_pb2
 from services.common.artifacts import Artifacts
-from services.common.config import parse_config_json, refuse_server_fields, with_env_paths
+from services.common.config import parse_request_config, refuse_server_fields, with_env_paths
 from services.common.errors import ProgressFn, no_progress
 from services.common.preview import colorize, encode_png, strip
 from services.common.stage import (
@@ -20,7 +20,7 @@ from services.common.stage import (
     upstream_result,
 )
 from services.common.video import frames_sha256, load_frames
-from services.depth.config import SERVER_FIELDS, DepthConfig, needed_stride
+from services.depth.config import SERVER_FIELDS, DepthConfig, DepthRuntime, needed_stride
 from services.depth.engine import estimate_depth
 from services.depth.flows import PairFlows, from_arrays
 from services.flow.stage import pair_artifact
@@ -54,10 +54,12 @@ def run_depth(
     video: common_pb2.VideoRef,
     flow: common_pb2.StageResult | None,
     config: DepthConfig,
+    runtime: DepthRuntime = DepthRuntime(),
     progress: ProgressFn = no_progress,
 ) -> common_pb2.StageResult:
     """Depth for every frame from the flow stage's result (None: MASt3R without its offline
-    fallback), cached by content key; repairs are reported, never fatal."""
+    fallback), cached by content key (the whole `config`; `runtime` changes how it is
+    computed); repairs are reported, never fatal."""
 
     video_sha256 = frames_sha256(artifacts, video)
     flow_result = (
@@ -70,7 +72,7 @@ def run_depth(
         if flow_result is not None:
             stride = needed_stride(config.flow_stride, len(frames_thw3))
             pair_flows = load_pair_flows(artifacts, flow_result, video, stride)
-        result = estimate_depth(frames_thw3, config, progress, flow=pair_flows)
+        result = estimate_depth(frames_thw3, config, runtime, progress, flow=pair_flows)
         out.array("depth", result.depth_thw.astype(np.float32), "THW")
         out.array("confidence", result.confidence_thw.astype(np.float32), "THW")
         fx, fy, cx, cy = (float(v) for v in result.intrinsics)
@@ -134,17 +136,19 @@ def depth_from_request(
     progress: ProgressFn = no_progress,
     *,
     remote_caller: bool = False,
+    runtime: DepthRuntime = DepthRuntime(),
 ) -> common_pb2.StageResult:
     """The DepthService call, in-process: the server and the embedded pipeline both use this.
     `request.flow` names the flow stage's result (required for the offline backend). A MASt3R
     checkpoint not named in the request comes from GFLOW_MAST3R_CHECKPOINT. A
     `remote_caller` may not name it nor trust it (`SERVER_FIELDS`): the server's environment
-    does (GFLOW_MAST3R_TRUST_CHECKPOINT=1 allows a full unpickle)."""
-    config = parse_config_json(request.config_json, DepthConfig)
+    does (GFLOW_MAST3R_TRUST_CHECKPOINT=1 allows a full unpickle). `runtime` is the caller's:
+    the server's environment, or the embedded run's `--pipeline.runtime.depth.*` flags."""
+    config = parse_request_config(request.config_json, DepthConfig, DepthRuntime, STAGE)
     if remote_caller:
         refuse_server_fields(config, SERVER_FIELDS, "config_json")
         trust = os.environ.get(SERVER_FIELDS["mast3r_trust_checkpoint"]) == "1"
         config = dataclasses.replace(config, mast3r_trust_checkpoint=trust)
     config = with_env_paths(config, {"mast3r_checkpoint": SERVER_FIELDS["mast3r_checkpoint"]})
     flow = request.flow if request.HasField("flow") else None
-    return run_depth(artifacts, request.video, flow, config, progress)
+    return run_depth(artifacts, request.video, flow, config, runtime, progress)

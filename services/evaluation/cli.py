@@ -98,7 +98,9 @@ def davis_segmenter(artifacts: Artifacts, config: PipelineConfig):
     `config.remote` puts them, as the pipeline runs them."""
 
     def run(stage: str, request):
-        return call_stage(artifacts, stage, request, config.remote, no_progress, None)
+        return call_stage(
+            artifacts, stage, request, config.remote, no_progress, None, config.runtime
+        )
 
     def segment(frames_thw3: np.ndarray) -> np.ndarray:
         video = store_frames(artifacts, _frames_as_is(frames_thw3), fps=24.0)

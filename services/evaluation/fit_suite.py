@@ -25,7 +25,7 @@ from services.depth.flows import from_flow_result
 from services.evaluation import metrics
 from services.evaluation.naive_tracker import chained_flow_tracks
 from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
-from services.fit.config import FitConfig
+from services.fit.config import FitConfig, FitRuntime
 from services.fit.engine import FitPriors, fit
 from services.fit.tracks import track_2d
 from services.flow.engine import compute_flow
@@ -112,9 +112,11 @@ def exact_priors(scene: SyntheticScene) -> FitPriors:
     )
 
 
-def fit_clip(priors: FitPriors, cfg: FitConfig, queries_q3: np.ndarray) -> ClipOutputs:
-    """Fit the priors and track the queries."""
-    result = fit(priors, cfg)
+def fit_clip(
+    priors: FitPriors, cfg: FitConfig, runtime: FitRuntime, queries_q3: np.ndarray
+) -> ClipOutputs:
+    """Fit the priors (on `runtime`'s device) and track the queries."""
+    result = fit(priors, cfg, runtime)
     points_qt2, occluded_qt = track_2d(result, queries_q3)
     return ClipOutputs(
         c2w_t44=result.c2w_t44,
@@ -134,11 +136,13 @@ def pipeline_flow_and_depth(
     """The default pipeline's flow (forward and backward, [T-1, H, W, 2]) and depth for a clip:
     the flow and depth engines with the stages' configs, the flow computed once and handed to
     depth as the pipeline hands the flow stage's result to the depth stage."""
-    flow = compute_flow(frames_thw3, config.flow_config(len(frames_thw3)))
+    flow = compute_flow(frames_thw3, config.flow_config(len(frames_thw3)), config.runtime.flow)
     consecutive = [p for p in flow.pairs if p.t1 - p.t0 == 1]
     flow_fwd_t1hw2 = np.stack([p.flow_fwd_hw2 for p in consecutive]).astype(np.float32)
     flow_bwd_t1hw2 = np.stack([p.flow_bwd_hw2 for p in consecutive]).astype(np.float32)
-    depth = estimate_depth(frames_thw3, config.depth, flow=from_flow_result(flow))
+    depth = estimate_depth(
+        frames_thw3, config.depth, config.runtime.depth, flow=from_flow_result(flow)
+    )
     return flow_fwd_t1hw2, flow_bwd_t1hw2, depth
 
 
@@ -241,15 +245,17 @@ def run_clip(
     n_tracks: int = 128,
     pipeline: PipelineConfig | None = None,
 ) -> dict:
-    """Make the clip, fit it from the given prior source, and score it (one table row)."""
+    """Make the clip, fit it from the given prior source, and score it (one table row).
+    `pipeline` makes the pipeline priors; its runtime also says where the fit runs."""
+    pipeline = pipeline or PipelineConfig()
     scene = make_scene(clip.scene_config(width, height, n_frames, n_tracks))
     queries = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, "first")
     rows_q3 = query_rows(queries)
     if source == "exact":
         priors = exact_priors(scene)
     else:
-        priors = pipeline_priors(scene, pipeline or PipelineConfig())
-    out = fit_clip(priors, fit_cfg, rows_q3)
+        priors = pipeline_priors(scene, pipeline)
+    out = fit_clip(priors, fit_cfg, pipeline.runtime.fit, rows_q3)
     row = score(scene, queries, out)
     row.update(clip=clip.name, source=source, size=f"{width}x{height}x{n_frames}")
     logger.info(

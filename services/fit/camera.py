@@ -28,7 +28,7 @@ from services.fit.motion import (
     sample_bilinear,
 )
 from services.fit.priors import FitPriors
-from services.fit.render import RenderOutput, render
+from services.fit.render import Backend, RenderOutput, render
 
 logger = logging.getLogger(__name__)
 
@@ -218,13 +218,15 @@ def refine_still_pose(
     pixels_p2: torch.Tensor,
     cfg: FitConfig,
     scene_scale: float,
+    backend: Backend,
 ) -> torch.Tensor:
     """`optimise_pose` of the model's still Gaussians on the pixels the mask calls still
-    (bool `still_hw`) and the still Gaussians cover at the start pose."""
+    (bool `still_hw`) and the still Gaussians cover at the start pose, drawn by the renderer
+    `backend` (the fit's runtime)."""
     still = gaussians.subset(~gaussians.moving_n)
     height, width = still_hw.shape
     with torch.no_grad():
-        out = still.render(w2c_init_44, K_33, width, height, backend=cfg.backend)
+        out = still.render(w2c_init_44, K_33, width, height, backend=backend)
     weight_hw = (out.alpha_hw >= COVERED_ALPHA) & still_hw
     return optimise_pose(
         still,
@@ -239,7 +241,7 @@ def refine_still_pose(
         lr=cfg.camera_lr,
         scene_scale=scene_scale,
         ssim_share=cfg.ssim_share,
-        backend=cfg.backend,
+        backend=backend,
     )
 
 

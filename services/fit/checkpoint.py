@@ -206,13 +206,15 @@ def resumable_state(
     return state
 
 
-def inputs_fingerprint(priors: FitPriors, cfg: FitConfig, device: torch.device) -> str:
+def inputs_fingerprint(
+    priors: FitPriors, cfg: FitConfig, device: torch.device, renderer: str
+) -> str:
     """Hash of the inputs and of every setting that changes the result (the checkpoint interval
-    does not)."""
+    does not), including the device type and renderer (the fit's runtime) that wrote it."""
     digest = hashlib.sha256()
     settings = dataclasses.replace(cfg, checkpoint_every=1)
     digest.update(to_json(settings).encode())
-    digest.update(str(device.type).encode())
+    digest.update(f"{device.type} {renderer}".encode())
     for array in (
         priors.frames_thw3,
         priors.depth_thw,

@@ -1,7 +1,8 @@
 """Fitting configuration: one dataclass with the original GFlow's defaults, and named presets.
 
 Every field is a command-line flag (tyro) and a JSON field of a Fit request. `preset("fast")` trades
-quality for speed; `preset("test")` is tiny, for CPU unit tests at 64x48.
+quality for speed; `preset("test")` is tiny, for CPU unit tests at 64x48. `FitRuntime` (device,
+renderer) says how the fit runs: never in the content key, never in a request.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from services.common.config import check_choices
 from services.common.errors import InvalidArgumentError
 
 
@@ -75,10 +77,41 @@ class FitConfig:
     """Frames between checkpoints (when a checkpoint sink is given)."""
     seed: int = 0
     """Seed of every random choice; the same seed, inputs and device give the same result."""
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot work, naming the field."""
+        positive = ("init_points", "max_points", "iters_first", "checkpoint_every", "densify_max")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(name, f"{getattr(self, name)} must be at least 1")
+        for name in ("iters", "camera_iters", "densify_every"):
+            if getattr(self, name) < 0:
+                raise InvalidArgumentError(name, f"{getattr(self, name)} must be >= 0")
+        if self.max_points < self.init_points:
+            raise InvalidArgumentError("max_points", f"{self.max_points} is below init_points")
+        for name in ("texture_share", "ssim_share", "mask_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InvalidArgumentError(name, f"{getattr(self, name)} is outside 0..1")
+        if not 0.0 < self.init_opacity < 1.0:
+            raise InvalidArgumentError("init_opacity", f"{self.init_opacity} is outside (0, 1)")
+        for name in ("lr_first", "lr", "camera_lr"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgumentError(name, f"{getattr(self, name)} must be positive")
+
+
+@dataclass(frozen=True)
+class FitRuntime:
+    """Where the fit runs and which renderer draws it. Never in the content key: a result is
+    stored once whichever device made it (a checkpoint resumes only on the device and renderer
+    that wrote it)."""
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: cuda when available, else cpu."""
     backend: Literal["auto", "gsplat", "torch"] = "auto"
     """Renderer: gsplat (CUDA), the PyTorch rasteriser, or auto (gsplat on CUDA when installed)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 PRESETS: dict[str, FitConfig] = {
@@ -107,7 +140,6 @@ PRESETS: dict[str, FitConfig] = {
         densify_every=0,
         densify_max=300,
         checkpoint_every=2,
-        device="cpu",
     ),
 }
 
@@ -117,24 +149,3 @@ def preset(name: str) -> FitConfig:
     if name not in PRESETS:
         raise InvalidArgumentError("preset", f"{name!r} is unknown; use one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name])
-
-
-def validate(cfg: FitConfig) -> None:
-    """Refuses values that cannot work, naming the field."""
-    positive = ("init_points", "max_points", "iters_first", "checkpoint_every", "densify_max")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise InvalidArgumentError(name, f"{getattr(cfg, name)} must be at least 1")
-    for name in ("iters", "camera_iters", "densify_every"):
-        if getattr(cfg, name) < 0:
-            raise InvalidArgumentError(name, f"{getattr(cfg, name)} must be >= 0")
-    if cfg.max_points < cfg.init_points:
-        raise InvalidArgumentError("max_points", f"{cfg.max_points} is below init_points")
-    for name in ("texture_share", "ssim_share", "mask_threshold"):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise InvalidArgumentError(name, f"{getattr(cfg, name)} is outside 0..1")
-    if not 0.0 < cfg.init_opacity < 1.0:
-        raise InvalidArgumentError("init_opacity", f"{cfg.init_opacity} is outside (0, 1)")
-    for name in ("lr_first", "lr", "camera_lr"):
-        if getattr(cfg, name) <= 0:
-            raise InvalidArgumentError(name, f"{getattr(cfg, name)} must be positive")

@@ -27,7 +27,7 @@ from services.common.errors import InvalidArgumentError, ProgressFn, no_progress
 from services.fit import checkpoint as ckpt
 from services.fit import losses
 from services.fit.camera import depth_prior_scale, pnp_start, project_n2, refine_still_pose
-from services.fit.config import FitConfig, validate
+from services.fit.config import FitConfig, FitRuntime
 from services.fit.densify import DensifyStrategy
 from services.fit.gaussians import Gaussians, mean_depth_hw
 from services.fit.initialise import PixelSeeder
@@ -54,16 +54,17 @@ def resolve_device(name: str) -> torch.device:
 def fit(
     priors: FitPriors,
     cfg: FitConfig,
+    runtime: FitRuntime = FitRuntime(),
     progress: ProgressFn = no_progress,
     checkpoints: ckpt.CheckpointSink | None = None,
 ) -> FitResult:
     """Fits Gaussians and a camera to every frame; resumes from the latest checkpoint if any.
 
-    progress(done frames, T, message) is called after each frame with its PSNR.
+    `runtime` picks the device and the renderer. progress(done frames, T, message) is called
+    after each frame with its PSNR.
     """
-    validate(cfg)
     priors.validate()
-    return _Fitter(priors, cfg, progress, checkpoints).run()
+    return _Fitter(priors, cfg, runtime, progress, checkpoints).run()
 
 
 class _Fitter:
@@ -73,11 +74,13 @@ class _Fitter:
         self,
         priors: FitPriors,
         cfg: FitConfig,
+        runtime: FitRuntime,
         progress: ProgressFn,
         checkpoints: ckpt.CheckpointSink | None,
     ):
         self.priors, self.cfg, self.progress, self.sink = priors, cfg, progress, checkpoints
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(runtime.device)
+        self.renderer = runtime.backend
         self.T, self.H, self.W = priors.frames_thw3.shape[:3]
         self.K_33 = np.asarray(priors.K_33, np.float64)
         self.K_t = torch.as_tensor(self.K_33, dtype=torch.float32, device=self.device)
@@ -97,7 +100,7 @@ class _Fitter:
     # -- driver ---------------------------------------------------------------------------
 
     def run(self) -> FitResult:
-        fingerprint = ckpt.inputs_fingerprint(self.priors, self.cfg, self.device)
+        fingerprint = ckpt.inputs_fingerprint(self.priors, self.cfg, self.device, self.renderer)
         self._restore(fingerprint)
         for t in range(len(self.out.frames), self.T):
             started = time.perf_counter()
@@ -218,6 +221,7 @@ class _Fitter:
                 self._tensor(pixels_p2.astype(np.float32)),
                 self.cfg,
                 self.scene_scale,
+                self.renderer,
             )
             return np.linalg.inv(w2c_44.detach().cpu().numpy().astype(np.float64))
 
@@ -323,7 +327,7 @@ class _Fitter:
     # -- small helpers --------------------------------------------------------------------
 
     def _render(self, g: Gaussians, w2c_44: torch.Tensor, **options) -> RenderOutput:
-        return g.render(w2c_44, self.K_t, self.W, self.H, backend=self.cfg.backend, **options)
+        return g.render(w2c_44, self.K_t, self.W, self.H, backend=self.renderer, **options)
 
     def _rng(self, *keys: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, *keys])

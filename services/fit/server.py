@@ -7,8 +7,10 @@ RESOURCE_EXHAUSTED, so a load balancer or the client can take the job to another
 from __future__ import annotations
 
 from gflow.v1 import fit_pb2_grpc
-from services.common.describe import backend_info, device_summary
+from services.common.describe import backend_info
 from services.common.service import StageServicer, stage_main
+from services.fit.config import FitRuntime
+from services.fit.engine import resolve_device
 from services.fit.render import resolve_backend
 from services.fit.stage import fit_from_request
 
@@ -16,16 +18,17 @@ from services.fit.stage import fit_from_request
 class FitServicer(StageServicer, fit_pb2_grpc.FitServiceServicer):
     service_name = "gflow.v1.FitService"
     stage = "fit"
+    runtime_type = FitRuntime
 
     def backends(self):
-        import torch
-
-        device = torch.device("cuda" if device_summary()[0].startswith("cuda") else "cpu")
-        renderer = resolve_backend("auto", device)
+        device = resolve_device(self.runtime.device)
+        renderer = resolve_backend(self.runtime.backend, device)
         return [backend_info("gflow", True, f"renderer {renderer} on {device}")]
 
     def Fit(self, request, context):  # noqa: N802 - gRPC method name
-        yield from self.stream(context, lambda p: fit_from_request(self.artifacts, request, p))
+        yield from self.stream(
+            context, lambda p: fit_from_request(self.artifacts, request, p, runtime=self.runtime)
+        )
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from gflow.v1 import common_pb2, fit_pb2
 from services.common.artifacts import Artifacts
-from services.common.config import parse_config_json
+from services.common.config import parse_request_config
 from services.common.errors import ProgressFn, no_progress
 from services.common.stage import (
     StageOutputs,
@@ -22,7 +22,7 @@ from services.common.stage import (
 )
 from services.common.store import ObjectStore
 from services.common.video import frames_sha256, load_frames
-from services.fit.config import FitConfig, validate
+from services.fit.config import FitConfig, FitRuntime
 from services.fit.engine import FitPriors, FitResult, fit
 from services.fit.export import intrinsics_33, intrinsics_json, ply_bytes, write_tum
 from services.fit.tracks import track_queries
@@ -142,10 +142,11 @@ def run_fit(
     artifacts: Artifacts,
     request: fit_pb2.FitRequest,
     config: FitConfig,
+    runtime: FitRuntime = FitRuntime(),
     progress: ProgressFn = no_progress,
 ) -> common_pb2.StageResult:
-    """Fit the video, cached by content key; a killed fit resumes from its last checkpoint."""
-    validate(config)
+    """Fit the video, cached by content key (the whole `config`; `runtime` changes how, not
+    what, is computed); a killed fit resumes from its last checkpoint."""
     video_sha256 = frames_sha256(artifacts, request.video)
     request = verified_request(artifacts, request, video_sha256)
     queries_ref = request.track_queries if request.track_queries.key else None
@@ -155,8 +156,6 @@ def run_fit(
         request.segment.key,
         queries_ref.sha256 if queries_ref else "",
     ]
-    # device and backend change how, not what, is computed: keep them out of the key
-    params = {k: v for k, v in vars(config).items() if k not in ("device", "backend")}
 
     def produce(out: StageOutputs) -> None:
         priors = load_priors(artifacts, request, video_sha256)
@@ -166,15 +165,21 @@ def run_fit(
             else None
         )
         checkpoints = StoreCheckpoints(artifacts.store, f"{out.key}/checkpoints")
-        result = fit(priors, config, progress, checkpoints)
+        result = fit(priors, config, runtime, progress, checkpoints)
         _write_outputs(out, result, priors, request.video.fps or 10.0, queries_q3)
 
-    return run_cached(artifacts, STAGE, "gflow", params, video_sha256, inputs, produce)
+    return run_cached(artifacts, STAGE, "gflow", config, video_sha256, inputs, produce)
 
 
 def fit_from_request(
-    artifacts: Artifacts, request: fit_pb2.FitRequest, progress: ProgressFn = no_progress
+    artifacts: Artifacts,
+    request: fit_pb2.FitRequest,
+    progress: ProgressFn = no_progress,
+    *,
+    runtime: FitRuntime = FitRuntime(),
 ) -> common_pb2.StageResult:
-    """The FitService call, in-process: the server and the embedded pipeline both use this."""
-    config = parse_config_json(request.config_json, FitConfig)
-    return run_fit(artifacts, request, config, progress)
+    """The FitService call, in-process: the server and the embedded pipeline both use this.
+    `runtime` is the caller's: the server's environment, or the embedded run's
+    `--pipeline.runtime.fit.*` flags."""
+    config = parse_request_config(request.config_json, FitConfig, FitRuntime, STAGE)
+    return run_fit(artifacts, request, config, runtime, progress)

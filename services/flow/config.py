@@ -1,11 +1,18 @@
 """How the flow stage computes: its configuration, apart from the engine and its backends so a
-caller that only names a flow run (the pipeline, a remote-only `gflow run`) loads neither."""
+caller that only names a flow run (the pipeline, a remote-only `gflow run`) loads neither.
+
+`FlowConfig` is what is computed (the content key takes all of it); `FlowRuntime` is how (the
+device, the memory budget): never in the key, chosen by whoever runs the engine."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from services.common.config import check_choices, check_device
+from services.common.errors import InvalidArgumentError
 
 
 @dataclass
@@ -31,10 +38,35 @@ class FlowConfig:
     sets it to depth.flow_stride (the offline depth triangulates from those pairs)."""
     fb_threshold_px: float = 1.0
     """A pixel is consistent when its forward-backward round trip misses by less than this."""
-    memory_budget_gb: float = 6.0
-    """Memory one batch may use on the device (GiB); the default fits a 6 GB card."""
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot work, naming the field (the engine checks extra_stride
+        against the clip's length)."""
+        check_choices(self)
+        if self.extra_stride != 0 and self.extra_stride < 2:
+            raise InvalidArgumentError(
+                "extra_stride", f"{self.extra_stride}: use 0 (none) or a stride of 2 or more"
+            )
+        if not (math.isfinite(self.fb_threshold_px) and self.fb_threshold_px > 0):
+            raise InvalidArgumentError("fb_threshold_px", f"{self.fb_threshold_px} must be > 0")
+        if self.raft_iterations < 1:
+            raise InvalidArgumentError("raft_iterations", f"{self.raft_iterations} must be >= 1")
+
+
+@dataclass(frozen=True)
+class FlowRuntime:
+    """Where and within what memory flow is computed. Never in the content key: another device
+    or batch size changes the flow by floating-point differences only."""
+
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N; dis always runs on the CPU."""
+    memory_budget_gb: float = 6.0
+    """Memory one batch may use on the device (GiB); the default fits a 6 GB card."""
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
+        if not (math.isfinite(self.memory_budget_gb) and self.memory_budget_gb > 0):
+            raise InvalidArgumentError("memory_budget_gb", f"{self.memory_budget_gb} must be > 0")
 
 
 # Request fields that only the server's operator may set, and the variables that set them.

@@ -8,7 +8,6 @@ module under `services.flow.backends`.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from services.common.errors import (
 )
 from services.flow.backends import dis, raft, unimatch
 from services.flow.backends.base import FlowBackend
-from services.flow.config import FlowConfig
+from services.flow.config import FlowConfig, FlowRuntime
 from services.flow.consistency import flow_in_frame, forward_backward_consistency, warp_image
 from services.flow.memory import PeakMemory
 
@@ -33,6 +32,7 @@ __all__ = [
     "BackendInfo",
     "FlowConfig",
     "FlowResult",
+    "FlowRuntime",
     "PairFlow",
     "compute_flow",
     "describe_backends",
@@ -90,17 +90,17 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _resolve_device(cfg: FlowConfig) -> str:
+def _resolve_device(cfg: FlowConfig, runtime: FlowRuntime) -> str:
     if cfg.backend == "dis":
         return "cpu"
-    if cfg.device == "auto":
+    if runtime.device == "auto":
         return "cuda" if _cuda_available() else "cpu"
-    if cfg.device.startswith("cuda") and not _cuda_available():
+    if runtime.device.startswith("cuda") and not _cuda_available():
         raise UnavailableError(
-            f"device: {cfg.device!r} was asked for but torch sees no CUDA device; "
+            f"device: {runtime.device!r} was asked for but torch sees no CUDA device; "
             "use device='auto' or 'cpu'"
         )
-    return cfg.device
+    return runtime.device
 
 
 def describe_backends() -> list[BackendInfo]:
@@ -146,29 +146,14 @@ def _validate_frames(frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     return frames
 
 
-def _validate_config(cfg: FlowConfig, n_frames: int) -> None:
-    choices = {
-        "backend": (cfg.backend, tuple(_MODULES)),
-        "dis_preset": (cfg.dis_preset, tuple(dis.PRESETS)),
-        "raft_model": (cfg.raft_model, tuple(raft.WEIGHTS_FILES)),
-    }
-    for field, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise InvalidArgumentError(field, f"{value!r} is not one of {list(allowed)}")
-    if cfg.extra_stride != 0 and not 2 <= cfg.extra_stride < n_frames:
+def _check_stride(cfg: FlowConfig, n_frames: int) -> None:
+    """The one check of the config against the clip (FlowConfig checks the rest itself)."""
+    if cfg.extra_stride >= n_frames:
         raise InvalidArgumentError(
             "extra_stride",
             f"{cfg.extra_stride}: use 0 (none) or a stride from 2 to {n_frames - 1} "
             f"for {n_frames} frames",
         )
-    if not (math.isfinite(cfg.fb_threshold_px) and cfg.fb_threshold_px > 0):
-        raise InvalidArgumentError("fb_threshold_px", f"{cfg.fb_threshold_px} must be > 0")
-    if not (math.isfinite(cfg.memory_budget_gb) and cfg.memory_budget_gb > 0):
-        raise InvalidArgumentError("memory_budget_gb", f"{cfg.memory_budget_gb} must be > 0")
-    if cfg.raft_iterations < 1:
-        raise InvalidArgumentError("raft_iterations", f"{cfg.raft_iterations} must be >= 1")
-    if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
-        raise InvalidArgumentError("device", f"{cfg.device!r}: use auto, cpu, cuda or cuda:N")
 
 
 def frame_pairs(n_frames: int, extra_stride: int = 0) -> list[tuple[int, int]]:
@@ -225,26 +210,29 @@ def _directed_flows(
 def compute_flow(
     frames_thw3: np.ndarray | Sequence[np.ndarray],
     cfg: FlowConfig,
+    runtime: FlowRuntime = FlowRuntime(),
     progress: ProgressFn = no_progress,
 ) -> FlowResult:
     """Forward/backward flow, consistency mask and quality figures for every frame pair.
 
-    `frames_thw3` is uint8 RGB [T, H, W, 3] (or a sequence of [H, W, 3] frames), T >= 2. Raises
-    InvalidArgumentError for bad frames or config, FailedPreconditionError when the backend's
-    package or weights are missing, ResourceExhaustedError when one pair exceeds the budget.
+    `frames_thw3` is uint8 RGB [T, H, W, 3] (or a sequence of [H, W, 3] frames), T >= 2;
+    `runtime` says on which device and within which memory budget. Raises
+    InvalidArgumentError for bad frames or a stride too long for them, FailedPreconditionError
+    when the backend's package or weights are missing, ResourceExhaustedError when one pair
+    exceeds the budget.
     """
     frames_thw3 = _validate_frames(frames_thw3)
-    _validate_config(cfg, frames_thw3.shape[0])
+    _check_stride(cfg, frames_thw3.shape[0])
     available, detail = _MODULES[cfg.backend].availability()
     if not available:
         raise FailedPreconditionError(detail, reason="PACKAGE_MISSING")
     started = time.perf_counter()
-    device = _resolve_device(cfg)
+    device = _resolve_device(cfg, runtime)
     meter = PeakMemory(device)
     meter.start()
     backend = _load_backend(cfg, device)
     height, width = frames_thw3.shape[1:3]
-    batch = _batch_size(backend, height, width, cfg.memory_budget_gb)
+    batch = _batch_size(backend, height, width, runtime.memory_budget_gb)
     pairs = frame_pairs(frames_thw3.shape[0], cfg.extra_stride)
     log.info(
         "flow %s on %s: %d pairs, %d directions per batch", cfg.backend, device, len(pairs), batch

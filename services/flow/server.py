@@ -5,6 +5,7 @@ from __future__ import annotations
 from gflow.v1 import flow_pb2_grpc
 from services.common.describe import backend_info
 from services.common.service import StageServicer, stage_main
+from services.flow.config import FlowRuntime
 from services.flow.engine import describe_backends
 from services.flow.stage import flow_from_request
 
@@ -12,6 +13,7 @@ from services.flow.stage import flow_from_request
 class FlowServicer(StageServicer, flow_pb2_grpc.FlowServiceServicer):
     service_name = "gflow.v1.FlowService"
     stage = "flow"
+    runtime_type = FlowRuntime
 
     def backends(self):
         return [
@@ -21,7 +23,10 @@ class FlowServicer(StageServicer, flow_pb2_grpc.FlowServiceServicer):
 
     def ComputeFlow(self, request, context):  # noqa: N802 - gRPC method name
         yield from self.stream(
-            context, lambda p: flow_from_request(self.artifacts, request, p, remote_caller=True)
+            context,
+            lambda p: flow_from_request(
+                self.artifacts, request, p, remote_caller=True, runtime=self.runtime
+            ),
         )
 
 

@@ -6,12 +6,12 @@ import numpy as np
 
 from gflow.v1 import common_pb2, flow_pb2
 from services.common.artifacts import Artifacts
-from services.common.config import parse_config_json, refuse_server_fields, with_env_paths
+from services.common.config import parse_request_config, refuse_server_fields, with_env_paths
 from services.common.errors import ProgressFn, no_progress
 from services.common.preview import encode_png, flow_to_rgb, strip
 from services.common.stage import StageOutputs, run_cached
 from services.common.video import frames_sha256, load_frames
-from services.flow.config import SERVER_FIELDS, FlowConfig
+from services.flow.config import SERVER_FIELDS, FlowConfig, FlowRuntime
 from services.flow.engine import FlowResult, compute_flow
 
 STAGE = "flow"
@@ -53,15 +53,17 @@ def run_flow(
     artifacts: Artifacts,
     video: common_pb2.VideoRef,
     config: FlowConfig,
+    runtime: FlowRuntime = FlowRuntime(),
     progress: ProgressFn = no_progress,
 ) -> common_pb2.StageResult:
-    """Flow for every consecutive pair (and stride pairs on request), cached by content key."""
+    """Flow for every consecutive pair (and stride pairs on request), cached by content key
+    (the whole `config`; `runtime` changes how, not what, is computed)."""
 
     video_sha256 = frames_sha256(artifacts, video)
 
     def produce(out: StageOutputs) -> None:
         frames_thw3 = load_frames(artifacts, video, video_sha256)
-        result = compute_flow(frames_thw3, config, progress)
+        result = compute_flow(frames_thw3, config, runtime, progress)
         per_pair = _write_pairs(out, result, 1)
         if config.extra_stride > 1:
             per_pair += _write_pairs(out, result, config.extra_stride)
@@ -112,12 +114,14 @@ def flow_from_request(
     progress: ProgressFn = no_progress,
     *,
     remote_caller: bool = False,
+    runtime: FlowRuntime = FlowRuntime(),
 ) -> common_pb2.StageResult:
     """The FlowService call, in-process: the server and the embedded pipeline both use this.
     Weights not named in the request come from GFLOW_RAFT_WEIGHTS / GFLOW_UNIMATCH_CHECKPOINT;
-    a `remote_caller` may not name them (`SERVER_FIELDS`)."""
-    config = parse_config_json(request.config_json, FlowConfig)
+    a `remote_caller` may not name them (`SERVER_FIELDS`). `runtime` is the caller's: the
+    server's environment, or the embedded run's `--pipeline.runtime.flow.*` flags."""
+    config = parse_request_config(request.config_json, FlowConfig, FlowRuntime, STAGE)
     if remote_caller:
         refuse_server_fields(config, SERVER_FIELDS, "config_json")
     config = with_env_paths(config, SERVER_FIELDS)
-    return run_flow(artifacts, request.video, config, progress)
+    return run_flow(artifacts, request.video, config, runtime, progress)

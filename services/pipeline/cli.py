@@ -56,7 +56,8 @@ class RunCommand:
     # Points to track instead of the --track-grid grid: a CSV (optional header line) or .npy
     # file of rows t,x,y in the frames and pixels of the ingested video (fit/tracks_*.npy).
     queries: Path | None = None
-    # How every stage computes, and the grid of points the fit tracks.
+    # What every stage computes (--pipeline.<stage>.*), how the stages that run here compute
+    # (--pipeline.runtime.*: device, memory budgets, renderer), and the grid the fit tracks.
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     # Log messages of this level and above are shown.
     log_level: LogLevel = "INFO"

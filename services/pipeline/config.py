@@ -1,4 +1,5 @@
-"""Pipeline configuration: one dataclass per stage, plus where each stage runs."""
+"""Pipeline configuration: one dataclass per stage (what it computes), how the stages run in
+this process (`PipelineRuntime`), and where each stage runs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from typing import Annotated, Literal
 
 import tyro
 
+from services.common.config import runtime_env_name
 from services.common.errors import InvalidArgumentError
-from services.depth.config import DepthConfig, needed_stride
-from services.fit.config import FitConfig, preset
+from services.depth.config import DepthConfig, DepthRuntime, needed_stride
+from services.fit.config import FitConfig, FitRuntime, preset
 from services.fit.queries import DEFAULT_TRACK_GRID
-from services.flow.config import FlowConfig
+from services.flow.config import FlowConfig, FlowRuntime
 from services.pipeline.ingest import IngestConfig
 from services.segment.config import SegmentConfig
 
@@ -74,6 +76,17 @@ class RemoteConfig:
                 raise InvalidArgumentError(f"remote.{name}", f"{value} must be at least {limit}")
 
 
+@dataclass(frozen=True)
+class PipelineRuntime:
+    """How the stages that run in this process compute (device, budgets, renderer); never part
+    of a content key. A stage on a service runs as its server's operator chose (the
+    GFLOW_<STAGE>_<FIELD> variables of docs/deploy.md). Segment has no runtime setting."""
+
+    flow: FlowRuntime = FlowRuntime()
+    depth: DepthRuntime = DepthRuntime()
+    fit: FitRuntime = FitRuntime()
+
+
 @dataclass
 class PipelineConfig:
     """Everything a run needs besides the video; each stage's fields are its engine's config."""
@@ -84,6 +97,7 @@ class PipelineConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
+    runtime: PipelineRuntime = field(default_factory=PipelineRuntime)
     # The fit tracks an N x N grid of frame-0 points (fit/tracks_*.npy and the trajectories
     # video) when the run names no queries; 0 = none.
     track_grid: Annotated[int, tyro.conf.arg(prefix_name=False)] = DEFAULT_TRACK_GRID
@@ -98,6 +112,19 @@ class PipelineConfig:
                 f"{self.flow.extra_stride}, but depth triangulates frames {stride} apart "
                 f"(depth.flow_stride): leave it at 0 or set it to {stride}",
             )
+        for stage in ("flow", "depth", "fit"):
+            stage_runtime = getattr(self.runtime, stage)
+            target = getattr(self.remote, stage)
+            if target and stage_runtime != type(stage_runtime)():
+                env = ", ".join(
+                    runtime_env_name(stage, f.name) for f in dataclasses.fields(stage_runtime)
+                )
+                raise InvalidArgumentError(
+                    f"runtime.{stage}",
+                    f"the {stage} stage runs on the service at {target}, whose server chooses its "
+                    f"device and budgets ({env} in its environment): leave runtime.{stage} at "
+                    "its defaults",
+                )
 
     def flow_config(self, n_frames: int) -> FlowConfig:
         """The flow stage's config for a clip of `n_frames`: `flow` plus the wider pairs depth

@@ -39,7 +39,7 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.fit.queries import grid_queries_q3
-from services.pipeline.config import PipelineConfig, RemoteConfig
+from services.pipeline.config import PipelineConfig, PipelineRuntime, RemoteConfig
 from services.pipeline.report import write_report
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,10 @@ def call_stage(
     remote: RemoteConfig,
     progress: ProgressFn,
     timeout_s: float | None,
+    runtime: PipelineRuntime = PipelineRuntime(),
 ) -> common_pb2.StageResult:
     """Run one stage where the configuration puts it; errors arrive as our exception types.
+    In this process it computes as `runtime` says; a remote stage as its server chooses.
 
     A remote stage that answers RESOURCE_EXHAUSTED (its replicas are full), UNAVAILABLE (a
     replica or its store is down) or DEADLINE_EXCEEDED (past its deadline from the clip's size,
@@ -127,7 +129,9 @@ def call_stage(
     call = _CALLS[stage]
     endpoint = _endpoint(remote, stage)
     if endpoint is None:
-        return _local_stage(stage)(artifacts, request, progress)
+        # segment has no runtime setting
+        kwargs = {"runtime": getattr(runtime, stage)} if hasattr(runtime, stage) else {}
+        return _local_stage(stage)(artifacts, request, progress, **kwargs)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     stage_deadline_s = remote.stage_deadline(request.video.frame_count)
     attempt = 0
@@ -226,7 +230,9 @@ def run_pipeline(
         def stage_progress(done: int, total: int, message: str) -> None:
             progress(stage, done, total, message)
 
-        result = call_stage(artifacts, stage, request, config.remote, stage_progress, timeout_s)
+        result = call_stage(
+            artifacts, stage, request, config.remote, stage_progress, timeout_s, config.runtime
+        )
         log.info("%s done%s (%s)", stage, " from the store" if result.cached else "", result.key)
         progress(stage, 1, 1, "cached" if result.cached else "done")
         return result

@@ -23,10 +23,10 @@ import torch
 from docker.types import Mount
 
 from services.common.config import to_json
-from services.depth.engine import DepthConfig, estimate_depth
+from services.depth.engine import DepthConfig, DepthRuntime, estimate_depth
 from services.evaluation.synth import SceneConfig, make_scene
 from services.flow.backends import unimatch
-from services.flow.engine import FlowConfig, compute_flow
+from services.flow.engine import FlowConfig, FlowRuntime, compute_flow
 from services.ops.lab import LabSettings, connect, image_name
 from tests.integration.test_e2e_services import one_thread  # noqa: F401 - autouse fixture
 from tests.third_party import needs_package
@@ -47,22 +47,23 @@ pytestmark = [
 
 IO_IN_CONTAINER = "/io"
 WEIGHTS_IN_CONTAINER = "/weights"
-# What the container runs: the engine on /io/frames.npy with /io/config.json, its result to /io.
+# What the container runs: the engine on /io/frames.npy with /io/config.json on the CPU, its
+# result to /io.
 DEPTH_SCRIPT = """
 import json, numpy as np
 from services.common.config import parse_config_json
-from services.depth.engine import DepthConfig, describe_backends, estimate_depth
+from services.depth.engine import DepthConfig, DepthRuntime, describe_backends, estimate_depth
 cfg = parse_config_json(open('/io/config.json').read(), DepthConfig)
-result = estimate_depth(np.load('/io/frames.npy'), cfg)
+result = estimate_depth(np.load('/io/frames.npy'), cfg, DepthRuntime(device='cpu'))
 np.save('/io/depth.npy', result.depth_thw)
 json.dump({'backends': describe_backends(), 'repairs': result.repairs}, open('/io/out.json', 'w'))
 """
 FLOW_SCRIPT = """
 import json, numpy as np
 from services.common.config import parse_config_json
-from services.flow.engine import FlowConfig, compute_flow, describe_backends
+from services.flow.engine import FlowConfig, FlowRuntime, compute_flow, describe_backends
 cfg = parse_config_json(open('/io/config.json').read(), FlowConfig)
-result = compute_flow(np.load('/io/frames.npy'), cfg)
+result = compute_flow(np.load('/io/frames.npy'), cfg, FlowRuntime(device='cpu'))
 np.save('/io/flow.npy', np.stack([(p.flow_fwd_hw2, p.flow_bwd_hw2) for p in result.pairs]))
 backends = [(b.name, b.available, b.detail) for b in describe_backends()]
 json.dump({'backends': backends}, open('/io/out.json', 'w'))
@@ -106,7 +107,6 @@ def test_depth_image_runs_mast3r_as_this_checkout_does(tiny_checkpoint: Path, tm
     cfg = DepthConfig(
         backend="mast3r",
         mast3r_checkpoint=Path(WEIGHTS_IN_CONTAINER) / tiny_checkpoint.name,
-        device="cpu",
         window=3,
         overlap=1,
         **FAST,
@@ -116,7 +116,11 @@ def test_depth_image_runs_mast3r_as_this_checkout_does(tiny_checkpoint: Path, tm
     out = run_in_image("depth", DEPTH_SCRIPT, frames_thw3, cfg, tiny_checkpoint, io_dir)
     backends = {name: available for name, available, _detail in out["backends"]}
     assert backends == {"offline": True, "mast3r": True}
-    here = estimate_depth(frames_thw3, dataclasses.replace(cfg, mast3r_checkpoint=tiny_checkpoint))
+    here = estimate_depth(
+        frames_thw3,
+        dataclasses.replace(cfg, mast3r_checkpoint=tiny_checkpoint),
+        DepthRuntime(device="cpu"),
+    )
     assert out["repairs"] == here.repairs
     assert not any("used the offline backend" in r for r in here.repairs)  # MASt3R's own depth
     np.testing.assert_array_equal(np.load(io_dir / "depth.npy"), here.depth_thw)
@@ -133,15 +137,17 @@ def test_flow_image_runs_unimatch_as_this_checkout_does(tmp_path: Path):
     weights.parent.mkdir()
     torch.save({"model": net.state_dict(), "step": 0}, weights)  # UniMatch's checkpoint format
     cfg = FlowConfig(
-        backend="unimatch",
-        unimatch_checkpoint=Path(WEIGHTS_IN_CONTAINER) / weights.name,
-        device="cpu",
+        backend="unimatch", unimatch_checkpoint=Path(WEIGHTS_IN_CONTAINER) / weights.name
     )
     io_dir = tmp_path / "io"
     io_dir.mkdir()
     out = run_in_image("flow", FLOW_SCRIPT, frames_thw3, cfg, weights, io_dir)
     backends = {name: available for name, available, _detail in out["backends"]}
     assert backends["unimatch"] is True
-    here = compute_flow(frames_thw3, dataclasses.replace(cfg, unimatch_checkpoint=weights))
+    here = compute_flow(
+        frames_thw3,
+        dataclasses.replace(cfg, unimatch_checkpoint=weights),
+        FlowRuntime(device="cpu"),
+    )
     expected = np.stack([(p.flow_fwd_hw2, p.flow_bwd_hw2) for p in here.pairs])
     np.testing.assert_array_equal(np.load(io_dir / "flow.npy"), expected)

@@ -149,6 +149,18 @@ def test_bad_input_carries_error_info_and_a_field_violation(served):
     )
 
 
+def test_a_request_naming_the_device_is_invalid(served):
+    """The device is the server's (its operator sets GFLOW_FLOW_DEVICE), never a request's."""
+    artifacts, stub = served
+    request = flow_pb2.ComputeFlowRequest(
+        video=stored_clip(artifacts, 5), config_json='{"device": "cuda"}'
+    )
+    error = _failed_call(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("config_json.device: is how the server computes")
+    assert "GFLOW_FLOW_DEVICE" in error.details()
+
+
 NOT_ARGUMENT_ERRORS = {
     # case: (config_json, frames key or None, code, reason, exception type, message start)
     "missing frames": (

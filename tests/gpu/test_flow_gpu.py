@@ -12,7 +12,7 @@ import torch
 
 from services.evaluation.synth import SceneConfig, make_scene
 from services.flow.backends import raft, unimatch
-from services.flow.engine import FlowConfig, compute_flow
+from services.flow.engine import FlowConfig, FlowRuntime, compute_flow
 from services.flow.memory import CUDA_KIND
 
 RAFT_READY, RAFT_DETAIL = raft.availability()
@@ -50,8 +50,8 @@ def test_raft_on_cuda_gives_the_cpu_flow(tmp_path, no_tf32):
     frames_thw3 = make_scene(SceneConfig(height=60, width=90, n_frames=2)).frames_thw3
     weights = _random_raft_weights("small", tmp_path / "raft_small.pth")
     cfg = dict(backend="raft", raft_weights=weights, raft_iterations=4)
-    on_gpu = compute_flow(frames_thw3, FlowConfig(**cfg, device="cuda"))
-    on_cpu = compute_flow(frames_thw3, FlowConfig(**cfg, device="cpu"))
+    on_gpu = compute_flow(frames_thw3, FlowConfig(**cfg), FlowRuntime(device="cuda"))
+    on_cpu = compute_flow(frames_thw3, FlowConfig(**cfg), FlowRuntime(device="cpu"))
     assert on_gpu.device == "cuda" and on_gpu.memory_kind == CUDA_KIND
     diff = np.abs(on_gpu.pairs[0].flow_fwd_hw2 - on_cpu.pairs[0].flow_fwd_hw2)
     assert diff.mean() < 1e-2 and diff.max() < 0.5
@@ -61,17 +61,18 @@ def test_raft_on_cuda_gives_the_cpu_flow(tmp_path, no_tf32):
 @pytest.mark.parametrize("model", ["small", "large"])
 def test_raft_batches_fit_the_default_6_gb_budget(tmp_path, frames_480p_thw3, model):
     weights = _random_raft_weights(model, tmp_path / f"raft_{model}.pth")
-    cfg = FlowConfig(backend="raft", raft_model=model, raft_weights=weights, device="cuda")
-    result = compute_flow(frames_480p_thw3, cfg)
+    cfg = FlowConfig(backend="raft", raft_model=model, raft_weights=weights)
+    runtime = FlowRuntime(device="cuda")
+    result = compute_flow(frames_480p_thw3, cfg, runtime)
     backend = raft.RaftBackend(model, weights, 12, "cuda")
     item = backend.item_bytes(480, 854)
-    batch = int(min(12, (cfg.memory_budget_gb * 2**30 - backend.model_bytes) // item))
+    batch = int(min(12, (runtime.memory_budget_gb * 2**30 - backend.model_bytes) // item))
     estimate = backend.model_bytes + batch * item
     print(
         f"\nraft_{model} 854x480: batch {batch}, peak {result.peak_memory_bytes / 2**20:.0f} MiB, "
         f"estimate {estimate / 2**20:.0f} MiB, {12 / result.seconds:.1f} directions/s"
     )
-    assert result.peak_memory_bytes <= cfg.memory_budget_gb * 2**30
+    assert result.peak_memory_bytes <= runtime.memory_budget_gb * 2**30
     assert result.peak_memory_bytes <= estimate
     assert all(np.isfinite(p.flow_fwd_hw2).all() for p in result.pairs)
 
@@ -83,8 +84,9 @@ def test_unimatch_batches_fit_the_default_6_gb_budget(tmp_path, frames_480p_thw3
     torch.manual_seed(0)
     path = tmp_path / "gmflow-random.pth"
     torch.save({"model": UniMatch(**unimatch.model_kwargs()).state_dict()}, path)
-    cfg = FlowConfig(backend="unimatch", unimatch_checkpoint=path, device="cuda")
-    result = compute_flow(frames_480p_thw3, cfg)
+    runtime = FlowRuntime(device="cuda")
+    cfg = FlowConfig(backend="unimatch", unimatch_checkpoint=path)
+    result = compute_flow(frames_480p_thw3, cfg, runtime)
     print(f"\nunimatch 854x480: peak {result.peak_memory_bytes / 2**20:.0f} MiB")
-    assert result.peak_memory_bytes <= cfg.memory_budget_gb * 2**30
+    assert result.peak_memory_bytes <= runtime.memory_budget_gb * 2**30
     assert all(np.isfinite(p.flow_fwd_hw2).all() for p in result.pairs)

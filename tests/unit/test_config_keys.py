@@ -1,16 +1,32 @@
-"""Config JSON parsing names the bad field; content keys are stable and input-sensitive."""
+"""Config JSON parsing names the bad field; content keys are stable and input-sensitive; a
+stage's key takes its whole algorithm config and none of its runtime (device, budgets)."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from services.common.config import parse_config_json, to_json
+from gflow.v1 import depth_pb2, fit_pb2, flow_pb2
+from services.common.artifacts import Artifacts
+from services.common.config import parse_config_json, runtime_from_env, to_json
 from services.common.errors import InvalidArgumentError
 from services.common.keys import content_key
+from services.common.video import store_frames
+from services.depth.config import DepthConfig, DepthRuntime
+from services.depth.stage import depth_from_request
+from services.evaluation.synth import SceneConfig, make_scene
+from services.fit.config import FitConfig, FitRuntime
+from services.fit.stage import fit_from_request
+from services.flow.config import FlowConfig, FlowRuntime
+from services.flow.stage import flow_from_request
+from services.pipeline.config import PipelineConfig, PipelineRuntime, RemoteConfig
+from services.pipeline.engine import STAGES, run_pipeline
+from services.segment.config import SegmentConfig
 
 
 @dataclass
@@ -61,3 +77,151 @@ def test_content_key_is_stable_and_sensitive():
     assert key not in others and len(others) == 4
     # 2.0 and 2 are the same parameter value
     assert content_key("s", "b", {"x": 2.0}, []) == content_key("s", "b", {"x": 2}, [])
+
+
+# -- algorithm config vs runtime ---------------------------------------------------------------
+
+OTHER_RUNTIME = PipelineRuntime(
+    flow=FlowRuntime(device="cpu", memory_budget_gb=2.0),
+    depth=DepthRuntime(device="cpu", memory_budget_gb=1.0),
+    fit=FitRuntime(device="cpu", backend="torch"),
+)
+
+
+def test_a_stage_key_does_not_change_with_the_runtime(local_store):
+    """The same clip and configs with another runtime: every stage answers from the store,
+    under the same key."""
+    artifacts = Artifacts(local_store)
+    scene = make_scene(SceneConfig(height=32, width=48, n_frames=3))
+    video = store_frames(artifacts, scene.frames_thw3, 10.0)
+    tiny_fit = FitConfig(
+        init_points=200, max_points=400, iters_first=5, iters=3, camera_iters=2, densify_max=50
+    )
+    config = PipelineConfig(fit=tiny_fit, track_grid=0)
+    first = run_pipeline(artifacts, video, config)
+    again = run_pipeline(artifacts, video, dataclasses.replace(config, runtime=OTHER_RUNTIME))
+    for stage in STAGES:
+        assert not getattr(first, stage).cached
+        assert getattr(again, stage).cached
+        assert getattr(again, stage).key == getattr(first, stage).key
+
+
+def _changed(config):
+    """(field path, config with that one leaf field changed to another valid value) for every
+    leaf field, nested dataclasses included."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            for path, inner in _changed(value):
+                yield f"{item.name}.{path}", dataclasses.replace(config, **{item.name: inner})
+            continue
+        hint = hints[item.name]
+        if typing.get_origin(hint) is Literal:
+            candidates = [c for c in typing.get_args(hint) if c != value]
+        elif isinstance(value, bool):
+            candidates = [not value]
+        elif value is None:
+            candidates = [Path("weights.pth") if Path in typing.get_args(hint) else 100.0]
+        elif isinstance(value, int):
+            candidates = [value + 1, value + 2, value * 2]
+        else:
+            candidates = [value * 2, value / 2, value + 1]
+        for candidate in candidates:
+            try:
+                yield item.name, dataclasses.replace(config, **{item.name: candidate})
+                break
+            except InvalidArgumentError:
+                continue
+        else:
+            raise AssertionError(f"no valid other value for {item.name}")
+
+
+@pytest.mark.parametrize(
+    "config", [FlowConfig(), DepthConfig(), SegmentConfig(), FitConfig()], ids=type
+)
+def test_every_algorithm_field_changes_the_key(config):
+    base = content_key("stage", "backend", config, ["video"])
+    keys = {path: content_key("stage", "backend", c, ["video"]) for path, c in _changed(config)}
+    assert len(keys) >= len(dataclasses.fields(config))
+    assert base not in keys.values() and len(set(keys.values())) == len(keys)
+
+
+@pytest.mark.parametrize("runtime_type", [FlowRuntime, DepthRuntime, FitRuntime])
+def test_no_runtime_field_is_an_algorithm_field(runtime_type):
+    algorithm = {FlowRuntime: FlowConfig, DepthRuntime: DepthConfig, FitRuntime: FitConfig}
+    runtime_names = {f.name for f in dataclasses.fields(runtime_type)}
+    algorithm_names = {f.name for f in dataclasses.fields(algorithm[runtime_type])}
+    assert not runtime_names & algorithm_names - {"backend"}  # flow's backend is its method
+    assert "device" in runtime_names and "device" not in algorithm_names
+
+
+@pytest.mark.parametrize(
+    ("text", "config_type", "field_name"),
+    [
+        ('{"lr": 0}', FitConfig, "config_json.lr"),
+        ('{"window": 2}', DepthConfig, "config_json.window"),
+        ('{"extra_stride": 1}', FlowConfig, "config_json.extra_stride"),
+        ('{"device": "tpu"}', FlowRuntime, "config_json.device"),
+        ('{"memory_budget_gb": -1}', DepthRuntime, "config_json.memory_budget_gb"),
+        ('{"backend": "vulkan"}', FitRuntime, "config_json.backend"),
+        ('{"fit": {"lr": 0}}', PipelineConfig, "config_json.fit.lr"),
+        (
+            '{"runtime": {"fit": {"device": "tpu"}}}',
+            PipelineConfig,
+            "config_json.runtime.fit.device",
+        ),
+        ('{"flow": {"extra_stride": 2}}', PipelineConfig, "config_json.flow.extra_stride"),
+    ],
+)
+def test_a_bad_value_is_named_once_by_its_full_path(text, config_type, field_name):
+    """__post_init__ refuses it as the object is made; from_dict prefixes the path once."""
+    with pytest.raises(InvalidArgumentError) as info:
+        parse_config_json(text, config_type)
+    assert info.value.field == field_name
+    assert str(info.value).startswith(f"{field_name}: ")
+    assert str(info.value).count(field_name.rsplit(".", 1)[-1]) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "request_type", "text", "variable"),
+    [
+        (flow_from_request, flow_pb2.ComputeFlowRequest, '{"device": "cpu"}', "GFLOW_FLOW_DEVICE"),
+        (
+            depth_from_request,
+            depth_pb2.EstimateDepthRequest,
+            '{"memory_budget_gb": 4}',
+            "GFLOW_DEPTH_MEMORY_BUDGET_GB",
+        ),
+        (fit_from_request, fit_pb2.FitRequest, '{"backend": "torch"}', "GFLOW_FIT_BACKEND"),
+    ],
+)
+def test_a_request_naming_a_runtime_field_is_refused(call, request_type, text, variable):
+    """A request says what to compute; how is the server's, set by its operator."""
+    with pytest.raises(InvalidArgumentError) as info:
+        call(None, request_type(config_json=text))  # refused before anything is read
+    name = text.split('"')[1]
+    assert info.value.field == f"config_json.{name}"
+    assert variable in info.value.description
+
+
+def test_a_server_takes_its_runtime_from_its_environment(monkeypatch):
+    monkeypatch.setenv("GFLOW_FLOW_DEVICE", "cuda:1")
+    monkeypatch.setenv("GFLOW_FLOW_MEMORY_BUDGET_GB", "12")
+    monkeypatch.setenv("GFLOW_DEPTH_MEMORY_BUDGET_GB", "null")
+    assert runtime_from_env(FlowRuntime, "flow") == FlowRuntime("cuda:1", 12.0)
+    assert runtime_from_env(DepthRuntime, "depth") == DepthRuntime()
+    assert runtime_from_env(FitRuntime, "fit") == FitRuntime()
+    monkeypatch.setenv("GFLOW_FIT_BACKEND", "vulkan")
+    with pytest.raises(InvalidArgumentError) as info:
+        runtime_from_env(FitRuntime, "fit")
+    assert info.value.field == "GFLOW_FIT_BACKEND"
+
+
+def test_a_remote_stage_refuses_a_runtime_of_this_process():
+    remote = RemoteConfig(fit="gpu-host:50054")
+    PipelineConfig(remote=remote, runtime=PipelineRuntime(flow=FlowRuntime(device="cpu")))
+    with pytest.raises(InvalidArgumentError) as info:
+        PipelineConfig(remote=remote, runtime=PipelineRuntime(fit=FitRuntime(device="cpu")))
+    assert info.value.field == "runtime.fit"
+    assert "gpu-host:50054" in str(info.value) and "GFLOW_FIT_DEVICE" in str(info.value)

@@ -22,7 +22,13 @@ from services.common.errors import InvalidArgumentError, ResourceExhaustedError
 from services.common.geometry import focal_intrinsics_33, relative_pose_from_c2w
 from services.depth.backends.base import AlignmentFailedError, WindowDepth
 from services.depth.backends.offline import PRIOR_CONFIDENCE, OfflineSettings
-from services.depth.engine import DepthConfig, WindowRunner, describe_backends, estimate_depth
+from services.depth.engine import (
+    DepthConfig,
+    DepthRuntime,
+    WindowRunner,
+    describe_backends,
+    estimate_depth,
+)
 from services.depth.flows import resize_flow
 from services.evaluation.metrics import (
     ate_rpe,
@@ -268,23 +274,23 @@ def test_bad_frames_are_rejected(frames, field):
 
 
 @pytest.mark.parametrize(
-    ("cfg", "field"),
+    ("config_type", "values", "field"),
     [
-        (DepthConfig(backend="midas"), "backend"),
-        (DepthConfig(window=2), "window"),
-        (DepthConfig(window=8, overlap=8), "overlap"),
-        (DepthConfig(overlap=0), "overlap"),
-        (DepthConfig(subsample=3), "subsample"),
-        (DepthConfig(focal_px=-5.0), "focal_px"),
-        (DepthConfig(memory_budget_gb=float("nan")), "memory_budget_gb"),
-        (DepthConfig(fov_deg=179.0), "fov_deg"),
-        (DepthConfig(max_fill_share=1.5), "max_fill_share"),
-        (DepthConfig(device="tpu"), "device"),
+        (DepthConfig, {"backend": "midas"}, "backend"),
+        (DepthConfig, {"window": 2}, "window"),
+        (DepthConfig, {"window": 8, "overlap": 8}, "overlap"),
+        (DepthConfig, {"overlap": 0}, "overlap"),
+        (DepthConfig, {"subsample": 3}, "subsample"),
+        (DepthConfig, {"focal_px": -5.0}, "focal_px"),
+        (DepthConfig, {"fov_deg": 179.0}, "fov_deg"),
+        (DepthConfig, {"max_fill_share": 1.5}, "max_fill_share"),
+        (DepthRuntime, {"memory_budget_gb": float("nan")}, "memory_budget_gb"),
+        (DepthRuntime, {"device": "tpu"}, "device"),
     ],
 )
-def test_bad_config_is_rejected(cfg, field):
+def test_bad_config_is_rejected(config_type, values, field):
     with pytest.raises(InvalidArgumentError) as err:
-        estimate_depth(np.zeros((2, 32, 32, 3), np.uint8), cfg)
+        config_type(**values)
     assert err.value.field == field
 
 

@@ -25,7 +25,7 @@ from services.depth.backends.mast3r import (
     scene_graph_name,
     settings_ladder,
 )
-from services.depth.engine import DepthConfig, estimate_depth
+from services.depth.engine import DepthConfig, DepthRuntime, estimate_depth
 from services.depth.quality import ARTEFACT_LIMIT, periodic_artefact_score
 from services.evaluation.synth import SceneConfig, make_scene
 from tests.depth_flow import flow_for_depth
@@ -184,13 +184,12 @@ def test_whole_depth_stage_on_real_mast3r_keeps_orientation(
     cfg = DepthConfig(
         backend="mast3r",
         mast3r_checkpoint=tiny_checkpoint,
-        device="cpu",
         subsample=subsample,
         window=3,
         overlap=1,
         **FAST,
     )
-    result = estimate_depth(scene.frames_thw3, cfg)
+    result = estimate_depth(scene.frames_thw3, cfg, DepthRuntime(device="cpu"))
     assert result.depth_thw.shape == result.confidence_thw.shape == (3, height, width)
     work_h, work_w = result.work_hw
     assert (work_h > work_w) == (height > width) and max(result.work_hw) == 96
@@ -223,10 +222,13 @@ def test_non_positive_depths_are_re_run_not_raised(tmp_path):
             last.bias[2] = 0.0
     path = _save_like_train_py(net, tmp_path / "behind.pth")
     scene = make_scene(SceneConfig(height=60, width=90, n_frames=3))
-    cfg = DepthConfig(
-        backend="mast3r", mast3r_checkpoint=path, device="cpu", window=3, overlap=1, **FAST
+    cfg = DepthConfig(backend="mast3r", mast3r_checkpoint=path, window=3, overlap=1, **FAST)
+    result = estimate_depth(
+        scene.frames_thw3,
+        cfg,
+        DepthRuntime(device="cpu"),
+        flow=flow_for_depth(scene.frames_thw3, cfg),
     )
-    result = estimate_depth(scene.frames_thw3, cfg, flow=flow_for_depth(scene.frames_thw3, cfg))
     assert result.depth_thw.shape == (3, 60, 90) and np.all(result.depth_thw > 0)
     assertions = [r for r in result.repairs if "stopped on an assertion" in r]
     assert len(assertions) == len(settings_ladder(Mast3rSettings(scene_graph="swin", winsize=1)))

@@ -134,7 +134,7 @@ def test_resume_equals_uninterrupted(fitted, scene, tmp_path):
 
     cfg = preset("test")  # checkpoints every 2 frames: the last one before the stop holds 0..3
     with pytest.raises(CancelledError):
-        fit(_priors(scene), cfg, stop_after_five, sink)
+        fit(_priors(scene), cfg, progress=stop_after_five, checkpoints=sink)
     assert sink.load_latest()[0] == 3
     resumed = fit(_priors(scene), cfg, checkpoints=sink)
     assert resumed.resumed_from == 3 and fitted.resumed_from is None

@@ -21,7 +21,7 @@ from services.common.geometry import (
 from services.fit.camera import pnp_c2w, pose_update_44
 from services.fit.checkpoint import FolderCheckpoints, pack, unpack
 from services.fit.cluster import split_moving
-from services.fit.config import FitConfig, preset, validate
+from services.fit.config import FitConfig, preset
 from services.fit.engine import FitPriors, FitResult
 from services.fit.export import PLY_PROPERTIES, SH_C0, ply_bytes, tum_lines, write_tum
 from services.fit.gaussians import FrameGaussians, render_frame
@@ -66,7 +66,7 @@ def test_default_preset_has_the_original_defaults():
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(InvalidArgumentError, match=field):
-        validate(dataclasses.replace(preset("test"), **{field: value}))
+        dataclasses.replace(preset("test"), **{field: value})
 
 
 def test_preset_returns_a_copy_and_refuses_unknown_names():

@@ -145,7 +145,7 @@ def test_densify_schedule():
 
 
 def test_densify_picks_uncovered_pixels_and_prunes_faint_gaussians():
-    cfg = dataclasses.replace(FitConfig(), densify_max=10_000, max_points=10_000)
+    cfg = FitConfig(init_points=10_000, max_points=10_000, densify_max=10_000)
     g = _gaussians()
     out = g.render(torch.eye(4), torch.tensor(K_33, dtype=torch.float32), W, H, backend="torch")
     strategy = DensifyStrategy(cfg)
@@ -231,12 +231,15 @@ def test_newer_or_incomplete_checkpoints_are_refused_clearly():
 def test_only_a_checkpoint_of_the_same_inputs_resumes(tmp_path, caplog):
     scene = make_scene(SceneConfig(n_frames=2))
     priors, cfg, cpu = exact_priors(scene), preset("test"), torch.device("cpu")
-    fingerprint = inputs_fingerprint(priors, cfg, cpu)
-    # The checkpoint interval does not change the fit; the seed does.
-    assert inputs_fingerprint(priors, dataclasses.replace(cfg, checkpoint_every=7), cpu) == (
+    fingerprint = inputs_fingerprint(priors, cfg, cpu, "torch")
+    # The checkpoint interval does not change the fit; the seed and the renderer do.
+    assert inputs_fingerprint(
+        priors, dataclasses.replace(cfg, checkpoint_every=7), cpu, "torch"
+    ) == (fingerprint)
+    assert inputs_fingerprint(priors, dataclasses.replace(cfg, seed=1), cpu, "torch") != (
         fingerprint
     )
-    assert inputs_fingerprint(priors, dataclasses.replace(cfg, seed=1), cpu) != fingerprint
+    assert inputs_fingerprint(priors, cfg, cpu, "gsplat") != fingerprint
     sink = FolderCheckpoints(tmp_path)
     assert resumable_state(sink, fingerprint, cpu) is None
     sink.save(1, _state(fingerprint).to_bytes())

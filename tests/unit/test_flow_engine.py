@@ -16,7 +16,13 @@ from services.common.errors import (
 )
 from services.evaluation.metrics import flow_epe
 from services.evaluation.synth import SceneConfig, make_scene
-from services.flow.engine import FlowConfig, compute_flow, describe_backends, frame_pairs
+from services.flow.engine import (
+    FlowConfig,
+    FlowRuntime,
+    compute_flow,
+    describe_backends,
+    frame_pairs,
+)
 from services.flow.memory import MAXRSS_KIND, RSS_PEAK_KIND
 
 # Measured with DIS medium + variational refinement on this scene (OpenCV 5.0, 2 CPU cores):
@@ -117,7 +123,7 @@ def test_progress_counts_every_direction_up_to_the_total():
     compute_flow(
         make_scene(SceneConfig(n_frames=3)).frames_thw3,
         FlowConfig(),
-        lambda done, total, message: calls.append((done, total)),
+        progress=lambda done, total, message: calls.append((done, total)),
     )
     assert calls[-1] == (4, 4)  # two pairs, both directions
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
@@ -153,17 +159,29 @@ FRAMES_THW3 = np.zeros((3, 16, 16, 3), np.uint8)
         (FRAMES_THW3.astype(np.float32) * np.nan, FlowConfig(), "frames_thw3: .*NaN"),
         (FRAMES_THW3.astype(np.float32), FlowConfig(), "frames_thw3: dtype is float32"),
         (FRAMES_THW3[..., 0], FlowConfig(), "frames_thw3"),
-        (FRAMES_THW3, FlowConfig(backend="farneback"), "backend"),
-        (FRAMES_THW3, FlowConfig(dis_preset="slow"), "dis_preset"),
-        (FRAMES_THW3, FlowConfig(extra_stride=1), "extra_stride"),
-        (FRAMES_THW3, FlowConfig(extra_stride=3), "extra_stride"),
-        (FRAMES_THW3, FlowConfig(fb_threshold_px=0.0), "fb_threshold_px"),
-        (FRAMES_THW3, FlowConfig(device="tpu"), "device"),
+        (FRAMES_THW3, FlowConfig(extra_stride=3), "extra_stride"),  # as long as the clip
     ],
 )
 def test_bad_input_is_refused_naming_the_field(frames, cfg, field):
     with pytest.raises(InvalidArgumentError, match=f"^{field}"):
         compute_flow(frames, cfg)
+
+
+@pytest.mark.parametrize(
+    ("config_type", "values", "field"),
+    [
+        (FlowConfig, {"backend": "farneback"}, "backend"),
+        (FlowConfig, {"dis_preset": "slow"}, "dis_preset"),
+        (FlowConfig, {"extra_stride": 1}, "extra_stride"),
+        (FlowConfig, {"fb_threshold_px": 0.0}, "fb_threshold_px"),
+        (FlowConfig, {"raft_iterations": 0}, "raft_iterations"),
+        (FlowRuntime, {"device": "tpu"}, "device"),
+        (FlowRuntime, {"memory_budget_gb": float("nan")}, "memory_budget_gb"),
+    ],
+)
+def test_bad_config_is_refused_where_it_is_made(config_type, values, field):
+    with pytest.raises(InvalidArgumentError, match=f"^{field}"):
+        config_type(**values)
 
 
 def test_missing_weights_file_is_a_precondition_naming_path_and_source(tmp_path):
@@ -178,4 +196,4 @@ def test_missing_weights_file_is_a_precondition_naming_path_and_source(tmp_path)
 
 def test_a_pair_over_the_memory_budget_is_refused_before_any_work():
     with pytest.raises(ResourceExhaustedError, match="memory_budget_gb"):
-        compute_flow(FRAMES_THW3, FlowConfig(memory_budget_gb=1e-6))
+        compute_flow(FRAMES_THW3, FlowConfig(), FlowRuntime(memory_budget_gb=1e-6))

@@ -9,7 +9,7 @@ import torch
 from services.common.errors import FailedPreconditionError
 from services.evaluation.synth import SceneConfig, make_scene
 from services.flow.backends import raft
-from services.flow.engine import FlowConfig, compute_flow
+from services.flow.engine import FlowConfig, FlowRuntime, compute_flow
 
 RAFT_READY, RAFT_DETAIL = raft.availability()
 pytestmark = pytest.mark.skipif(not RAFT_READY, reason=f"raft backend unavailable: {RAFT_DETAIL}")
@@ -76,7 +76,8 @@ def test_a_small_budget_means_smaller_batches_and_the_same_flow(
     calls = []
     single = compute_flow(
         frames_thw3,
-        FlowConfig(**{**cfg.__dict__, "memory_budget_gb": one_item_gb}),
+        cfg,
+        FlowRuntime(memory_budget_gb=one_item_gb),
         lambda done, total, message: calls.append(done),
     )
     assert calls == [1, 2]  # one direction per batch
