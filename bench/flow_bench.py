@@ -36,7 +36,7 @@ class BenchConfig:
     width: int = 854
     n_frames: int = 9
     """Frames per run (n_frames - 1 consecutive pairs)."""
-    dis_presets: tuple[str, ...] = ("ultrafast", "fast", "medium")
+    dis_presets: tuple[str, ...] = ("ultrafast", "fast", "medium", "fine")
     raft_weights: Path | None = None
     """A torchvision RAFT state dict; with neither this nor --raft-random-weights, no RAFT."""
     raft_random_weights: bool = False

@@ -12,6 +12,7 @@ fills its cores; on a GPU machine use `--device cuda` (the fits then share the G
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import tyro
 
 from services.evaluation.fit_suite import SUITE, PriorSource, run_clip, suite_clip
 from services.fit.config import FitRuntime, preset
+from services.flow.config import FlowConfig
 from services.pipeline.config import PipelineConfig, PipelineRuntime
 
 
@@ -41,6 +43,10 @@ class SuiteBench:
     presets: tuple[str, ...] = ("default", "fast")
     tracks: int = 128
     """Ground-truth tracks per clip (queries at each track's first visible frame)."""
+    dis_preset: Literal["ultrafast", "fast", "medium", "fine"] = FlowConfig().dis_preset
+    """The flow stage's DIS preset for the pipeline rows (docs/flow.md, "DIS presets")."""
+    seed: int = 0
+    """The fit's seed (every random choice of the fit; the clips stay the same)."""
     device: Literal["cpu", "cuda"] = "cpu"
     jobs: int = 1
     """Rows fitted at once, each in its own process."""
@@ -58,14 +64,14 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
     row = run_clip(
         suite_clip(clip),
         source,
-        preset(preset_name),
+        dataclasses.replace(preset(preset_name), seed=bench.seed),
         width=bench.width,
         height=bench.height,
         n_frames=bench.frames,
         n_tracks=bench.tracks,
-        pipeline=PipelineConfig(runtime=runtime),
+        pipeline=PipelineConfig(flow=FlowConfig(dis_preset=bench.dis_preset), runtime=runtime),
     )
-    row["preset"] = preset_name
+    row.update(preset=preset_name, dis_preset=bench.dis_preset, seed=bench.seed)
     return row
 
 

@@ -21,8 +21,10 @@ class FlowConfig:
 
     backend: Literal["dis", "raft", "unimatch"] = "dis"
     """dis: OpenCV DIS on the CPU; raft: torchvision RAFT; unimatch: UniMatch GMFlow."""
-    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
-    """DIS quality preset (slower is better)."""
+    dis_preset: Literal["ultrafast", "fast", "medium", "fine"] = "medium"
+    """DIS quality preset (slower is better): OpenCV's three, and fine (medium's search carried
+    on to full resolution: 25-44 % lower end-point error for about twice the time; not yet the
+    default, see docs/flow.md, "DIS presets")."""
     variational_refinement: bool = True
     """DIS: 5 variational refinement iterations after the patch search (False: none)."""
     raft_model: Literal["small", "large"] = "small"

@@ -1,0 +1,63 @@
+"""Flow accuracy per DIS preset on the accuracy suite's clips (services/evaluation/fit_suite.py):
+mean end-point error against the scene's exact flow, and the AJ of the floor tracker (chained
+flow from each query, services/evaluation/naive_tracker.py) on that flow, beside its AJ on the
+exact flow. Speed is bench/flow_bench.py's job.
+
+    .venv/bin/python bench/flow_suite.py                                  # 256x192x24
+    .venv/bin/python bench/flow_suite.py --width 96 --height 72 --frames 12
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
+
+from services.evaluation import metrics  # noqa: E402
+from services.evaluation.fit_suite import SUITE, query_rows, tapvid_row  # noqa: E402
+from services.evaluation.naive_tracker import chained_flow_tracks  # noqa: E402
+from services.evaluation.synth import make_scene  # noqa: E402
+from services.flow.config import FlowConfig  # noqa: E402
+from services.flow.engine import compute_flow  # noqa: E402
+
+
+@dataclass
+class FlowSuite:
+    """Which clips, at which size, with which DIS presets."""
+
+    width: int = 256
+    height: int = 192
+    frames: int = 24
+    presets: tuple[str, ...] = ("medium", "fine")
+    tracks: int = 128
+
+
+def floor_aj(queries: metrics.TapvidQueries, fwd_t1hw2, bwd_t1hw2, image_hw) -> float:
+    points_qt2, occluded_qt = chained_flow_tracks(fwd_t1hw2, bwd_t1hw2, query_rows(queries))
+    return tapvid_row(queries, points_qt2, occluded_qt, image_hw)["aj"]
+
+
+def main(bench: FlowSuite) -> None:
+    image_hw = (bench.height, bench.width)
+    print(f"DIS on the suite's clips, {bench.width}x{bench.height}x{bench.frames}")
+    print("clip | preset | EPE fwd px | floor AJ | floor AJ, exact flow")
+    for clip in SUITE:
+        scene = make_scene(clip.scene_config(bench.width, bench.height, bench.frames, bench.tracks))
+        queries = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, "first")
+        exact = floor_aj(queries, scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2, image_hw)
+        for preset in bench.presets:
+            pairs = compute_flow(scene.frames_thw3, FlowConfig(dis_preset=preset)).pairs
+            fwd_t1hw2 = np.stack([p.flow_fwd_hw2 for p in pairs])
+            bwd_t1hw2 = np.stack([p.flow_bwd_hw2 for p in pairs])
+            epe = metrics.flow_epe(fwd_t1hw2, scene.flow_fwd_t1hw2)
+            aj = floor_aj(queries, fwd_t1hw2, bwd_t1hw2, image_hw)
+            print(f"{clip.name} | {preset} | {epe:.3f} | {aj:.3f} | {exact:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(FlowSuite))
