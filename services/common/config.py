@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-from services.common.errors import InvalidArgumentError
+from services.common.errors import InvalidArgumentError, UnavailableError
 from services.common.keys import canonical_json
 
 T = TypeVar("T")
@@ -96,6 +97,27 @@ def check_device(value: str, field: str = "device") -> None:
     """Refuse a torch device name other than auto, cpu, cuda or cuda:N, naming the field."""
     if value not in ("auto", "cpu") and not value.startswith("cuda"):
         raise InvalidArgumentError(field, f"{value!r}: use auto, cpu, cuda or cuda:N")
+
+
+def check_positive(name: str, value: float | None) -> None:
+    """Refuse a value that is set (not None) but not a finite number > 0, naming the field."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise InvalidArgumentError(name, f"{value} must be a finite number > 0")
+
+
+def resolve_torch_device(name: str) -> str:
+    """The torch device a checked `device` name (check_device) runs on: auto is cuda when torch
+    sees one, else cpu; a cuda device asked for where there is none is UNAVAILABLE."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UnavailableError(
+            f"device: {name!r} was asked for but torch sees no CUDA device; "
+            "use device='auto' or 'cpu'"
+        )
+    return name
 
 
 def runtime_env_name(stage: str, field: str) -> str:

@@ -6,12 +6,11 @@ device, the memory budget): never in the key, chosen by whoever runs the engine.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from services.common.config import check_choices, check_device
+from services.common.config import check_choices, check_device, check_positive
 from services.common.errors import InvalidArgumentError
 from services.depth.planner import MIN_WINDOW
 
@@ -105,12 +104,6 @@ class DepthRuntime:
     def __post_init__(self) -> None:
         check_device(self.device)
         check_positive("memory_budget_gb", self.memory_budget_gb)
-
-
-def check_positive(name: str, value: float | None) -> None:
-    """Refuse a value that is set (not None) but not a finite number > 0, naming the field."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise InvalidArgumentError(name, f"{value} must be a finite number > 0")
 
 
 def needed_stride(flow_stride: int, n_frames: int) -> int:

@@ -20,12 +20,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from services.common.config import resolve_torch_device
 from services.common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     ProgressFn,
     ResourceExhaustedError,
-    UnavailableError,
     no_progress,
 )
 from services.depth import planner
@@ -135,19 +135,6 @@ def _validate_moving(moving_thw: np.ndarray | None, frames_shape: tuple[int, ...
         )
     if np.asarray(moving_thw).dtype != bool:
         raise InvalidArgumentError("moving_thw", "must be a bool mask (True on moving objects)")
-
-
-def _resolve_device(runtime: DepthRuntime) -> str:
-    import torch
-
-    if runtime.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if runtime.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UnavailableError(
-            f"device: {runtime.device!r} was asked for but torch sees no CUDA device; "
-            "use device='auto' or 'cpu'"
-        )
-    return runtime.device
 
 
 def _system_available_bytes() -> int:
@@ -407,7 +394,7 @@ def estimate_depth(
             raise FailedPreconditionError(detail, reason="PACKAGE_MISSING")
         if cfg.mast3r_checkpoint is None or not Path(cfg.mast3r_checkpoint).is_file():
             mast3r.load_checkpoint(cfg.mast3r_checkpoint)  # raises the precise precondition
-        device = _resolve_device(runtime)
+        device = resolve_torch_device(runtime.device)
         plan = _memory_plan(cfg, runtime, height, width, n_frames)
         backend = mast3r.Mast3rBackend(cfg.mast3r_checkpoint, device, cfg.mast3r_trust_checkpoint)
         work_hw, window, overlap = plan.work_hw, plan.window, max(plan.overlap, 1)

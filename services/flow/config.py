@@ -6,12 +6,11 @@ device, the memory budget): never in the key, chosen by whoever runs the engine.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from services.common.config import check_choices, check_device
+from services.common.config import check_choices, check_device, check_positive
 from services.common.errors import InvalidArgumentError
 
 
@@ -49,8 +48,7 @@ class FlowConfig:
             raise InvalidArgumentError(
                 "extra_stride", f"{self.extra_stride}: use 0 (none) or a stride of 2 or more"
             )
-        if not (math.isfinite(self.fb_threshold_px) and self.fb_threshold_px > 0):
-            raise InvalidArgumentError("fb_threshold_px", f"{self.fb_threshold_px} must be > 0")
+        check_positive("fb_threshold_px", self.fb_threshold_px)
         if self.raft_iterations < 1:
             raise InvalidArgumentError("raft_iterations", f"{self.raft_iterations} must be >= 1")
 
@@ -67,8 +65,7 @@ class FlowRuntime:
 
     def __post_init__(self) -> None:
         check_device(self.device)
-        if not (math.isfinite(self.memory_budget_gb) and self.memory_budget_gb > 0):
-            raise InvalidArgumentError("memory_budget_gb", f"{self.memory_budget_gb} must be > 0")
+        check_positive("memory_budget_gb", self.memory_budget_gb)
 
 
 # Request fields that only the server's operator may set, and the variables that set them.

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.common.config import resolve_torch_device
 from services.common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     ProgressFn,
     ResourceExhaustedError,
-    UnavailableError,
     no_progress,
 )
 from services.flow.backends import dis, raft, unimatch
@@ -91,16 +91,7 @@ def _cuda_available() -> bool:
 
 
 def _resolve_device(cfg: FlowConfig, runtime: FlowRuntime) -> str:
-    if cfg.backend == "dis":
-        return "cpu"
-    if runtime.device == "auto":
-        return "cuda" if _cuda_available() else "cpu"
-    if runtime.device.startswith("cuda") and not _cuda_available():
-        raise UnavailableError(
-            f"device: {runtime.device!r} was asked for but torch sees no CUDA device; "
-            "use device='auto' or 'cpu'"
-        )
-    return runtime.device
+    return "cpu" if cfg.backend == "dis" else resolve_torch_device(runtime.device)
 
 
 def describe_backends() -> list[BackendInfo]:
