@@ -19,8 +19,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
 from services.evaluation import metrics  # noqa: E402
-from services.evaluation.fit_suite import SUITE, query_rows, tapvid_row  # noqa: E402
-from services.evaluation.naive_tracker import chained_flow_tracks  # noqa: E402
+from services.evaluation.fit_suite import SUITE, floor_row  # noqa: E402
 from services.evaluation.synth import make_scene  # noqa: E402
 from services.flow.config import FlowConfig  # noqa: E402
 from services.flow.engine import compute_flow  # noqa: E402
@@ -37,11 +36,6 @@ class FlowSuite:
     tracks: int = 128
 
 
-def floor_aj(queries: metrics.TapvidQueries, fwd_t1hw2, bwd_t1hw2, image_hw) -> float:
-    points_qt2, occluded_qt = chained_flow_tracks(fwd_t1hw2, bwd_t1hw2, query_rows(queries))
-    return tapvid_row(queries, points_qt2, occluded_qt, image_hw)["aj"]
-
-
 def main(bench: FlowSuite) -> None:
     image_hw = (bench.height, bench.width)
     print(f"DIS on the suite's clips, {bench.width}x{bench.height}x{bench.frames}")
@@ -49,13 +43,13 @@ def main(bench: FlowSuite) -> None:
     for clip in SUITE:
         scene = make_scene(clip.scene_config(bench.width, bench.height, bench.frames, bench.tracks))
         queries = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, "first")
-        exact = floor_aj(queries, scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2, image_hw)
+        exact = floor_row(queries, scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2, image_hw)["aj"]
         for preset in bench.presets:
             pairs = compute_flow(scene.frames_thw3, FlowConfig(dis_preset=preset)).pairs
             fwd_t1hw2 = np.stack([p.flow_fwd_hw2 for p in pairs])
             bwd_t1hw2 = np.stack([p.flow_bwd_hw2 for p in pairs])
             epe = metrics.flow_epe(fwd_t1hw2, scene.flow_fwd_t1hw2)
-            aj = floor_aj(queries, fwd_t1hw2, bwd_t1hw2, image_hw)
+            aj = floor_row(queries, fwd_t1hw2, bwd_t1hw2, image_hw)["aj"]
             print(f"{clip.name} | {preset} | {epe:.3f} | {aj:.3f} | {exact:.3f}", flush=True)
 
 

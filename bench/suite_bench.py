@@ -25,7 +25,7 @@ import tyro
 
 from services.evaluation.fit_suite import SUITE, PriorSource, run_clip, suite_clip
 from services.fit.config import FitRuntime, preset
-from services.flow.config import FlowConfig
+from services.flow.config import DisPreset, FlowConfig
 from services.pipeline.config import PipelineConfig, PipelineRuntime
 
 
@@ -43,7 +43,7 @@ class SuiteBench:
     presets: tuple[str, ...] = ("default", "fast")
     tracks: int = 128
     """Ground-truth tracks per clip (queries at each track's first visible frame)."""
-    dis_preset: Literal["ultrafast", "fast", "medium", "fine"] = FlowConfig().dis_preset
+    dis_preset: DisPreset = FlowConfig().dis_preset
     """The flow stage's DIS preset for the pipeline rows (docs/flow.md, "DIS presets")."""
     seed: int = 0
     """The fit's seed (every random choice of the fit; the clips stay the same)."""

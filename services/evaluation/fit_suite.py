@@ -198,6 +198,20 @@ def tapvid_row(
     }
 
 
+def floor_row(
+    queries: metrics.TapvidQueries,
+    flow_fwd_t1hw2: np.ndarray,
+    flow_bwd_t1hw2: np.ndarray,
+    image_hw: tuple[int, int],
+) -> dict[str, float]:
+    """The floor's AJ / delta-avg / OA: chained flow from each query, occluded where forward and
+    backward flow disagree (services/evaluation/naive_tracker.py)."""
+    points_qt2, occluded_qt = chained_flow_tracks(
+        flow_fwd_t1hw2, flow_bwd_t1hw2, query_rows(queries)
+    )
+    return tapvid_row(queries, points_qt2, occluded_qt, image_hw)
+
+
 def score(scene: SyntheticScene, queries: metrics.TapvidQueries, out: ClipOutputs) -> dict:
     """Every figure of a fitted clip against the scene's ground truth."""
     image_hw = scene.frames_thw3.shape[1:3]
@@ -226,10 +240,7 @@ def score(scene: SyntheticScene, queries: metrics.TapvidQueries, out: ClipOutput
         ),
         psnr=float(np.mean(out.psnr_t)),
     )
-    naive_points, naive_occluded = chained_flow_tracks(
-        out.flow_fwd_t1hw2, out.flow_bwd_t1hw2, query_rows(queries)
-    )
-    naive = tapvid_row(queries, naive_points, naive_occluded, image_hw)
+    naive = floor_row(queries, out.flow_fwd_t1hw2, out.flow_bwd_t1hw2, image_hw)
     row.update({f"naive_{k}": v for k, v in naive.items()})
     return row
 

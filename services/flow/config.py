@@ -13,6 +13,8 @@ from typing import Literal
 from services.common.config import check_choices, check_device, check_positive
 from services.common.errors import InvalidArgumentError
 
+DisPreset = Literal["ultrafast", "fast", "medium", "fine"]
+
 
 @dataclass
 class FlowConfig:
@@ -20,7 +22,7 @@ class FlowConfig:
 
     backend: Literal["dis", "raft", "unimatch"] = "dis"
     """dis: OpenCV DIS on the CPU; raft: torchvision RAFT; unimatch: UniMatch GMFlow."""
-    dis_preset: Literal["ultrafast", "fast", "medium", "fine"] = "medium"
+    dis_preset: DisPreset = "medium"
     """DIS quality preset (slower is better): OpenCV's three, and fine (medium's search carried
     on to full resolution: 25-44 % lower end-point error for about twice the time; not yet the
     default, see docs/flow.md, "DIS presets")."""
