@@ -4,7 +4,7 @@ MASt3R memory planner's choices for common GPU budgets, printed as two tables.
     .venv/bin/python bench/depth_bench.py                       # 854 x 480, 16 frames
     .venv/bin/python bench/depth_bench.py --long-sides 512 854  # also at full resolution
 
-Frames come from a synthetic moving-camera scene (services.evaluation.synth) at the asked size,
+Frames come from a synthetic moving-camera scene (services.synthetic.scene) at the asked size,
 so the table also gives the abs-rel of that run after one median scale for the whole clip. The
 flow the offline backend triangulates from is computed first, as the pipeline's flow stage
 computes it (DIS at the frames' size); its seconds are a column of their own. Each offline case
@@ -31,9 +31,9 @@ from services.depth.engine import DepthConfig, estimate_depth  # noqa: E402
 from services.depth.flows import from_flow_result  # noqa: E402
 from services.depth.planner import CostModel, plan_memory  # noqa: E402
 from services.evaluation.metrics import depth_metrics  # noqa: E402
-from services.evaluation.synth import SceneConfig, make_scene  # noqa: E402
 from services.flow.engine import FlowConfig, compute_flow  # noqa: E402
 from services.flow.memory import PeakMemory  # noqa: E402
+from services.synthetic.scene import SceneConfig, make_scene  # noqa: E402
 
 
 @dataclass

@@ -54,7 +54,7 @@ from services.depth.engine import (  # noqa: E402
     estimate_depth,
 )
 from services.depth.quality import ARTEFACT_LIMIT, periodic_artefact_score  # noqa: E402
-from services.evaluation.synth import SceneConfig, make_scene  # noqa: E402
+from services.synthetic.scene import SceneConfig, make_scene  # noqa: E402
 
 log = logging.getLogger("depth_memory")
 

@@ -4,7 +4,7 @@ Run from the project root (after `make setup`, or with PYTHONPATH=.):
     .venv/bin/python bench/fit_bench.py                       # 854x480, 50 frames, default + fast
     .venv/bin/python bench/fit_bench.py --width 64 --height 48 --frames 8 --presets test  # CPU
 
-The clip comes from services/evaluation/synth.py (moving camera, one moving object by default)
+The clip comes from services/synthetic/scene.py (moving camera, one moving object by default)
 with its exact depth, forward/backward flow, moving masks and intrinsics as the priors, so the
 figures measure the engine alone. Per preset: seconds per frame (fitting only), peak GPU memory
 (CUDA only), mean PSNR, TAP-Vid average Jaccard and occlusion accuracy (queries at each track's
@@ -28,11 +28,11 @@ import tyro
 
 from services.evaluation import metrics
 from services.evaluation.fit_suite import exact_priors
-from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.config import FitRuntime, preset
 from services.fit.engine import fit, resolve_device
 from services.fit.losses import term_weights
 from services.fit.tracks import track_2d
+from services.synthetic.scene import SceneConfig, make_scene
 
 
 @dataclass

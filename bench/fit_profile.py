@@ -21,9 +21,9 @@ import tyro
 from torch.profiler import ProfilerActivity, profile
 
 from services.evaluation.fit_suite import exact_priors
-from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.config import FitRuntime, preset
 from services.fit.engine import FitPriors, fit, resolve_device
+from services.synthetic.scene import SceneConfig, make_scene
 
 
 @dataclass

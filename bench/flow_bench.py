@@ -49,7 +49,7 @@ class BenchConfig:
 def _frames(cfg: BenchConfig) -> tuple[np.ndarray, str]:
     paths = sorted(DAVIS_FRAMES.glob("*.jpg"))
     if not paths:
-        from services.evaluation.synth import SceneConfig, make_scene
+        from services.synthetic.scene import SceneConfig, make_scene
 
         scene = make_scene(SceneConfig(height=cfg.height, width=cfg.width, n_frames=cfg.n_frames))
         return scene.frames_thw3, "synthetic"

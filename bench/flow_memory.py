@@ -27,9 +27,9 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from services.evaluation.synth import SceneConfig, make_scene  # noqa: E402
 from services.flow.backends import unimatch  # noqa: E402
 from services.flow.engine import FlowConfig, FlowRuntime, compute_flow  # noqa: E402
+from services.synthetic.scene import SceneConfig, make_scene  # noqa: E402
 
 log = logging.getLogger("flow_memory")
 

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from services.evaluation import metrics  # noqa: E402
 from services.evaluation.fit_suite import SUITE, floor_row  # noqa: E402
-from services.evaluation.synth import make_scene  # noqa: E402
 from services.flow.config import FlowConfig  # noqa: E402
 from services.flow.engine import compute_flow  # noqa: E402
+from services.synthetic.scene import make_scene  # noqa: E402
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Run from the project root (after `make setup`, or with PYTHONPATH=.):
     .venv/bin/python bench/segment_bench.py [--frames 10] [--repeats 3]
 
-Rows: synthetic scenes (services/evaluation/synth.py) with their exact flow, one per camera
+Rows: synthetic scenes (services/synthetic/scene.py) with their exact flow, one per camera
 kind, so each model path is timed (moving: fundamental, rotation: homography, static: flow
 length); the moving scene again with depth (adds the projective parallax fit) and without
 temporal smoothing; and the real DAVIS frames in ../shared/data/davis-frames with DIS flow
@@ -23,9 +23,9 @@ import numpy as np
 import tyro
 
 from services.evaluation.metrics import mask_j
-from services.evaluation.synth import SceneConfig, make_scene
 from services.flow.engine import FlowConfig, compute_flow
 from services.segment.engine import SegmentConfig, segment_motion
+from services.synthetic.scene import SceneConfig, make_scene
 
 DAVIS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis-frames"
 

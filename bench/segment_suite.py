@@ -23,9 +23,9 @@ import numpy as np
 import tyro
 
 from services.evaluation.mask_suite import clip_masks, edge_frames, mean_j_and_f, segment_suite
-from services.evaluation.synth import make_scene
 from services.flow.engine import FlowConfig, compute_flow
 from services.segment.engine import SegmentConfig, segment_motion
+from services.synthetic.scene import make_scene
 
 DAVIS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis-frames"
 

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from services.common.runtime import DEFAULT_PORTS  # noqa: E402
 from services.common.video import write_mp4  # noqa: E402
-from services.evaluation.synth import SceneConfig, make_scene  # noqa: E402
 from services.ops.serve import plan_workers  # noqa: E402
+from services.synthetic.scene import SceneConfig, make_scene  # noqa: E402
 
 log = logging.getLogger("serve_gpus")
 

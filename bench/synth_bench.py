@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import tyro
 
-from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
 from services.evaluation.synth_check import consistency_figures
+from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 
 
 @dataclass

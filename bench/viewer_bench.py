@@ -28,9 +28,9 @@ import tyro
 
 from services.common.artifacts import Artifacts
 from services.common.store import StoreConfig, open_store
-from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
 from services.pipeline.export import export_run
 from services.pipeline.report import write_report
+from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 from tests.integration.synthetic_run import synthetic_run
 
 

@@ -1,15 +1,16 @@
 """The `gflow` command line: run, serve, lab, synth, eval, report, demo, view.
 
-The application root: it only joins the packages' commands (pipeline, ops, evaluation) into one
-subcommand table, so it is the one module outside services/evaluation/ that imports evaluation
-(`gflow eval`, `gflow synth`, and the demo's generated clip). Subcommands are reached by their
-plain names (`gflow eval tapvid --data FILE`; a parent's flags may follow its subcommand); a new
-one is a dataclass in main()'s union with its handler.
+The application root: it only joins the packages' commands (pipeline, ops, synthetic) into one
+subcommand table. `gflow eval ARGS` is forwarded, git-style, to evaluation's own command line in
+a child process (`eval_command`), so that evaluation stays a leaf no other module imports.
+Subcommands are reached by their plain names (`gflow run VIDEO --fit-preset fast`; a parent's
+flags may follow its subcommand); a new one is a dataclass in main()'s union with its handler.
 """
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,7 @@ from typing import Annotated
 
 import tyro
 
-from services.common.errors import GFlowError
-from services.common.logs import setup_logging
 from services.common.video import write_mp4
-from services.evaluation.cli import EvalCommand, run_eval
-from services.evaluation.synth import SceneConfig, SynthCommand, make_scene, run_synth
 from services.ops.lab import LabCommand, run_lab
 from services.ops.serve import ServeCommand, run_until_signalled, start_local_services
 from services.pipeline.cli import (
@@ -32,8 +29,15 @@ from services.pipeline.cli import (
     view_command,
 )
 from services.pipeline.config import PipelineConfig
-from services.pipeline.progress import console
+from services.pipeline.progress import console, run_subcommand
 from services.pipeline.viewer import ViewCommand
+from services.synthetic.scene import SceneConfig, SynthCommand, make_scene, run_synth
+
+DESCRIPTION = (
+    "GFlow: a 4D world (dynamic 3D Gaussians + cameras) from one monocular video.\n\n"
+    "gflow eval tapvid|davis --data PATH ...: scores the pipeline against a benchmark's ground"
+    " truth (gflow eval --help)."
+)
 
 
 @dataclass
@@ -79,41 +83,40 @@ def serve_command(command: ServeCommand) -> None:
     run_until_signalled(services)
 
 
+def eval_command(args: list[str]) -> None:
+    """`gflow eval ARGS`: evaluation's own command line in a child process (stdin, stdout and
+    stderr are this one's); exits with its status."""
+    done = subprocess.run([sys.executable, "-m", "services.evaluation.cli", *args])
+    raise SystemExit(done.returncode)
+
+
 def main(args: list[str] | None = None) -> None:
     """The `gflow` entry point; `args` replace sys.argv[1:] (tests)."""
+    args = sys.argv[1:] if args is None else args
+    if args[:1] == ["eval"]:
+        eval_command(args[1:])
     command = tyro.cli(
         Annotated[RunCommand, tyro.conf.subcommand("run")]
         | Annotated[ServeCommand, tyro.conf.subcommand("serve")]
         | Annotated[LabCommand, tyro.conf.subcommand("lab")]
         | Annotated[SynthCommand, tyro.conf.subcommand("synth")]
-        | Annotated[EvalCommand, tyro.conf.subcommand("eval")]
         | Annotated[ReportCommand, tyro.conf.subcommand("report")]
         | Annotated[DemoCommand, tyro.conf.subcommand("demo")]
         | Annotated[ViewCommand, tyro.conf.subcommand("view")],
-        description="GFlow: a 4D world (dynamic 3D Gaussians + cameras) from one monocular video.",
+        description=DESCRIPTION,
         args=args,
         config=(tyro.conf.OmitSubcommandPrefixes, tyro.conf.CascadeSubcommandArgs),
     )
-    setup_logging(getattr(command, "log_level", "INFO"))
     handlers = {
         RunCommand: run_command,
         ServeCommand: serve_command,
         LabCommand: run_lab,
         SynthCommand: run_synth,
-        EvalCommand: run_eval,
         ReportCommand: report_command,
         DemoCommand: demo_command,
         ViewCommand: view_command,
     }
-    try:
-        outcome = handlers[type(command)](command)
-    except GFlowError as exc:
-        console.print(f"[red]error[/red] ({exc.reason}): {exc}", soft_wrap=True)  # one line
-        raise SystemExit(2) from exc
-    if isinstance(outcome, Path):
-        console.print(f"[green]done[/green]: {outcome}")
-    elif outcome is not None:
-        console.print(json.dumps(outcome, indent=1) if isinstance(outcome, dict) else outcome)
+    run_subcommand(command, handlers)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """`gflow eval tapvid|davis`: the pipeline scored on TAP-Vid tracks or DAVIS masks.
 
+Its own command line (`python -m services.evaluation.cli`, which `gflow eval` runs as a child
+process), so that no module outside evaluation imports it.
+
 Both evaluate the videos that are present and name the missing ones (users of the original had
 incomplete downloads and got a crash). `tapvid` also scores a user's own clips stored in the
 TAP-Vid layout; then no DAVIS video is expected.
@@ -27,7 +30,7 @@ from services.evaluation.tapvid import evaluate_tapvid, load_tapvid_davis
 from services.pipeline.config import FitPresetName, PipelineConfig, with_fit_preset
 from services.pipeline.engine import PipelineProgress, call_stage, put_queries, run_pipeline
 from services.pipeline.ingest import IngestConfig, prepare_frames
-from services.pipeline.progress import stage_progress
+from services.pipeline.progress import run_subcommand, stage_progress
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +153,18 @@ def run_eval(command: EvalCommand) -> dict:
         log.warning("not evaluated (missing): %s", ", ".join(summary["missing"]))
     command.out.write_text(json.dumps(summary, indent=1, sort_keys=True, default=float))
     return summary
+
+
+def main(args: list[str] | None = None) -> None:
+    """`gflow eval`'s entry point; `args` replace sys.argv[1:] (tests)."""
+    command = tyro.cli(
+        EvalCommand,
+        prog="gflow eval",
+        args=args,
+        config=(tyro.conf.OmitSubcommandPrefixes, tyro.conf.CascadeSubcommandArgs),
+    )
+    run_subcommand(command, {EvalCommand: run_eval})
+
+
+if __name__ == "__main__":
+    main()

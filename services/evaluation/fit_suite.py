@@ -24,13 +24,13 @@ from services.depth.engine import DepthResult, estimate_depth
 from services.depth.flows import from_flow_result
 from services.evaluation import metrics
 from services.evaluation.naive_tracker import chained_flow_tracks
-from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
 from services.fit.config import FitConfig, FitRuntime
 from services.fit.engine import FitPriors, fit
 from services.fit.tracks import track_2d
 from services.flow.engine import compute_flow
 from services.pipeline.config import PipelineConfig
 from services.segment.engine import segment_motion
+from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import numpy as np
 
 from services.evaluation.fit_suite import pipeline_flow_and_depth
 from services.evaluation.metrics import mask_f, mask_j
-from services.evaluation.synth import SceneConfig, SyntheticScene
 from services.pipeline.config import PipelineConfig
 from services.segment.engine import SegmentConfig, segment_motion
+from services.synthetic.scene import SceneConfig, SyntheticScene
 
 PriorSource = Literal["pipeline", "exact"]
 

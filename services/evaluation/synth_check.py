@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from services.common.geometry import pixel_grid_hw2, rigid_flow_hw2
-from services.evaluation.synth import SyntheticScene
+from services.synthetic.scene import SyntheticScene
 
 
 @dataclass

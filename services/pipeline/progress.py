@@ -1,16 +1,22 @@
 """How a command shows pipeline progress: live bars in a terminal, one log line per stage event
-anywhere else (CI, log files), where a block of finished bars at the end tells nothing."""
+anywhere else (CI, log files), where a block of finished bars at the end tells nothing; and how
+it shows its outcome (`run_subcommand`), the same for `gflow` and `gflow eval`."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from services.common.errors import GFlowError
+from services.common.logs import setup_logging
 from services.pipeline.engine import STAGES, PipelineProgress
 
 log = logging.getLogger(__name__)
@@ -61,3 +67,19 @@ def stage_progress() -> Iterator[PipelineProgress]:
         finally:
             for handler, stream in zip(streams, before, strict=True):
                 handler.setStream(stream)
+
+
+def run_subcommand(command: Any, handlers: dict[type, Callable[[Any], Any]]) -> None:
+    """Runs the parsed `command` with its handler as every gflow command line shows it: logging
+    at its --log-level, a GFlowError as one red line and exit status 2 (no traceback), a
+    returned path as "done: PATH", a returned dict as JSON."""
+    setup_logging(getattr(command, "log_level", "INFO"))
+    try:
+        outcome = handlers[type(command)](command)
+    except GFlowError as exc:
+        console.print(f"[red]error[/red] ({exc.reason}): {exc}", soft_wrap=True)  # one line
+        raise SystemExit(2) from exc
+    if isinstance(outcome, Path):
+        console.print(f"[green]done[/green]: {outcome}")
+    elif outcome is not None:
+        console.print(json.dumps(outcome, indent=1) if isinstance(outcome, dict) else outcome)

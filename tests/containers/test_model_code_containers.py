@@ -24,10 +24,10 @@ from docker.types import Mount
 
 from services.common.config import to_json
 from services.depth.engine import DepthConfig, DepthRuntime, estimate_depth
-from services.evaluation.synth import SceneConfig, make_scene
 from services.flow.backends import unimatch
 from services.flow.engine import FlowConfig, FlowRuntime, compute_flow
 from services.ops.lab import LabSettings, connect, image_name
+from services.synthetic.scene import SceneConfig, make_scene
 from tests.integration.test_e2e_services import one_thread  # noqa: F401 - autouse fixture
 from tests.third_party import needs_package
 from tests.unit.test_depth_mast3r import FAST, tiny_checkpoint  # noqa: F401 - fixture by name

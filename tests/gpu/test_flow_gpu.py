@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from services.evaluation.synth import SceneConfig, make_scene
 from services.flow.backends import raft, unimatch
 from services.flow.engine import FlowConfig, FlowRuntime, compute_flow
 from services.flow.memory import CUDA_KIND
+from services.synthetic.scene import SceneConfig, make_scene
 
 RAFT_READY, RAFT_DETAIL = raft.availability()
 UNIMATCH_READY, UNIMATCH_DETAIL = unimatch.availability()

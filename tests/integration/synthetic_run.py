@@ -17,10 +17,10 @@ from services.common.geometry import backproject_p3
 from services.common.preview import colorize, encode_png
 from services.common.stage import StageOutputs
 from services.common.video import frames_sha256, store_frames, write_mp4
-from services.evaluation.synth import SyntheticScene
 from services.fit.export import intrinsics_json, ply_bytes, write_tum
 from services.fit.gaussians import FrameGaussians
 from services.fit.videos import draw_trajectories
+from services.synthetic.scene import SyntheticScene
 
 FPS = 10.0
 

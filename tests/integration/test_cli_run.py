@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from services.evaluation.metrics import TAPVID_KEYS, TapvidQueries, sample_queries, tapvid_metrics
-from services.evaluation.synth import SceneConfig, make_scene
 from services.evaluation.tapvid import load_tapvid_davis
 from services.pipeline.engine import STAGES
+from services.synthetic.scene import SceneConfig, make_scene
 
 CLIP = "my_clip"  # a user's own clip: no DAVIS video may be reported missing
 

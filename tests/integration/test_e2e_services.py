@@ -31,7 +31,6 @@ from services.common.config import to_json
 from services.common.runtime import DEFAULT_PORTS
 from services.common.store import LocalFolderStore, S3Settings, S3Store
 from services.common.video import write_mp4
-from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.config import preset
 from services.ops.seaweedfs import free_port
 from services.ops.serve import (
@@ -44,6 +43,7 @@ from services.pipeline.config import PipelineConfig
 from services.pipeline.engine import STAGES, run_pipeline
 from services.pipeline.export import load_run
 from services.pipeline.ingest import ingest
+from services.synthetic.scene import SceneConfig, make_scene
 from tests.integration.ply import ply_gaussians
 
 RTOL, ATOL = 1e-5, 1e-6

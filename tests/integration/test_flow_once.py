@@ -18,13 +18,13 @@ from services.common.stage import artifact
 from services.common.video import frames_sha256, load_frames, store_frames
 from services.depth import stage as depth_stage
 from services.depth.engine import DepthConfig
-from services.evaluation.synth import SceneConfig, make_scene
 from services.fit import stage as fit_stage
 from services.flow.backends import dis
 from services.flow.engine import FlowConfig, compute_flow, frame_pairs
 from services.pipeline.config import PipelineConfig
 from services.pipeline.engine import run_pipeline
 from services.segment import stage as segment_stage
+from services.synthetic.scene import SceneConfig, make_scene
 from tests.faults.clips import lean_fit
 
 FLOW = FlowConfig(dis_preset="fast", variational_refinement=False)  # not the default DIS

@@ -12,7 +12,6 @@ import pytest
 
 from services.common.artifacts import Artifacts
 from services.common.store import StoreConfig
-from services.evaluation.synth import SceneConfig, make_scene
 from services.pipeline.export import export_run
 from services.pipeline.report import (
     STRIP_WIDTH_PX,
@@ -22,6 +21,7 @@ from services.pipeline.report import (
     strip_panels,
     write_report,
 )
+from services.synthetic.scene import SceneConfig, make_scene
 from tests.integration.synthetic_run import FPS, synthetic_run
 
 CHROMIUM = shutil.which("chromium")

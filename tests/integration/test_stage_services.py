@@ -48,7 +48,6 @@ from services.common.store import S3Store
 from services.common.video import store_frames, write_mp4
 from services.depth.server import DepthServicer
 from services.evaluation.metrics import depth_metrics, flow_epe, mask_j
-from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
 from services.fit.config import preset
 from services.fit.server import FitServicer
 from services.flow.server import FlowServicer
@@ -56,6 +55,7 @@ from services.pipeline.config import PipelineConfig
 from services.pipeline.engine import depth_request, fit_request, flow_request, segment_request
 from services.pipeline.ingest import ingest
 from services.segment.server import SegmentServicer
+from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 from tests.conftest import s3_settings
 from tests.integration.ply import ply_gaussians
 

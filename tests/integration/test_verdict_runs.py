@@ -10,11 +10,11 @@ import pytest
 from gflow.v1 import pipeline_pb2
 from services.common.artifacts import Artifacts
 from services.common.video import store_frames
-from services.evaluation.synth import SceneConfig, make_scene
 from services.pipeline.config import PipelineConfig
 from services.pipeline.engine import call_stage, depth_request, flow_request, segment_request
 from services.pipeline.report import run_figures
 from services.pipeline.verdicts import judge_run
+from services.synthetic.scene import SceneConfig, make_scene
 
 
 def _levels(local_store, frames_thw3: np.ndarray) -> dict[str, str]:

@@ -18,7 +18,6 @@ import pytest
 from services.common.artifacts import Artifacts
 from services.common.errors import NotFoundError
 from services.common.store import StoreConfig, open_store
-from services.evaluation.synth import SceneConfig, make_scene
 from services.pipeline.export import export_run
 from services.pipeline.report import write_report
 from services.pipeline.viewer import (
@@ -27,6 +26,7 @@ from services.pipeline.viewer import (
     stored_pipeline_result,
     track_segments,
 )
+from services.synthetic.scene import SceneConfig, make_scene
 from tests.integration.synthetic_run import synthetic_run
 
 CHROMIUM = shutil.which("chromium")

@@ -19,7 +19,6 @@ from services.common.keys import content_key
 from services.common.video import store_frames
 from services.depth.config import DepthConfig, DepthRuntime
 from services.depth.stage import depth_from_request
-from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.config import FitConfig, FitRuntime
 from services.fit.stage import fit_from_request
 from services.flow.config import FlowConfig, FlowRuntime
@@ -27,6 +26,7 @@ from services.flow.stage import flow_from_request
 from services.pipeline.config import PipelineConfig, PipelineRuntime, RemoteConfig
 from services.pipeline.engine import STAGES, run_pipeline
 from services.segment.config import SegmentConfig
+from services.synthetic.scene import SceneConfig, make_scene
 
 
 @dataclass

@@ -17,7 +17,7 @@ from services.evaluation.davis import (
     list_davis_videos,
     load_davis_video,
 )
-from services.evaluation.synth import SceneConfig, make_scene
+from services.synthetic.scene import SceneConfig, make_scene
 
 PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (3 * 253)
 

@@ -36,7 +36,7 @@ from services.evaluation.metrics import (
     direction_error_deg,
     rotation_error_deg,
 )
-from services.evaluation.synth import SceneConfig, make_scene
+from services.synthetic.scene import SceneConfig, make_scene
 from tests.depth_flow import flow_for_depth
 
 

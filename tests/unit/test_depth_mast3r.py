@@ -27,7 +27,7 @@ from services.depth.backends.mast3r import (
 )
 from services.depth.engine import DepthConfig, DepthRuntime, estimate_depth
 from services.depth.quality import ARTEFACT_LIMIT, periodic_artefact_score
-from services.evaluation.synth import SceneConfig, make_scene
+from services.synthetic.scene import SceneConfig, make_scene
 from tests.depth_flow import flow_for_depth
 from tests.third_party import needs_package
 

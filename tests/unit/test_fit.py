@@ -17,12 +17,12 @@ import pytest
 from services.common.errors import CancelledError
 from services.evaluation import metrics
 from services.evaluation.fit_suite import exact_priors
-from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
 from services.fit.checkpoint import FolderCheckpoints
 from services.fit.config import preset
 from services.fit.engine import FitPriors, FitResult, fit
 from services.fit.tracks import track_2d, track_3d
 from services.fit.videos import VIDEO_NAMES, render_videos
+from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 
 
 def _priors(scene: SyntheticScene, **overrides) -> FitPriors:

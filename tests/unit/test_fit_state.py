@@ -17,7 +17,6 @@ import torch
 from services.common.errors import IntegrityError
 from services.common.geometry import intrinsics_33
 from services.evaluation.fit_suite import exact_priors
-from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.checkpoint import (
     FORMAT,
     FitCheckpoint,
@@ -33,6 +32,7 @@ from services.fit.engine import fit
 from services.fit.gaussians import Gaussians, mean_depth_hw
 from services.fit.losses import TERMS, fit_terms, term_weights, weighted_sum
 from services.fit.result import FitOutputs
+from services.synthetic.scene import SceneConfig, make_scene
 
 H, W = 24, 32
 K_33 = intrinsics_33(H, W, 60.0)

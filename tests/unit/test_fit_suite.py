@@ -21,8 +21,8 @@ from services.evaluation.fit_suite import (
     suite_clip,
 )
 from services.evaluation.naive_tracker import chained_flow_tracks
-from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.config import preset
+from services.synthetic.scene import SceneConfig, make_scene
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.evaluation.synth import SceneConfig, make_scene
 from services.flow.engine import flow_in_frame, forward_backward_consistency, warp_image
+from services.synthetic.scene import SceneConfig, make_scene
 
 
 def test_integer_flow_shifts_the_image_exactly():

@@ -15,7 +15,6 @@ from services.common.errors import (
     ResourceExhaustedError,
 )
 from services.evaluation.metrics import flow_epe
-from services.evaluation.synth import SceneConfig, make_scene
 from services.flow.engine import (
     FlowConfig,
     FlowRuntime,
@@ -24,6 +23,7 @@ from services.flow.engine import (
     frame_pairs,
 )
 from services.flow.memory import MAXRSS_KIND, RSS_PEAK_KIND
+from services.synthetic.scene import SceneConfig, make_scene
 
 # Measured with DIS medium + variational refinement on this scene (OpenCV 5.0, 2 CPU cores):
 # mean EPE 0.248 px forward, 0.256 px backward, where zero flow scores 3.11 px.

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from services.common.errors import FailedPreconditionError
-from services.evaluation.synth import SceneConfig, make_scene
 from services.flow.backends import raft
 from services.flow.engine import FlowConfig, FlowRuntime, compute_flow
+from services.synthetic.scene import SceneConfig, make_scene
 
 RAFT_READY, RAFT_DETAIL = raft.availability()
 pytestmark = pytest.mark.skipif(not RAFT_READY, reason=f"raft backend unavailable: {RAFT_DETAIL}")

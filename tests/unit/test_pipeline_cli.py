@@ -57,7 +57,7 @@ def test_unknown_or_bad_file_keys_are_named(tmp_path):
         _store_and_remote(_command(_endpoints(tmp_path, {"retry_attempts": 0})))
 
 
-# Imports `gflow` (services.cli, which also holds the eval, synth, lab and serve commands), the
+# Imports `gflow` (services.cli, which also holds the synth, lab and serve commands), the
 # modules a remote-only run calls and the pipeline service, then lists what must not have loaded.
 _IMPORT_THE_CLI = """
 import sys

@@ -11,10 +11,10 @@ import torch
 
 from services.common.errors import FailedPreconditionError, InvalidArgumentError
 from services.common.geometry import backproject_p3, pixel_grid_hw2
-from services.evaluation.synth import SceneConfig, make_scene
 from services.fit.projection import quat_to_rotmat_n33
 from services.fit.rasterizer_gsplat import gsplat_available
 from services.fit.render import render, resolve_backend
+from services.synthetic.scene import SceneConfig, make_scene
 
 WIDTH, HEIGHT = 32, 24
 F = 30.0

@@ -18,7 +18,7 @@ from services.common.errors import InvalidArgumentError
 from services.common.geometry import relative_pose_from_c2w, rotation_angle_deg
 from services.common.two_view import TwoViewConfig, relative_pose, sampson_px
 from services.evaluation.metrics import direction_error_deg, rotation_error_deg
-from services.evaluation.synth import SceneConfig, make_scene
+from services.synthetic.scene import SceneConfig, make_scene
 
 FRAMES = ("0048", "0054", "0060", "0066")
 

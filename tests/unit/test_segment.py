@@ -14,9 +14,9 @@ import pytest
 from services.common.errors import InvalidArgumentError
 from services.common.geometry import rigid_flow_hw2
 from services.evaluation.metrics import mask_f, mask_j
-from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
 from services.flow.engine import FlowConfig, compute_flow
 from services.segment.engine import SegmentConfig, segment_motion, validate_user_masks
+from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 
 H, W, T = 192, 256, 8
 NOISE_PX = 0.5

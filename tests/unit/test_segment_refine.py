@@ -1,6 +1,6 @@
 """Mask refinement (services/segment/refine.py): a halo around the true mask is taken back by the
 image, a blob no neighbour frame confirms is dropped, masks from exact flow stay, bad config is
-named. Scenes are synthetic with exact masks (services/evaluation/synth.py)."""
+named. Scenes are synthetic with exact masks (services/synthetic/scene.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from services.common.errors import InvalidArgumentError
 from services.evaluation.mask_suite import mean_j_and_f
-from services.evaluation.synth import SceneConfig, SyntheticScene, make_scene
 from services.segment.engine import SegmentConfig, segment_motion
 from services.segment.refine import (
     MaskRefineConfig,
@@ -18,6 +17,7 @@ from services.segment.refine import (
     drop_unsupported_components,
     refine_masks,
 )
+from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 
 H, W, T = 192, 256, 6
 HALO_PX = 6

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from services.evaluation.mask_suite import clip_masks, mean_j_and_f, segment_suite
-from services.evaluation.synth import make_scene
+from services.synthetic.scene import make_scene
 
 CLIPS = segment_suite(height=192, width=256, n_frames=10)
 

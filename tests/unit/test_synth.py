@@ -10,14 +10,14 @@ import pytest
 
 from services.common.errors import InvalidArgumentError, NotFoundError
 from services.common.geometry import pixel_grid_hw2, project_p2, rigid_flow_hw2
-from services.evaluation.synth import (
+from services.evaluation.synth_check import consistency_figures
+from services.synthetic.scene import (
     SceneConfig,
     SynthCommand,
     SyntheticScene,
     make_scene,
     run_synth,
 )
-from services.evaluation.synth_check import consistency_figures
 
 CAMERAS = ("moving", "rotation", "static")
 _CACHE: dict[tuple, SyntheticScene] = {}

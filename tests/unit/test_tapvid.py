@@ -11,13 +11,13 @@ import pytest
 
 from services.common.errors import NotFoundError
 from services.evaluation.metrics import TAPVID_KEYS
-from services.evaluation.synth import SceneConfig, make_scene
 from services.evaluation.tapvid import (
     OFFICIAL_PICKLE,
     TAPVID_DAVIS_VIDEOS,
     evaluate_tapvid,
     load_tapvid_davis,
 )
+from services.synthetic.scene import SceneConfig, make_scene
 
 
 def synthetic_entry(seed: int) -> dict:

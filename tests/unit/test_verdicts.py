@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from services.common.geometry import rotation_33
-from services.evaluation.synth import SceneConfig, make_scene
 from services.pipeline.verdicts import INFORMATIONAL, RULES, judge_run, path_figures
+from services.synthetic.scene import SceneConfig, make_scene
 from tests.conftest import PROJECT_ROOT
 
 

@@ -33,7 +33,7 @@ from services.common.geometry import (
     project_p2,
     rotation_33,
 )
-from services.evaluation import textures
+from services.synthetic import textures
 
 logger = logging.getLogger(__name__)
 
