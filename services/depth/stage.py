@@ -147,8 +147,10 @@ def depth_from_request(
     config = parse_request_config(request.config_json, DepthConfig, DepthRuntime, STAGE)
     if remote_caller:
         refuse_server_fields(config, SERVER_FIELDS, "config_json")
-        trust = os.environ.get(SERVER_FIELDS["mast3r_trust_checkpoint"]) == "1"
-        config = dataclasses.replace(config, mast3r_trust_checkpoint=trust)
-    config = with_env_paths(config, {"mast3r_checkpoint": SERVER_FIELDS["mast3r_checkpoint"]})
+    if config.backend == "mast3r":  # only then: the offline backend keeps the embedded run's key
+        if remote_caller:
+            trust = os.environ.get(SERVER_FIELDS["mast3r_trust_checkpoint"]) == "1"
+            config = dataclasses.replace(config, mast3r_trust_checkpoint=trust)
+        config = with_env_paths(config, {"mast3r_checkpoint": SERVER_FIELDS["mast3r_checkpoint"]})
     flow = request.flow if request.HasField("flow") else None
     return run_depth(artifacts, request.video, flow, config, runtime, progress)

@@ -75,3 +75,5 @@ SERVER_FIELDS = {
     "raft_weights": "GFLOW_RAFT_WEIGHTS",
     "unimatch_checkpoint": "GFLOW_UNIMATCH_CHECKPOINT",
 }
+WEIGHTS_FIELD = {"raft": "raft_weights", "unimatch": "unimatch_checkpoint"}
+"""The weights field of each backend that reads one (dis reads none)."""

@@ -11,7 +11,7 @@ from services.common.errors import ProgressFn, no_progress
 from services.common.preview import encode_png, flow_to_rgb, strip
 from services.common.stage import StageOutputs, run_cached
 from services.common.video import frames_sha256, load_frames
-from services.flow.config import SERVER_FIELDS, FlowConfig, FlowRuntime
+from services.flow.config import SERVER_FIELDS, WEIGHTS_FIELD, FlowConfig, FlowRuntime
 from services.flow.engine import FlowResult, compute_flow
 
 STAGE = "flow"
@@ -117,11 +117,14 @@ def flow_from_request(
     runtime: FlowRuntime = FlowRuntime(),
 ) -> common_pb2.StageResult:
     """The FlowService call, in-process: the server and the embedded pipeline both use this.
-    Weights not named in the request come from GFLOW_RAFT_WEIGHTS / GFLOW_UNIMATCH_CHECKPOINT;
-    a `remote_caller` may not name them (`SERVER_FIELDS`). `runtime` is the caller's: the
-    server's environment, or the embedded run's `--pipeline.runtime.flow.*` flags."""
+    Weights not named in the request come from GFLOW_RAFT_WEIGHTS / GFLOW_UNIMATCH_CHECKPOINT,
+    for the backend that reads them; a `remote_caller` may not name them (`SERVER_FIELDS`).
+    `runtime` is the caller's: the server's environment, or the embedded run's
+    `--pipeline.runtime.flow.*` flags."""
     config = parse_request_config(request.config_json, FlowConfig, FlowRuntime, STAGE)
     if remote_caller:
         refuse_server_fields(config, SERVER_FIELDS, "config_json")
-    config = with_env_paths(config, SERVER_FIELDS)
+    weights = WEIGHTS_FIELD.get(config.backend)
+    if weights is not None:  # only then: a weight-free backend keeps the embedded run's key
+        config = with_env_paths(config, {weights: SERVER_FIELDS[weights]})
     return run_flow(artifacts, request.video, config, runtime, progress)

@@ -55,10 +55,6 @@ pytestmark = pytest.mark.skipif(
 
 log = logging.getLogger(__name__)
 ONE_THREAD_ENV = ["OMP_NUM_THREADS=1", "MKL_NUM_THREADS=1", "OPENCV_FOR_THREADS_NUM=1"]
-# The images point these at /weights/...; the depth and flow servers copy them into the stage's
-# config, so into its content key, even for the weight-free backends run here (with_env_paths in
-# services/*/stage.py). Emptied, the containers compute under the embedded run's keys.
-NO_WEIGHTS_ENV = ["GFLOW_MAST3R_CHECKPOINT=", "GFLOW_RAFT_WEIGHTS=", "GFLOW_UNIMATCH_CHECKPOINT="]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +66,7 @@ def settings(tmp_path_factory) -> LabSettings:
 def up(settings: LabSettings):
     """`gflow lab up` on free ports; `down` at the end whatever happened."""
     command = LabUpCommand(
-        env=ONE_THREAD_ENV + NO_WEIGHTS_ENV,
+        env=ONE_THREAD_ENV,
         s3_port=free_port(),
         ports={name: free_port() for name in DEFAULT_PORTS},
         lab=settings,

@@ -88,9 +88,20 @@ OTHER_RUNTIME = PipelineRuntime(
 )
 
 
-def test_a_stage_key_does_not_change_with_the_runtime(local_store):
-    """The same clip and configs with another runtime: every stage answers from the store,
-    under the same key."""
+WEIGHTS_ENV = {
+    "GFLOW_RAFT_WEIGHTS": "/weights/raft.pth",
+    "GFLOW_UNIMATCH_CHECKPOINT": "/weights/unimatch.pth",
+    "GFLOW_MAST3R_CHECKPOINT": "/weights/mast3r.pth",
+    "GFLOW_MAST3R_TRUST_CHECKPOINT": "1",
+}
+"""What a depth or flow server's environment names (as the images do) for the backends with
+weights; DIS flow and the offline depth read none of it."""
+
+
+@pytest.mark.parametrize("change", ["runtime", "weights of other backends"])
+def test_a_stage_key_does_not_change_with_the_runtime(local_store, monkeypatch, change):
+    """The same clip and configs with another runtime, or with weights named for backends the
+    run does not use: every stage answers from the store, under the same key."""
     artifacts = Artifacts(local_store)
     scene = make_scene(SceneConfig(height=32, width=48, n_frames=3))
     video = store_frames(artifacts, scene.frames_thw3, 10.0)
@@ -99,7 +110,12 @@ def test_a_stage_key_does_not_change_with_the_runtime(local_store):
     )
     config = PipelineConfig(fit=tiny_fit, track_grid=0)
     first = run_pipeline(artifacts, video, config)
-    again = run_pipeline(artifacts, video, dataclasses.replace(config, runtime=OTHER_RUNTIME))
+    if change == "runtime":
+        config = dataclasses.replace(config, runtime=OTHER_RUNTIME)
+    else:
+        for name, value in WEIGHTS_ENV.items():
+            monkeypatch.setenv(name, value)
+    again = run_pipeline(artifacts, video, config)
     for stage in STAGES:
         assert not getattr(first, stage).cached
         assert getattr(again, stage).cached
