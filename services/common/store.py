@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -364,6 +365,10 @@ class StoreConfig:
     s3: S3Settings = field(default_factory=S3Settings.from_env)
 
 
+_S3_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+"""S3's bucket naming rule (the SDK otherwise fails deep inside with a bare ValueError)."""
+
+
 def open_store(config: StoreConfig | str) -> ObjectStore:
     """Open the store a URL names: file://PATH, a plain path, or s3://BUCKET."""
     if isinstance(config, str):
@@ -376,6 +381,12 @@ def open_store(config: StoreConfig | str) -> ObjectStore:
         if not parsed.netloc:
             raise InvalidArgumentError(
                 "store.url", f"{config.url!r} names no bucket: use s3://BUCKET"
+            )
+        if not _S3_BUCKET_NAME.fullmatch(parsed.netloc) or ".." in parsed.netloc:
+            raise InvalidArgumentError(
+                "store.url",
+                f"{parsed.netloc!r} is not an S3 bucket name: use 3-63 lowercase letters, digits, "
+                "dots and hyphens, starting and ending with a letter or digit (e.g. s3://gflow)",
             )
         return S3Store(parsed.netloc, config.s3)
     raise InvalidArgumentError(

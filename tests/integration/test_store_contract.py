@@ -13,7 +13,7 @@ from services.common.errors import (
     NotFoundError,
     UnavailableError,
 )
-from services.common.store import LocalFolderStore, S3Store, sha256_hex
+from services.common.store import LocalFolderStore, S3Store, open_store, sha256_hex
 from services.ops.seaweedfs import free_port
 from tests.conftest import s3_settings
 
@@ -102,6 +102,13 @@ def test_s3_detects_corruption(s3_store: S3Store):
 
 
 @pytest.mark.s3
+@pytest.mark.parametrize("bucket", ["My_Bucket", "ab", "-gflow", "gflow..runs", "g" * 64])
+def test_a_bad_bucket_name_is_named_before_any_connection(bucket):
+    with pytest.raises(InvalidArgumentError, match="store.url") as info:
+        open_store(f"s3://{bucket}")
+    assert f"{bucket!r} is not an S3 bucket name" in str(info.value)
+
+
 def test_s3_wrong_credentials_are_named(seaweed):
     with pytest.raises(FailedPreconditionError, match="rejected the credentials") as info:
         S3Store("gflow-any", s3_settings(seaweed.endpoint, secret_key="wrong-secret"))
