@@ -1,6 +1,6 @@
 """`gflow view` load time and memory on a 50-frame 854x480 run; prints a table.
 
-Run from the project root (after `make setup`, or with PYTHONPATH=.; needs Chromium):
+Run after `make setup` (needs Chromium):
     .venv/bin/python bench/viewer_bench.py [--frames 50] [--step-px 2] [--out bench/out/viewer]
 
 The run is made from a synthetic scene's truth (tests/integration/synthetic_run.py) rendered at a
@@ -26,12 +26,14 @@ import cv2
 import numpy as np
 import tyro
 
-from services.common.artifacts import Artifacts
-from services.common.store import StoreConfig, open_store
-from services.pipeline.export import export_run
-from services.pipeline.report import write_report
-from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
-from tests.integration.synthetic_run import synthetic_run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is no installed package
+
+from services.common.artifacts import Artifacts  # noqa: E402
+from services.common.store import StoreConfig, open_store  # noqa: E402
+from services.pipeline.export import export_run  # noqa: E402
+from services.pipeline.report import write_report  # noqa: E402
+from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene  # noqa: E402
+from tests.integration.synthetic_run import synthetic_run  # noqa: E402
 
 
 @dataclass
