@@ -6,6 +6,7 @@ That is what lets a repeated request be answered from the store and a killed job
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -38,3 +39,32 @@ def content_key(stage: str, backend: str, params: Any, inputs: Sequence[str]) ->
         {"stage": stage, "backend": backend, "params": params, "inputs": list(inputs)}
     )
     return f"{stage}/{hashlib.sha256(payload.encode()).hexdigest()[:40]}"
+
+
+def with_weights_digest(config: Any, weights: Path | None) -> Any:
+    """Key parameters of a stage config whose backend reads a weights file: the config and the
+    file's content digest, so that a file replaced at the same path is not answered with the old
+    file's results. The config alone where the backend reads no file (`weights` None)."""
+    if weights is None:
+        return config
+    return {"config": config, "weights_sha256": file_sha256(weights)}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, hashed once per process for each (path, inode, size, mtime);
+    "missing" when there is no such file (the backend then refuses the work with its own
+    message)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return "missing"
+    return _file_sha256(str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -11,6 +11,7 @@ from gflow.v1 import common_pb2, depth_pb2
 from services.common.artifacts import Artifacts
 from services.common.config import parse_request_config, refuse_server_fields, with_env_paths
 from services.common.errors import ProgressFn, no_progress
+from services.common.keys import with_weights_digest
 from services.common.preview import colorize, encode_png, strip
 from services.common.stage import (
     StageOutputs,
@@ -58,8 +59,8 @@ def run_depth(
     progress: ProgressFn = no_progress,
 ) -> common_pb2.StageResult:
     """Depth for every frame from the flow stage's result (None: MASt3R without its offline
-    fallback), cached by content key (the whole `config`; `runtime` changes how it is
-    computed); repairs are reported, never fatal."""
+    fallback), cached by content key (the whole `config`, and for mast3r the checkpoint's
+    content; `runtime` changes how it is computed); repairs are reported, never fatal."""
 
     video_sha256 = frames_sha256(artifacts, video)
     flow_result = (
@@ -127,7 +128,9 @@ def run_depth(
         )
 
     inputs = [flow_result.key if flow_result is not None else ""]
-    return run_cached(artifacts, STAGE, config.backend, config, video_sha256, inputs, produce)
+    weights = config.mast3r_checkpoint if config.backend == "mast3r" else None
+    params = with_weights_digest(config, weights)
+    return run_cached(artifacts, STAGE, config.backend, params, video_sha256, inputs, produce)
 
 
 def depth_from_request(

@@ -8,6 +8,7 @@ from gflow.v1 import common_pb2, flow_pb2
 from services.common.artifacts import Artifacts
 from services.common.config import parse_request_config, refuse_server_fields, with_env_paths
 from services.common.errors import ProgressFn, no_progress
+from services.common.keys import with_weights_digest
 from services.common.preview import encode_png, flow_to_rgb, strip
 from services.common.stage import StageOutputs, run_cached
 from services.common.video import frames_sha256, load_frames
@@ -57,7 +58,8 @@ def run_flow(
     progress: ProgressFn = no_progress,
 ) -> common_pb2.StageResult:
     """Flow for every consecutive pair (and stride pairs on request), cached by content key
-    (the whole `config`; `runtime` changes how, not what, is computed)."""
+    (the whole `config`, and the content of the weights file its backend reads; `runtime`
+    changes how, not what, is computed)."""
 
     video_sha256 = frames_sha256(artifacts, video)
 
@@ -105,7 +107,9 @@ def run_flow(
             }
         )
 
-    return run_cached(artifacts, STAGE, config.backend, config, video_sha256, [], produce)
+    weights = WEIGHTS_FIELD.get(config.backend)
+    params = with_weights_digest(config, None if weights is None else getattr(config, weights))
+    return run_cached(artifacts, STAGE, config.backend, params, video_sha256, [], produce)
 
 
 def flow_from_request(

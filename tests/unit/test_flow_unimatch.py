@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from services.common.artifacts import Artifacts
 from services.common.errors import FailedPreconditionError
+from services.common.video import store_frames
 from services.flow.backends import unimatch
 from services.flow.backends.base import Pads, crop_flow, pad_frames, pads_for
 from services.flow.engine import FlowConfig, compute_flow
+from services.flow.stage import run_flow
 from tests.third_party import needs_package
 
 needs_unimatch = needs_package("unimatch")
@@ -110,6 +113,28 @@ def test_unimatch_runs_from_a_checkpoint_and_matches_a_direct_call(tmp_path, por
 
     np.testing.assert_allclose(pair.flow_fwd_hw2, direct(*frames_thw3), atol=1e-3)
     np.testing.assert_allclose(pair.flow_bwd_hw2, direct(*frames_thw3[::-1]), atol=1e-3)
+
+
+@needs_unimatch
+def test_a_checkpoint_replaced_at_the_same_path_is_not_answered_from_the_store(
+    tmp_path, local_store
+):
+    """The flow stage's key holds the checkpoint's content, not only its path: the same file
+    again is answered from the store, a new file at the same path is computed anew."""
+    from unimatch.unimatch import UniMatch
+
+    artifacts = Artifacts(local_store)
+    video = store_frames(artifacts, FRAMES_THW3, 10.0)
+    path = tmp_path / "gmflow.pth"
+    config = FlowConfig(backend="unimatch", unimatch_checkpoint=path)
+    results = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        torch.save({"model": UniMatch(**unimatch.model_kwargs()).state_dict()}, path)
+        results.append(run_flow(artifacts, video, config))
+    first, same, replaced = results
+    assert not first.cached and same.cached and same.key == first.key
+    assert not replaced.cached and replaced.key != first.key
 
 
 @needs_unimatch
