@@ -10,6 +10,7 @@ TAP-Vid layout; then no DAVIS video is expected.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -22,7 +23,6 @@ import tyro
 from gflow.v1 import flow_pb2, segment_pb2
 from services.common.artifacts import Artifacts
 from services.common.config import to_json
-from services.common.errors import no_progress
 from services.common.store import open_store
 from services.common.video import store_frames
 from services.evaluation.davis import evaluate_davis_masks
@@ -96,13 +96,14 @@ def tapvid_tracker(artifacts: Artifacts, config: PipelineConfig, progress: Pipel
     return track
 
 
-def davis_segmenter(artifacts: Artifacts, config: PipelineConfig):
+def davis_segmenter(artifacts: Artifacts, config: PipelineConfig, progress: PipelineProgress):
     """A DAVIS segmenter made of the flow and segment stages (the fit is not needed), run where
-    `config.remote` puts them, as the pipeline runs them."""
+    `config.remote` puts them, as the pipeline runs them; `progress` sees their events."""
 
     def run(stage: str, request):
+        stage_events = functools.partial(progress, stage)
         return call_stage(
-            artifacts, stage, request, config.remote, no_progress, None, config.runtime
+            artifacts, stage, request, config.remote, stage_events, None, config.runtime
         )
 
     def segment(frames_thw3: np.ndarray) -> np.ndarray:
@@ -122,6 +123,11 @@ def davis_segmenter(artifacts: Artifacts, config: PipelineConfig):
     return segment
 
 
+def _video_lines(done: int, total: int, message: str) -> None:
+    """An evaluation's progress over its videos: one log line each (beside the stages' bars)."""
+    log.info("video %d/%d: %s", done, total, message)
+
+
 def run_eval(command: EvalCommand) -> dict:
     """Evaluate, write the JSON report to --out, and return it."""
     artifacts = Artifacts(open_store(command.store))
@@ -131,7 +137,7 @@ def run_eval(command: EvalCommand) -> dict:
         data = load_tapvid_davis(benchmark.data)
         with stage_progress() as progress:
             tracker = tapvid_tracker(artifacts, config, progress)
-            report = evaluate_tapvid(data, tracker, benchmark.query_mode)
+            report = evaluate_tapvid(data, tracker, benchmark.query_mode, _video_lines)
         summary = {
             "benchmark": "tapvid",
             "query_mode": report.query_mode,
@@ -142,7 +148,11 @@ def run_eval(command: EvalCommand) -> dict:
         }
     else:
         kwargs = {"videos": benchmark.videos} if benchmark.videos else {}
-        report = evaluate_davis_masks(benchmark.data, davis_segmenter(artifacts, config), **kwargs)
+        with stage_progress() as progress:
+            segmenter = davis_segmenter(artifacts, config, progress)
+            report = evaluate_davis_masks(
+                benchmark.data, segmenter, progress=_video_lines, **kwargs
+            )
         summary = {
             "benchmark": "davis",
             "mean": report.mean,

@@ -26,6 +26,7 @@ from services.evaluation.metrics import TAPVID_KEYS, TapvidQueries, sample_queri
 from services.evaluation.tapvid import load_tapvid_davis
 from services.pipeline.engine import STAGES
 from services.synthetic.scene import SceneConfig, make_scene
+from tests.unit.test_davis import write_video
 
 CLIP = "my_clip"  # a user's own clip: no DAVIS video may be reported missing
 
@@ -124,6 +125,7 @@ def test_eval_of_own_clips_scores_the_run_tracks_without_missing_videos(outputs:
     assert "blackswan" not in outputs.eval_log  # no DAVIS name listed anywhere
     assert "fit: answered from the store" in outputs.eval_log  # the run's fit, reused
     assert re.search(r" fit 1/1: cached$", outputs.eval_log, re.M)  # eval shows progress too
+    assert re.search(rf" video 1/1: tracked {CLIP}$", outputs.eval_log, re.M)
     q = outputs.queries
     expected = tapvid_metrics(
         q.query_t_q,
@@ -138,3 +140,34 @@ def test_eval_of_own_clips_scores_the_run_tracks_without_missing_videos(outputs:
     for key in TAPVID_KEYS:
         assert report["per_video"][CLIP][key] == pytest.approx(expected[key], abs=1e-12), key
         assert report["mean"][key] == pytest.approx(expected[key], abs=1e-12), key
+
+
+def test_eval_davis_scores_a_folder_with_progress_per_stage_and_video(tmp_path):
+    """`gflow eval davis` on one video in the DAVIS layout: the object found (J 0.29 and F 0.33
+    when written), nothing missing for the videos asked, and a log line per flow/segment event
+    and per video."""
+    scene = make_scene(SceneConfig(height=96, width=128, n_frames=6, n_objects=1, seed=5))
+    write_video(tmp_path / "data", "dog", scene.frames_thw3, (scene.object_thw + 1).astype("u1"))
+    report_path = tmp_path / "davis.json"
+    store = (tmp_path / "store").as_uri()
+    data = str(tmp_path / "data")
+    done = _gflow(
+        "eval",
+        "davis",
+        "--data",
+        data,
+        "--videos",
+        "dog",
+        "--store",
+        store,
+        "--out",
+        str(report_path),
+    )
+    report = json.loads(report_path.read_text())
+    assert report["benchmark"] == "davis" and report["missing"] == []
+    assert 0.1 < report["per_video"]["dog"]["J"] <= 1.0
+    assert 0.1 < report["per_video"]["dog"]["F"] <= 1.0
+    assert re.search(r" flow \d+/\d+: ", done.stderr) and re.search(
+        r" segment \d+/\d+: ", done.stderr
+    )
+    assert re.search(r" video 1/1: scored dog$", done.stderr, re.M)
