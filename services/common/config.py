@@ -193,11 +193,11 @@ def refuse_server_fields(config: Any, env_by_field: dict[str, str], field: str) 
             )
 
 
-def with_env_paths(config: T, env_by_field: dict[str, str]) -> T:
-    """Fill path fields left None from environment variables (weights mounted in containers)."""
-    updates = {
-        name: Path(os.environ[env])
-        for name, env in env_by_field.items()
-        if getattr(config, name) is None and os.environ.get(env)
-    }
-    return dataclasses.replace(config, **updates) if updates else config
+def with_env_weights(config: T, weights_field: dict[str, str], env_by_field: dict[str, str]) -> T:
+    """The weights path of the config's backend (`weights_field`: backend -> field), when left
+    None, from its environment variable (weights mounted in containers); a backend that reads
+    no weights is left as it is, so its content key stays that of an embedded run."""
+    name = weights_field.get(config.backend)
+    if name is None or getattr(config, name) is not None or not os.environ.get(env_by_field[name]):
+        return config
+    return dataclasses.replace(config, **{name: Path(os.environ[env_by_field[name]])})

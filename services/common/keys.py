@@ -41,10 +41,12 @@ def content_key(stage: str, backend: str, params: Any, inputs: Sequence[str]) ->
     return f"{stage}/{hashlib.sha256(payload.encode()).hexdigest()[:40]}"
 
 
-def with_weights_digest(config: Any, weights: Path | None) -> Any:
-    """Key parameters of a stage config whose backend reads a weights file: the config and the
-    file's content digest, so that a file replaced at the same path is not answered with the old
-    file's results. The config alone where the backend reads no file (`weights` None)."""
+def with_weights_digest(config: Any, weights_field: Mapping[str, str]) -> Any:
+    """Key parameters of a stage config: with the content digest of the weights file its backend
+    reads (`weights_field`: backend -> field), so that a file replaced at the same path is not
+    answered with the old file's results; the config alone where the backend reads none."""
+    name = weights_field.get(config.backend)
+    weights = None if name is None else getattr(config, name)
     if weights is None:
         return config
     return {"config": config, "weights_sha256": file_sha256(weights)}

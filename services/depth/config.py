@@ -112,6 +112,9 @@ def needed_stride(flow_stride: int, n_frames: int) -> int:
     return flow_stride if 2 <= flow_stride < n_frames else 0
 
 
+WEIGHTS_FIELD = {"mast3r": "mast3r_checkpoint"}
+"""The weights field of each backend that reads one (offline reads none)."""
+
 # Request fields that only the server's operator may set, and the variables that set them.
 SERVER_FIELDS = {
     "mast3r_checkpoint": "GFLOW_MAST3R_CHECKPOINT",

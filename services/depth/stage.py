@@ -9,7 +9,7 @@ import numpy as np
 
 from gflow.v1 import common_pb2, depth_pb2
 from services.common.artifacts import Artifacts
-from services.common.config import parse_request_config, refuse_server_fields, with_env_paths
+from services.common.config import parse_request_config, refuse_server_fields, with_env_weights
 from services.common.errors import ProgressFn, no_progress
 from services.common.keys import with_weights_digest
 from services.common.preview import colorize, encode_png, strip
@@ -21,7 +21,13 @@ from services.common.stage import (
     upstream_result,
 )
 from services.common.video import frames_sha256, load_frames
-from services.depth.config import SERVER_FIELDS, DepthConfig, DepthRuntime, needed_stride
+from services.depth.config import (
+    SERVER_FIELDS,
+    WEIGHTS_FIELD,
+    DepthConfig,
+    DepthRuntime,
+    needed_stride,
+)
 from services.depth.engine import estimate_depth
 from services.depth.flows import PairFlows, from_arrays
 from services.flow.stage import pair_artifact
@@ -128,8 +134,7 @@ def run_depth(
         )
 
     inputs = [flow_result.key if flow_result is not None else ""]
-    weights = config.mast3r_checkpoint if config.backend == "mast3r" else None
-    params = with_weights_digest(config, weights)
+    params = with_weights_digest(config, WEIGHTS_FIELD)
     return run_cached(artifacts, STAGE, config.backend, params, video_sha256, inputs, produce)
 
 
@@ -150,10 +155,9 @@ def depth_from_request(
     config = parse_request_config(request.config_json, DepthConfig, DepthRuntime, STAGE)
     if remote_caller:
         refuse_server_fields(config, SERVER_FIELDS, "config_json")
-    if config.backend == "mast3r":  # only then: the offline backend keeps the embedded run's key
-        if remote_caller:
-            trust = os.environ.get(SERVER_FIELDS["mast3r_trust_checkpoint"]) == "1"
-            config = dataclasses.replace(config, mast3r_trust_checkpoint=trust)
-        config = with_env_paths(config, {"mast3r_checkpoint": SERVER_FIELDS["mast3r_checkpoint"]})
+    if remote_caller and config.backend in WEIGHTS_FIELD:  # offline keeps the embedded run's key
+        trust = os.environ.get(SERVER_FIELDS["mast3r_trust_checkpoint"]) == "1"
+        config = dataclasses.replace(config, mast3r_trust_checkpoint=trust)
+    config = with_env_weights(config, WEIGHTS_FIELD, SERVER_FIELDS)
     flow = request.flow if request.HasField("flow") else None
     return run_depth(artifacts, request.video, flow, config, runtime, progress)

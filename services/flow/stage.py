@@ -6,7 +6,7 @@ import numpy as np
 
 from gflow.v1 import common_pb2, flow_pb2
 from services.common.artifacts import Artifacts
-from services.common.config import parse_request_config, refuse_server_fields, with_env_paths
+from services.common.config import parse_request_config, refuse_server_fields, with_env_weights
 from services.common.errors import ProgressFn, no_progress
 from services.common.keys import with_weights_digest
 from services.common.preview import encode_png, flow_to_rgb, strip
@@ -107,8 +107,7 @@ def run_flow(
             }
         )
 
-    weights = WEIGHTS_FIELD.get(config.backend)
-    params = with_weights_digest(config, None if weights is None else getattr(config, weights))
+    params = with_weights_digest(config, WEIGHTS_FIELD)
     return run_cached(artifacts, STAGE, config.backend, params, video_sha256, [], produce)
 
 
@@ -128,7 +127,5 @@ def flow_from_request(
     config = parse_request_config(request.config_json, FlowConfig, FlowRuntime, STAGE)
     if remote_caller:
         refuse_server_fields(config, SERVER_FIELDS, "config_json")
-    weights = WEIGHTS_FIELD.get(config.backend)
-    if weights is not None:  # only then: a weight-free backend keeps the embedded run's key
-        config = with_env_paths(config, {weights: SERVER_FIELDS[weights]})
+    config = with_env_weights(config, WEIGHTS_FIELD, SERVER_FIELDS)
     return run_flow(artifacts, request.video, config, runtime, progress)
