@@ -13,7 +13,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
@@ -45,9 +44,8 @@ def main(bench: FlowSuite) -> None:
         queries = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, "first")
         exact = floor_row(queries, scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2, image_hw)["aj"]
         for preset in bench.presets:
-            pairs = compute_flow(scene.frames_thw3, FlowConfig(dis_preset=preset)).pairs
-            fwd_t1hw2 = np.stack([p.flow_fwd_hw2 for p in pairs])
-            bwd_t1hw2 = np.stack([p.flow_bwd_hw2 for p in pairs])
+            flow = compute_flow(scene.frames_thw3, FlowConfig(dis_preset=preset))
+            fwd_t1hw2, bwd_t1hw2 = flow.stacked()
             epe = metrics.flow_epe(fwd_t1hw2, scene.flow_fwd_t1hw2)
             aj = floor_row(queries, fwd_t1hw2, bwd_t1hw2, image_hw)["aj"]
             print(f"{clip.name} | {preset} | {epe:.3f} | {aj:.3f} | {exact:.3f}", flush=True)

@@ -117,8 +117,7 @@ def main() -> None:
     if paths:
         frames_thw3 = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths])
         flow = compute_flow(frames_thw3, FlowConfig(backend="dis"))
-        fwd = np.stack([p.flow_fwd_hw2 for p in flow.pairs])
-        bwd = np.stack([p.flow_bwd_hw2 for p in flow.pairs])
+        fwd, bwd = flow.stacked()
         rows.append(time_row("DAVIS frames, DIS flow", fwd, bwd, cfg, bench.repeats))
 
     print(

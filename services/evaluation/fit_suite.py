@@ -137,9 +137,7 @@ def pipeline_flow_and_depth(
     the flow and depth engines with the stages' configs, the flow computed once and handed to
     depth as the pipeline hands the flow stage's result to the depth stage."""
     flow = compute_flow(frames_thw3, config.flow_config(len(frames_thw3)), config.runtime.flow)
-    consecutive = [p for p in flow.pairs if p.t1 - p.t0 == 1]
-    flow_fwd_t1hw2 = np.stack([p.flow_fwd_hw2 for p in consecutive]).astype(np.float32)
-    flow_bwd_t1hw2 = np.stack([p.flow_bwd_hw2 for p in consecutive]).astype(np.float32)
+    flow_fwd_t1hw2, flow_bwd_t1hw2 = (f.astype(np.float32) for f in flow.stacked())
     depth = estimate_depth(
         frames_thw3, config.depth, config.runtime.depth, flow=from_flow_result(flow)
     )

@@ -73,6 +73,12 @@ class FlowResult:
     memory_kind: str  # how peak_memory_bytes was measured (see services.flow.memory)
     seconds: float
 
+    def stacked(self, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Forward and backward flows [P, H, W, 2] of the pairs (t, t + stride), t ascending: the
+        layout the segment and fit stages read (stride 1: [T-1, H, W, 2])."""
+        pairs = [p for p in self.pairs if p.t1 - p.t0 == stride]
+        return np.stack([p.flow_fwd_hw2 for p in pairs]), np.stack([p.flow_bwd_hw2 for p in pairs])
+
 
 @dataclass
 class BackendInfo:

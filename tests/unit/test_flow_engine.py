@@ -132,6 +132,10 @@ def test_extra_stride_adds_the_long_pairs_after_the_consecutive_ones():
     frames_thw3 = make_scene(SceneConfig(n_frames=4)).frames_thw3
     result = compute_flow(frames_thw3, FlowConfig(extra_stride=2))
     assert [(p.t0, p.t1) for p in result.pairs] == [(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)]
+    for stride, firsts in ((1, [0, 1, 2]), (2, [3, 4])):  # stacked: one stride's pairs in order
+        fwd_phw2, bwd_phw2 = result.stacked(stride)
+        np.testing.assert_array_equal(fwd_phw2, [result.pairs[i].flow_fwd_hw2 for i in firsts])
+        np.testing.assert_array_equal(bwd_phw2, [result.pairs[i].flow_bwd_hw2 for i in firsts])
 
 
 def test_progress_counts_every_direction_up_to_the_total():
