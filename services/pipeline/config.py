@@ -112,7 +112,7 @@ class PipelineConfig:
                 f"{self.flow.extra_stride}, but depth triangulates frames {stride} apart "
                 f"(depth.flow_stride): leave it at 0 or set it to {stride}",
             )
-        for stage in ("flow", "depth", "fit"):
+        for stage in (item.name for item in dataclasses.fields(PipelineRuntime)):
             stage_runtime = getattr(self.runtime, stage)
             target = getattr(self.remote, stage)
             if target and stage_runtime != type(stage_runtime)():
