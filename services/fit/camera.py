@@ -16,10 +16,11 @@ import cv2
 import numpy as np
 import torch
 
-from services.common.geometry import backproject_p3, project_p2
+from services.common.geometry import backproject_p3
+from services.fit.compiled import fuse
 from services.fit.config import FitConfig
 from services.fit.gaussians import Gaussians, mean_depth_hw
-from services.fit.losses import flow_loss, photometric_loss
+from services.fit.losses import camera_loss
 from services.fit.motion import (
     COVERED_ALPHA,
     FB_TOLERANCE_PX,
@@ -34,18 +35,8 @@ logger = logging.getLogger(__name__)
 
 _PNP_MAX_POINTS = 4000  # correspondences fed to RANSAC (a random subset of the still pixels)
 _PNP_MIN_INLIERS = 12
-_NEAR_Z = 1e-6  # camera z below this divides as this in the fit's projection
 _MIN_SCALE_PIXELS = 50  # still pixels needed to re-estimate the depth prior's scale
 _SCALE_RANGE = (0.5, 2.0)
-
-
-def project_n2(
-    means_n3: torch.Tensor, w2c_44: torch.Tensor, K_33: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fit's use of `geometry.project_p2`: world-to-camera pose, camera z clamped at
-    `_NEAR_Z` in the division so pixels and gradients stay finite; differentiable in points and
-    pose."""
-    return project_p2(K_33, w2c_44, means_n3, pose="w2c", min_z=_NEAR_Z)
 
 
 def _hat_33(omega_3: torch.Tensor) -> torch.Tensor:
@@ -77,6 +68,13 @@ def pose_update_44(omega_3: torch.Tensor, tau_3: torch.Tensor) -> torch.Tensor:
     translation_3 = (eye_33 + b * hat_33 + c * hat2_33) @ tau_3
     bottom_14 = torch.tensor([[0, 0, 0, 1]], dtype=omega_3.dtype, device=omega_3.device)
     return torch.cat([torch.cat([rotation_33, translation_3[:, None]], dim=1), bottom_14])
+
+
+def posed_w2c_44(
+    omega_3: torch.Tensor, tau_3: torch.Tensor, scene_scale: float, w2c_init_44: torch.Tensor
+) -> torch.Tensor:
+    """The start pose moved by the twist (omega, tau in units of `scene_scale`) on its left."""
+    return pose_update_44(omega_3, tau_3 * scene_scale) @ w2c_init_44
 
 
 def pnp_c2w(
@@ -219,10 +217,11 @@ def refine_still_pose(
     cfg: FitConfig,
     scene_scale: float,
     backend: Backend,
+    fused: bool,
 ) -> torch.Tensor:
     """`optimise_pose` of the model's still Gaussians on the pixels the mask calls still
     (bool `still_hw`) and the still Gaussians cover at the start pose, drawn by the renderer
-    `backend` (the fit's runtime)."""
+    `backend`, the loss code `fused` or not (the fit's runtime)."""
     still = gaussians.subset(~gaussians.moving_n)
     height, width = still_hw.shape
     with torch.no_grad():
@@ -242,6 +241,7 @@ def refine_still_pose(
         scene_scale=scene_scale,
         ssim_share=cfg.ssim_share,
         backend=backend,
+        fused=fused,
     )
 
 
@@ -276,6 +276,7 @@ def optimise_pose(
     scene_scale: float,
     ssim_share: float,
     backend: str,
+    fused: bool = False,
 ) -> torch.Tensor:
     """Refines a world-to-camera pose so the still Gaussians match the still pixels and the
     still correspondences (world points -> pixels, from the flow) reproject where they should.
@@ -283,6 +284,7 @@ def optimise_pose(
     The update is a twist applied on the left of the start pose; its translation is in units of
     `scene_scale`, so one learning rate suits scenes of any size. Returns the pose with the lowest
     loss seen, so a good start (PnP) is never made worse by Adam's first, sign-sized steps.
+    `fused`: the pose and the loss through `compiled.fuse` (CUDA).
     """
     if iters == 0 or len(still) == 0:
         return w2c_init_44
@@ -297,11 +299,21 @@ def optimise_pose(
     # The best so far stays on the device: comparing on the host would wait for every iteration.
     best_loss = torch.tensor(float("inf"), dtype=w2c_init_44.dtype, device=w2c_init_44.device)
     best_w2c_44 = w2c_init_44
+    posed, step_loss = fuse(posed_w2c_44, fused), fuse(camera_loss, fused)
     for _ in range(iters):
-        w2c_44 = pose_update_44(omega_3, tau_3 * scene_scale) @ w2c_init_44
+        w2c_44 = posed(omega_3, tau_3, scene_scale, w2c_init_44)
         out = render(*still_params, w2c_44, K_33, width, height, backend=backend)
-        loss = photometric_loss(out.rgb_hw3, target_hw3, ssim_share, weight_hw)
-        loss = loss + lambda_flow * flow_loss(project_n2(points_p3, w2c_44, K_33)[0], pixels_p2)
+        loss = step_loss(
+            out.rgb_hw3,
+            target_hw3,
+            weight_hw,
+            ssim_share,
+            points_p3,
+            pixels_p2,
+            w2c_44,
+            K_33,
+            lambda_flow,
+        )
         better = loss.detach() < best_loss
         best_loss = torch.where(better, loss.detach(), best_loss)
         best_w2c_44 = torch.where(better, w2c_44.detach(), best_w2c_44)

@@ -2,7 +2,7 @@
 
 Every field is a command-line flag (tyro) and a JSON field of a Fit request. `preset("fast")` trades
 quality for speed; `preset("test")` is tiny, for CPU unit tests at 64x48. `FitRuntime` (device,
-renderer) says how the fit runs: never in the content key, never in a request.
+renderer, compiled loss code) says how the fit runs: never in the content key, never in a request.
 """
 
 from __future__ import annotations
@@ -109,6 +109,10 @@ class FitRuntime:
     """auto: cuda when available, else cpu."""
     backend: Literal["auto", "gsplat", "torch"] = "auto"
     """Renderer: gsplat (CUDA), the PyTorch rasteriser, or auto (gsplat on CUDA when installed)."""
+    compile: bool = False
+    """Fuse each step's loss code with torch.compile when fitting on CUDA (fewer kernel launches:
+    a step is host-bound there); the CPU always runs it eagerly. Off by default: faster, but not
+    yet shown to keep the tracks' accuracy (docs/fit.md, "Compiling the loss code")."""
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -26,7 +26,8 @@ import torch
 from services.common.errors import InvalidArgumentError, ProgressFn, no_progress
 from services.fit import checkpoint as ckpt
 from services.fit import losses
-from services.fit.camera import depth_prior_scale, pnp_start, project_n2, refine_still_pose
+from services.fit.camera import depth_prior_scale, pnp_start, refine_still_pose
+from services.fit.compiled import fuse
 from services.fit.config import FitConfig, FitRuntime
 from services.fit.densify import DensifyStrategy
 from services.fit.gaussians import Gaussians, mean_depth_hw
@@ -81,6 +82,7 @@ class _Fitter:
         self.priors, self.cfg, self.progress, self.sink = priors, cfg, progress, checkpoints
         self.device = resolve_device(runtime.device)
         self.renderer = runtime.backend
+        self.fused = runtime.compile and self.device.type == "cuda"
         self.T, self.H, self.W = priors.frames_thw3.shape[:3]
         self.K_33 = np.asarray(priors.K_33, np.float64)
         self.K_t = torch.as_tensor(self.K_33, dtype=torch.float32, device=self.device)
@@ -180,7 +182,7 @@ class _Fitter:
         alpha_prev_hw: np.ndarray,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`motion.split_and_move` on the model; returns the flow term's inputs: indices of the
-        seen moving Gaussians and their target pixels in frame t."""
+        seen moving Gaussians [M] and their target pixels [M, 2] in frame t."""
         g = self.gaussians
         update = split_and_move(
             g.means_n3.detach().cpu().numpy().astype(np.float64),
@@ -222,6 +224,7 @@ class _Fitter:
                 self.cfg,
                 self.scene_scale,
                 self.renderer,
+                self.fused,
             )
             return np.linalg.inv(w2c_44.detach().cpu().numpy().astype(np.float64))
 
@@ -253,6 +256,8 @@ class _Fitter:
         target_hw3 = self._frame(t)
         prior_hw = self._tensor(self._prior_depth(t))
         prior_valid_hw = self._tensor(self.depth_valid_thw[t])
+        flow_targets = None if flow is None else losses.FlowTargets(*flow, w2c_44, self.K_t)
+        step_loss = fuse(losses.gaussians_loss, self.fused)
         optimiser, terms = None, {}
         with self.timer.phase("optimise"):
             for it in range(iters):
@@ -266,21 +271,18 @@ class _Fitter:
                 if optimiser is None:
                     optimiser = g.optimiser(lr, self.scene_scale)
                 out = self._render(g, w2c_44)
-                terms = losses.fit_terms(
+                loss, terms = step_loss(
                     out,
                     target_hw3,
                     prior_hw,
                     prior_valid_hw,
                     g,
+                    self.weights,
                     ssim_share=self.cfg.ssim_share,
                     anchor_n3=anchor_n3,
                     footprint=self.pixel_footprint,
-                    flow_xy_n2=None
-                    if flow is None
-                    else project_n2(g.means_n3[flow[0]], w2c_44, self.K_t)[0],
-                    flow_target_n2=None if flow is None else flow[1],
+                    flow=flow_targets,
                 )
-                loss = losses.weighted_sum(terms, self.weights)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()

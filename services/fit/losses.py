@@ -4,20 +4,36 @@ Each term is a plain function of tensors so a reader can see what one weight in 
 `fit_terms` gives one optimisation step's terms by name (`TERMS`), `term_weights` pairs each name
 with its weight in FitConfig, and `weighted_sum` is the one place they are added up, so every
 term can be logged and benchmarked on its own.
+`gaussians_loss` and `camera_loss` are whole steps' losses (the Gaussians' and the camera
+refinement's): the units `compiled.fuse` hands to torch.compile on CUDA.
 Images are float [H, W, 3] in [0, 1]; per-pixel weights are float [H, W] (0 = ignore the pixel).
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from services.common.geometry import project_p2
 from services.fit.config import FitConfig
 from services.fit.gaussians import Gaussians, mean_depth_hw
 from services.fit.motion import COVERED_ALPHA
 from services.fit.render import RenderOutput
+
+
+@dataclass
+class FlowTargets:
+    """Where the flow term pulls: the seen moving Gaussians (indices [M]), their target pixels
+    [M, 2] in the frame, and the frame's camera."""
+
+    index_m: torch.Tensor
+    target_m2: torch.Tensor
+    w2c_44: torch.Tensor
+    K_33: torch.Tensor
+
 
 TERMS = ("photometric", "depth", "isotropic", "still", "flow")
 """The terms of the Gaussians' loss, in the order they are added."""
@@ -26,9 +42,18 @@ _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
 _SSIM_C1 = 0.01**2
 _SSIM_C2 = 0.03**2
+_NEAR_Z = 1e-6  # camera z below this divides as this in the fit's projection
 
 
-@functools.cache
+def project_n2(
+    points_n3: torch.Tensor, w2c_44: torch.Tensor, K_33: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fit's use of `geometry.project_p2`: world-to-camera pose, camera z clamped at
+    `_NEAR_Z` in the division so pixels and gradients stay finite; differentiable in points and
+    pose. Returns (pixels [N, 2], camera z [N])."""
+    return project_p2(K_33, w2c_44, points_n3, pose="w2c", min_z=_NEAR_Z)
+
+
 def _gaussian_taps(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The 1D Gaussian whose outer product with itself is SSIM's 11x11 window."""
     x = torch.arange(_SSIM_WINDOW, dtype=dtype, device=device) - (_SSIM_WINDOW - 1) / 2
@@ -36,11 +61,17 @@ def _gaussian_taps(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return g / g.sum()
 
 
+# Eager code reuses the taps; compiled code folds them into its kernels (and dynamo would only
+# trace through a cache).
+_cached_gaussian_taps = functools.cache(_gaussian_taps)
+
+
 def _blur(x_chw: torch.Tensor) -> torch.Tensor:
     """Each channel convolved with the 11x11 Gaussian window (zero padding), done as two 1D
     passes: the window is separable, and the fit calls this every iteration."""
     channels = x_chw.shape[0]
-    taps = _gaussian_taps(x_chw.dtype, x_chw.device)
+    taps_fn = _gaussian_taps if torch.compiler.is_compiling() else _cached_gaussian_taps
+    taps = taps_fn(x_chw.dtype, x_chw.device)
     pad = _SSIM_WINDOW // 2
     rows = F.conv2d(
         x_chw[None],
@@ -99,11 +130,14 @@ def depth_loss(
     return _weighted_mean((depth_hw - prior_depth_hw).abs(), weight_hw)
 
 
-def flow_loss(projected_n2: torch.Tensor, target_n2: torch.Tensor) -> torch.Tensor:
-    """Mean pixel distance between projected centres and where the flow says they went."""
-    if len(projected_n2) == 0:
-        return projected_n2.sum()
-    return (projected_n2 - target_n2).norm(dim=-1).mean()
+def flow_loss(
+    points_n3: torch.Tensor, w2c_44: torch.Tensor, K_33: torch.Tensor, target_n2: torch.Tensor
+) -> torch.Tensor:
+    """Mean pixel distance between where world points project and where the flow says they
+    went."""
+    if len(points_n3) == 0:
+        return points_n3.sum()
+    return (project_n2(points_n3, w2c_44, K_33)[0] - target_n2).norm(dim=-1).mean()
 
 
 def isotropic_loss(log_scales_n3: torch.Tensor) -> torch.Tensor:
@@ -144,14 +178,13 @@ def fit_terms(
     ssim_share: float,
     anchor_n3: torch.Tensor | None,
     footprint: float,
-    flow_xy_n2: torch.Tensor | None,
-    flow_target_n2: torch.Tensor | None,
+    flow: FlowTargets | None,
 ) -> dict[str, torch.Tensor]:
     """The terms of one optimisation step of the Gaussians, by name, in `TERMS` order.
 
     Depth counts on covered pixels with a known prior; "still" is there when the frame's start
     positions are given (`anchor_n3`, in units of `footprint`), "flow" when the seen moving
-    Gaussians' projected centres and flow targets are.
+    Gaussians and their flow targets are.
     """
     depth_weight_hw = ((out.alpha_hw.detach() >= COVERED_ALPHA) & prior_valid_hw).float()
     terms = {
@@ -161,8 +194,10 @@ def fit_terms(
     }
     if anchor_n3 is not None:
         terms["still"] = still_loss(gaussians.means_n3, anchor_n3, ~gaussians.moving_n, footprint)
-    if flow_xy_n2 is not None:
-        terms["flow"] = flow_loss(flow_xy_n2, flow_target_n2)
+    if flow is not None:
+        terms["flow"] = flow_loss(
+            gaussians.means_n3[flow.index_m], flow.w2c_44, flow.K_33, flow.target_m2
+        )
     return terms
 
 
@@ -174,6 +209,51 @@ def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> t
     for name in names:
         total = total + weights[name] * terms[name]
     return total
+
+
+def gaussians_loss(
+    out: RenderOutput,
+    target_hw3: torch.Tensor,
+    prior_depth_hw: torch.Tensor,
+    prior_valid_hw: torch.Tensor,
+    gaussians: Gaussians,
+    weights: dict[str, float],
+    *,
+    ssim_share: float,
+    anchor_n3: torch.Tensor | None,
+    footprint: float,
+    flow: FlowTargets | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One Gaussians step's weighted loss and its terms (`fit_terms`, `weighted_sum`)."""
+    terms = fit_terms(
+        out,
+        target_hw3,
+        prior_depth_hw,
+        prior_valid_hw,
+        gaussians,
+        ssim_share=ssim_share,
+        anchor_n3=anchor_n3,
+        footprint=footprint,
+        flow=flow,
+    )
+    return weighted_sum(terms, weights), terms
+
+
+def camera_loss(
+    rgb_hw3: torch.Tensor,
+    target_hw3: torch.Tensor,
+    weight_hw: torch.Tensor,
+    ssim_share: float,
+    points_p3: torch.Tensor,
+    pixels_p2: torch.Tensor,
+    w2c_44: torch.Tensor,
+    K_33: torch.Tensor,
+    lambda_flow: float,
+) -> torch.Tensor:
+    """One camera-refinement step's loss: photometric on the weighted (still) pixels plus
+    `lambda_flow` times the reprojection distance of the still correspondences."""
+    loss = photometric_loss(rgb_hw3, target_hw3, ssim_share, weight_hw)
+    return loss + lambda_flow * flow_loss(points_p3, w2c_44, K_33, pixels_p2)
 
 
 def term_values(terms: dict[str, torch.Tensor]) -> dict[str, float]:

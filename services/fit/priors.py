@@ -25,6 +25,19 @@ class FitPriors:
     moving_thw: np.ndarray  # float32 [T, H, W] moving score in [0, 1], or bool
     c2w_t44: np.ndarray | None = None  # float64 [T, 4, 4] initial poses from the depth stage
 
+    def first_frames(self, n: int) -> FitPriors:
+        """The clip's first n frames and their priors (a warm-up fit, a shorter study)."""
+        flow_bwd = None if self.flow_bwd_t1hw2 is None else self.flow_bwd_t1hw2[: n - 1]
+        return FitPriors(
+            frames_thw3=self.frames_thw3[:n],
+            depth_thw=self.depth_thw[:n],
+            K_33=self.K_33,
+            flow_fwd_t1hw2=self.flow_fwd_t1hw2[: n - 1],
+            flow_bwd_t1hw2=flow_bwd,
+            moving_thw=self.moving_thw[:n],
+            c2w_t44=None if self.c2w_t44 is None else self.c2w_t44[:n],
+        )
+
     def validate(self) -> None:
         """Raises InvalidArgumentError naming the first field that cannot be used."""
         frames = self.frames_thw3

@@ -30,7 +30,14 @@ from services.fit.config import FitConfig, preset
 from services.fit.densify import DensifyStrategy
 from services.fit.engine import fit
 from services.fit.gaussians import Gaussians, mean_depth_hw
-from services.fit.losses import TERMS, fit_terms, term_weights, weighted_sum
+from services.fit.losses import (
+    TERMS,
+    FlowTargets,
+    fit_terms,
+    project_n2,
+    term_weights,
+    weighted_sum,
+)
 from services.fit.result import FitOutputs
 from services.synthetic.scene import SceneConfig, make_scene
 
@@ -65,7 +72,8 @@ def test_loss_terms_are_named_and_exact():
     valid_hw = torch.ones(H, W, dtype=torch.bool)
     footprint = 0.01
     anchor_n3 = g.means_n3 + torch.tensor([footprint, 0.0, 0.0])  # one footprint off, in x
-    projected_m2 = torch.rand(int(g.moving_n.sum()), 2) * 10
+    moving_m = torch.nonzero(g.moving_n)[:, 0]
+    projected_m2 = project_n2(g.means_n3[moving_m], w2c_44, K_t)[0]
     target_m2 = projected_m2 + torch.tensor([3.0, 4.0])  # 5 px away
     terms = fit_terms(
         out,
@@ -76,8 +84,7 @@ def test_loss_terms_are_named_and_exact():
         ssim_share=0.2,
         anchor_n3=anchor_n3,
         footprint=footprint,
-        flow_xy_n2=projected_m2,
-        flow_target_n2=target_m2,
+        flow=FlowTargets(moving_m, target_m2, w2c_44, K_t),
     )
     assert tuple(terms) == TERMS
     assert terms["photometric"].item() == pytest.approx(0.0, abs=1e-6)  # render == target
@@ -100,8 +107,7 @@ def test_loss_terms_are_named_and_exact():
         ssim_share=0.2,
         anchor_n3=None,
         footprint=footprint,
-        flow_xy_n2=None,
-        flow_target_n2=None,
+        flow=None,
     )
     assert tuple(first_frame) == ("photometric", "depth", "isotropic")
 
