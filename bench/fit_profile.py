@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from services.evaluation.fit_suite import exact_priors
 from services.fit.config import FitRuntime, preset
-from services.fit.engine import FitPriors, fit, resolve_device
+from services.fit.engine import fit, resolve_device
 from services.synthetic.scene import SceneConfig, make_scene
 
 
@@ -41,17 +41,10 @@ class ProfileConfig:
     """Fit preset (default, fast, test)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to fit."""
+    compile: bool = False
+    """Fuse the loss code with torch.compile on CUDA (the fit runtime's `compile`)."""
     top: int = 25
     """Operators listed per table."""
-
-
-def _first_frames(priors: FitPriors, n: int) -> FitPriors:
-    cut = {
-        f.name: getattr(priors, f.name)[: n - 1 if f.name.startswith("flow") else n]
-        for f in dataclasses.fields(priors)
-        if f.name != "K_33" and getattr(priors, f.name) is not None
-    }
-    return dataclasses.replace(priors, **cut)
 
 
 def main() -> None:
@@ -59,10 +52,10 @@ def main() -> None:
     scene = make_scene(SceneConfig(height=cfg.height, width=cfg.width, n_frames=cfg.frames))
     priors = exact_priors(scene)
     fit_cfg = preset(cfg.preset)
-    runtime = FitRuntime(device=cfg.device)
+    runtime = FitRuntime(device=cfg.device, compile=cfg.compile)
     device = resolve_device(cfg.device)
     warm_up_cfg = dataclasses.replace(fit_cfg, iters_first=2, iters=2)
-    fit(_first_frames(priors, 2), warm_up_cfg, runtime)
+    fit(priors.first_frames(2), warm_up_cfg, runtime)
 
     started = time.perf_counter()
     result = fit(priors, fit_cfg, runtime)
