@@ -4,10 +4,10 @@
 #   .orig/GFlow, .orig/msplat (+ third_party/glm)  the original's checkouts, exported unchanged
 #   .orig/whl        what the original's import chain needs and the machine lacks: shapely,
 #                    concave_hull (cubao's, on PyPI), imageio-ffmpeg (its mp4 writer); roma comes
-#                    with our own wheels (.exp/whl, MASt3R's): one copy of each, or pip refuses
+#                    with our own wheels (.whl, MASt3R's): one copy of each, or pip refuses
 #   .orig/numpy_whl  NumPy 2.3.5, for the original's child process only: its .flo reader takes
 #                    int() of 1-element arrays, an error from NumPy 2.4 on (the machine has 2.5)
-#   .exp/whl, .exp/stubs184  our wheels (gsplat, tyro, typeguard, docstring_parser), gRPC stubs
+#   .whl             our wheels, as bench/gpu_session.sh takes them (gsplat 1.5.3, tyro, roma, ...)
 # FRAMES (default 16) sets the clip length of both systems; ORIGINAL_TIMEOUT (s) the original's
 # budget. Everything stays within 9 minutes; the figures and logs land in $OUT.
 set -u
@@ -23,9 +23,9 @@ pip_target() {  # pip_target DIR WHEEL...: install wheels offline into DIR
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$dir" "$@"
 }
-pip_target /tmp/site .exp/whl/*.whl .orig/whl/*.whl || exit 1
+pip_target /tmp/site .whl/*.whl .orig/whl/*.whl || exit 1
 pip_target /tmp/orig_numpy .orig/numpy_whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:/tmp/msplat:$PWD/.exp/stubs184:$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:/tmp/msplat:$PWD PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST=9.0 TORCH_EXTENSIONS_DIR=/tmp/torch_ext MAX_JOBS=8
 step "wheels installed"
 
