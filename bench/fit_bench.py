@@ -146,6 +146,14 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
                 },
                 loss_terms=loss_means(result.loss_terms),
                 loss_weights=term_weights(fit_cfg),
+                # per frame, to see where a run goes wrong (a drifting depth scale, a depth or
+                # flow term that jumps)
+                series=dict(
+                    psnr_db=result.psnr_t.round(3).tolist(),
+                    depth_prior_scale=result.depth_scale_t.round(5).tolist(),
+                    depth_term=result.loss_terms["depth"].round(5).tolist(),
+                    flow_term=result.loss_terms["flow"].round(5).tolist(),
+                ),
             )
         )
     return rows

@@ -116,6 +116,7 @@ def _write_outputs(
             "series": {
                 "psnr_db": [float(v) for v in result.psnr_t],
                 "moving_gaussian_share": [float(v) for v in result.moving_share_t],
+                "depth_prior_scale": [float(v) for v in result.depth_scale_t],
                 "gaussians": [len(f.means_n3) for f in result.frames],
             },
             "camera_path_xz": result.c2w_t44[:, [0, 2], 3].tolist(),

@@ -467,8 +467,12 @@ def test_fit_streams_frames_stores_cameras_and_gaussians(served, fit):
     figures = _figures(call.result)
     assert figures["psnr_mean"] > FIT_PSNR_MEAN_BOUND_DB, figures
     assert FIT_PSNR_MIN_BOUND_DB < figures["psnr_min"] <= figures["psnr_mean"], figures
-    series = served.artifacts.get_json(call.result.report)["series"]["psnr_db"]
+    report_series = served.artifacts.get_json(call.result.report)["series"]
+    series = report_series["psnr_db"]
     assert figures["psnr_mean"] == pytest.approx(np.mean(series)) and len(series) == T
+    depth_scale = report_series["depth_prior_scale"]
+    assert len(depth_scale) == T and depth_scale[0] == 1.0
+    assert all(0.5 <= v <= 2.0 for v in depth_scale)
     c2w = served.artifacts.get_array(_artifact(call.result, "c2w"), layout="TIJ")
     assert c2w.shape == (T, 4, 4) and np.all(np.isfinite(c2w))
     assert _array(served, call.result, "depth").shape == (T, H, W)

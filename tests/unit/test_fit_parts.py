@@ -280,6 +280,7 @@ def _two_layer_result() -> FitResult:
         frames=frames,
         psnr_t=np.zeros(T),
         moving_share_t=np.full(T, 0.5),
+        depth_scale_t=np.ones(T),
         depth_thw=np.stack(depth).astype(np.float32),
         moving_mask_thw=np.zeros((T, H, W), bool),
         seconds=0.0,

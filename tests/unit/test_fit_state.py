@@ -133,6 +133,9 @@ def test_each_frame_reports_its_loss_terms(caplog, one_torch_thread):
     # Exact priors: the still Gaussians stay within a pixel's footprint, the moving ones project
     # within half a pixel of their flow targets.
     assert result.loss_terms["still"][1] < 0.01 and result.loss_terms["flow"][1] < 0.5
+    # The exact prior needs no rescaling: frame 0 defines the scale, frame 1 meets it within 2 %.
+    assert result.depth_scale_t.shape == (2,) and result.depth_scale_t[0] == 1.0
+    assert abs(result.depth_scale_t[1] - 1.0) < 0.02
     summaries = [r.getMessage() for r in caplog.records if "loss terms" in r.getMessage()]
     assert len(summaries) == 2 and all(name in summaries[1] for name in TERMS)
 
