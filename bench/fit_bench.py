@@ -3,6 +3,7 @@
 Run from the project root (after `make setup`, or with PYTHONPATH=.):
     .venv/bin/python bench/fit_bench.py                       # 854x480, 50 frames, default + fast
     .venv/bin/python bench/fit_bench.py --width 64 --height 48 --frames 8 --presets test  # CPU
+    .venv/bin/python bench/fit_bench.py --presets fast --repeats 3 --compile  # mean and spread
 
 The clip comes from services/synthetic/scene.py (moving camera, one moving object by default)
 with its exact depth, forward/backward flow, moving masks and intrinsics as the priors, so the
@@ -16,6 +17,7 @@ step of a frame (mean over the frames that have it) with its weighted value (wei
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -56,7 +58,11 @@ class BenchConfig:
     tracks: int = 256
     """Ground-truth tracks sampled for the TAP-Vid figures."""
     seed: int = 0
-    """Seed of the clip and of the fits."""
+    """Seed of the clip and of the (first) fit."""
+    repeats: int = 1
+    """Fits per preset, with fit seeds seed, seed + 1, ...: GPU fits are not bit-reproducible
+    (gsplat's backward pass accumulates with atomics) and one run cannot decide a small accuracy
+    difference, so several give the mean and the spread (printed per preset)."""
     compile: bool = False
     """Fuse the loss code with torch.compile on CUDA (the fit runtime's `compile`)."""
     warmup: bool = True
@@ -104,8 +110,8 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
         fit(priors.first_frames(3), preset(cfg.presets[0]), runtime)
         warmup_seconds = time.perf_counter() - started
     rows = []
-    for name in cfg.presets:
-        fit_cfg = dataclasses.replace(preset(name), seed=cfg.seed)
+    for name, fit_seed in itertools.product(cfg.presets, range(cfg.seed, cfg.seed + cfg.repeats)):
+        fit_cfg = dataclasses.replace(preset(name), seed=fit_seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         result = fit(priors, fit_cfg, runtime)
@@ -130,6 +136,7 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
                 device=str(device),
                 compile=runtime.compile and device.type == "cuda",
                 seed=cfg.seed,
+                fit_seed=fit_seed,
                 warmup_s=warmup_seconds,
                 size=f"{cfg.width}x{cfg.height}x{cfg.frames}",
                 s_per_frame=result.seconds / cfg.frames,
@@ -171,6 +178,7 @@ def table(rows: list[dict]) -> str:
     """A Markdown table of the rows."""
     header = (
         "preset",
+        "fit seed",
         "device",
         "compiled",
         "size",
@@ -187,6 +195,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         cells = (
             r["preset"],
+            str(r["fit_seed"]),
             r["device"],
             "yes" if r["compile"] else "no",
             r["size"],
@@ -203,11 +212,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _label(row: dict) -> str:
+    """A row's column label in the per-row tables: its preset and fit seed."""
+    return f"{row['preset']} (seed {row['fit_seed']})"
+
+
+SPREAD_FIGURES = ("s_per_frame", "psnr", "aj", "occ_acc", "ate")
+
+
+def spread_table(rows: list[dict]) -> str:
+    """Mean and sample standard deviation of the main figures per preset, over its fits."""
+    lines = ["| preset | fits | " + " | ".join(SPREAD_FIGURES) + " |"]
+    lines.append("|" + "---|" * (len(SPREAD_FIGURES) + 2))
+    for name in dict.fromkeys(r["preset"] for r in rows):
+        mine = [r for r in rows if r["preset"] == name]
+        cells = []
+        for figure in SPREAD_FIGURES:
+            values = np.array([r[figure] for r in mine], np.float64)
+            cells.append(f"{values.mean():.4g} ± {values.std(ddof=1):.2g}")
+        lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def phase_table(rows: list[dict]) -> str:
     """Seconds per frame spent in each phase of the fit, one column per preset."""
     phases = sorted({phase for r in rows for phase in r["phase_s_per_frame"]})
     lines = [
-        "| phase | " + " | ".join(r["preset"] for r in rows) + " |",
+        "| phase | " + " | ".join(_label(r) for r in rows) + " |",
         "|" + "---|" * (len(rows) + 1),
     ]
     for phase in phases:
@@ -219,7 +250,7 @@ def phase_table(rows: list[dict]) -> str:
 def loss_table(rows: list[dict]) -> str:
     """Each loss term, raw and weighted, one pair of columns per preset."""
     terms = list(rows[0]["loss_terms"]) if rows else []
-    header = "| term | " + " | ".join(f"{r['preset']} | x weight" for r in rows) + " |"
+    header = "| term | " + " | ".join(f"{_label(r)} | x weight" for r in rows) + " |"
     lines = [header, "|" + "---|" * (2 * len(rows) + 1)]
     for term in terms:
         cells = []
@@ -232,11 +263,16 @@ def loss_table(rows: list[dict]) -> str:
 
 def main() -> None:
     cfg = tyro.cli(BenchConfig)
+    if cfg.repeats < 1:
+        raise SystemExit(f"--repeats {cfg.repeats}: give at least 1")
     rows, synth_seconds = measure(cfg)
     print(f"synthetic clip {cfg.width}x{cfg.height}x{cfg.frames} rendered in {synth_seconds:.1f} s")
     if cfg.warmup:
         print(f"warm-up fit (3 frames, kernels loaded and compiled): {rows[0]['warmup_s']:.1f} s")
     print(table(rows))
+    if cfg.repeats > 1:
+        print("\nmean ± standard deviation over each preset's fits")
+        print(spread_table(rows))
     print("\nseconds per frame by phase (checkpoint time is not part of s/frame)")
     print(phase_table(rows))
     print("\nloss terms at the last step of a frame, mean over frames (raw, and x its weight)")
