@@ -134,7 +134,7 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
             dict(
                 preset=name,
                 device=str(device),
-                compile=runtime.compile and device.type == "cuda",
+                compile=runtime.compiles_on(device.type),
                 seed=cfg.seed,
                 fit_seed=fit_seed,
                 warmup_s=warmup_seconds,

@@ -117,6 +117,10 @@ class FitRuntime:
     def __post_init__(self) -> None:
         check_choices(self)
 
+    def compiles_on(self, device_type: str) -> bool:
+        """Whether the loss code is compiled for a fit on this device type ("cuda", "cpu")."""
+        return self.compile and device_type == "cuda"
+
 
 PRESETS: dict[str, FitConfig] = {
     "default": FitConfig(),

@@ -82,7 +82,7 @@ class _Fitter:
         self.priors, self.cfg, self.progress, self.sink = priors, cfg, progress, checkpoints
         self.device = resolve_device(runtime.device)
         self.renderer = runtime.backend
-        self.fused = runtime.compile and self.device.type == "cuda"
+        self.fused = runtime.compiles_on(self.device.type)
         self.T, self.H, self.W = priors.frames_thw3.shape[:3]
         self.K_33 = np.asarray(priors.K_33, np.float64)
         self.K_t = torch.as_tensor(self.K_33, dtype=torch.float32, device=self.device)

@@ -15,7 +15,7 @@ from torch._dynamo.utils import counters
 
 from services.fit.camera import posed_w2c_44
 from services.fit.compiled import fuse
-from services.fit.config import preset
+from services.fit.config import FitRuntime, preset
 from services.fit.gaussians import mean_depth_hw
 from services.fit.losses import FlowTargets, camera_loss, gaussians_loss, term_weights
 from tests.unit.test_fit_state import K_33, H, W, _gaussians
@@ -103,4 +103,7 @@ def test_camera_step_fused_equals_eager():
 
 def test_fuse_disabled_is_the_function_itself():
     assert fuse(camera_loss, False) is camera_loss
+    assert FitRuntime(compile=True).compiles_on("cuda")
+    assert not FitRuntime(compile=True).compiles_on("cpu")  # the CPU always runs eagerly
+    assert not FitRuntime().compiles_on("cuda")  # off by default
     assert fuse(camera_loss, True, backend=BACKEND) is fuse(camera_loss, True, backend=BACKEND)
