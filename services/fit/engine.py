@@ -4,7 +4,7 @@ Frame 0: Gaussians are placed by lifting texture-weighted pixel samples with the
 then optimised on the frame. Each later frame t:
 1. camera: a RANSAC PnP start from flow correspondences on the still part of frame t-1 (or the
    prior pose when the depth stage gave one), refined photometrically against the still pixels
-   (`camera.py`);
+   (`camera.py`); the PnP runs on a worker thread while frame t-1's Gaussians are optimised;
 2. still/moving split of the Gaussians visible at t-1 (2-means on residual motion, mask prior),
    and the moving ones follow the flow, lifted by the depth prior (`motion.py`);
 3. pixel-wise densification where frame t is uncovered or badly rendered (`densify.py`);
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -98,12 +99,20 @@ class _Fitter:
         self.seconds = 0.0
         self.timer = PhaseTimer(self.device)
         self.resumed_from: int | None = None
+        self.pnp_worker: ThreadPoolExecutor | None = None
+        self.pnp_ahead: tuple[int, Future] | None = None
 
     # -- driver ---------------------------------------------------------------------------
 
     def run(self) -> FitResult:
         fingerprint = ckpt.inputs_fingerprint(self.priors, self.cfg, self.device, self.renderer)
         self._restore(fingerprint)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gflow-pnp") as worker:
+            self.pnp_worker = worker
+            self._fit_frames(fingerprint)
+        return self.out.to_result(self.K_33, self.seconds, self.timer.seconds, self.resumed_from)
+
+    def _fit_frames(self, fingerprint: str) -> None:
         for t in range(len(self.out.frames), self.T):
             started = time.perf_counter()
             c2w_44 = self._fit_first() if t == 0 else self._fit_next(t)
@@ -129,7 +138,6 @@ class _Fitter:
                 f"frame {t + 1}/{self.T}: PSNR {self.out.psnr[t]:.2f} dB, "
                 f"{len(self.gaussians)} Gaussians ({self.out.moving_share[t]:.0%} moving)",
             )
-        return self.out.to_result(self.K_33, self.seconds, self.timer.seconds, self.resumed_from)
 
     def _restore(self, fingerprint: str) -> None:
         state = (
@@ -152,6 +160,7 @@ class _Fitter:
         with self.timer.phase("initialise"):
             self.gaussians = self.seeder.first_frame(c2w_44, self._rng(0))
         self.out.depth_scale.append(1.0)
+        self._start_pnp(1, c2w_44)
         self._optimise(0, c2w_44, cfg.iters_first, cfg.lr_first, densify_first=False)
         return c2w_44
 
@@ -165,6 +174,7 @@ class _Fitter:
         c2w_44 = self._camera(t, c2w_prev)
         with self.timer.phase("depth_scale"):
             self.out.depth_scale.append(self._depth_scale(t, c2w_44))
+        self._start_pnp(t + 1, c2w_44)
         with self.timer.phase("split_and_move"):
             flow = self._split_and_move(t, c2w_prev, c2w_44, depth_prev_hw, alpha_prev_hw)
         anchor_n3 = self.gaussians.means_n3.clone()
@@ -207,16 +217,16 @@ class _Fitter:
     def _camera(self, t: int, c2w_prev: np.ndarray) -> np.ndarray:
         """Pose of frame t: RANSAC PnP on still flow correspondences (from the prior pose, else the
         previous one; that guess stands when PnP fails), refined against the still part."""
-        thr = self.cfg.mask_threshold
         with self.timer.phase("camera_pnp"):
-            c2w_init, points_p3, pixels_p2 = pnp_start(
-                self.priors, t, self._prior_depth(t - 1), c2w_prev, thr, self._rng(t, 1)
-            )
+            if self.pnp_ahead is None or self.pnp_ahead[0] != t:  # the first frame after a resume
+                self._start_pnp(t, c2w_prev)
+            c2w_init, points_p3, pixels_p2 = self.pnp_ahead[1].result()
+            self.pnp_ahead = None
         with self.timer.phase("camera_refine"):
             w2c_44 = refine_still_pose(
                 self.gaussians,
                 self._frame(t),
-                self._tensor(self.moving_thw[t] < thr),
+                self._tensor(self.moving_thw[t] < self.cfg.mask_threshold),
                 self._w2c(c2w_init),
                 self.K_t,
                 self._tensor(points_p3.astype(np.float32)),
@@ -227,6 +237,23 @@ class _Fitter:
                 self.fused,
             )
             return np.linalg.inv(w2c_44.detach().cpu().numpy().astype(np.float64))
+
+    def _start_pnp(self, t: int, c2w_prev: np.ndarray) -> None:
+        """Starts `camera.pnp_start` of frame t on the worker thread as soon as frame t-1's pose
+        and depth scale are final: it needs nothing else of frame t-1, so it runs on the CPU while
+        frame t-1's Gaussians are optimised (on CUDA that hides it; the result is the same)."""
+        if t < self.T:
+            prior_depth_prev_hw = self._prior_depth(t - 1)
+            task = self.pnp_worker.submit(
+                pnp_start,
+                self.priors,
+                t,
+                prior_depth_prev_hw,
+                c2w_prev,
+                self.cfg.mask_threshold,
+                self._rng(t, 1),
+            )
+            self.pnp_ahead = (t, task)
 
     def _depth_scale(self, t: int, c2w_44: np.ndarray) -> float:
         """`camera.depth_prior_scale` of frame t at its new pose."""
