@@ -4,6 +4,7 @@ Run from the project root (after `make setup`, or with PYTHONPATH=.):
     .venv/bin/python bench/fit_bench.py                       # 854x480, 50 frames, default + fast
     .venv/bin/python bench/fit_bench.py --width 64 --height 48 --frames 8 --presets test  # CPU
     .venv/bin/python bench/fit_bench.py --presets fast --repeats 3 --compile  # mean and spread
+    .venv/bin/python bench/fit_bench.py --presets default --set camera_iters=50  # a preset change
 
 The clip comes from services/synthetic/scene.py (moving camera, one moving object by default)
 with its exact depth, forward/backward flow, moving masks and intrinsics as the priors, so the
@@ -28,9 +29,10 @@ import numpy as np
 import torch
 import tyro
 
+from services.common.errors import InvalidArgumentError
 from services.evaluation import metrics
 from services.evaluation.fit_suite import exact_priors
-from services.fit.config import FitRuntime, preset
+from services.fit.config import FitConfig, FitRuntime, preset
 from services.fit.engine import fit, resolve_device
 from services.fit.losses import term_weights
 from services.fit.tracks import track_2d
@@ -65,6 +67,9 @@ class BenchConfig:
     difference, so several give the mean and the spread (printed per preset)."""
     compile: bool = False
     """Fuse the loss code with torch.compile on CUDA (the fit runtime's `compile`)."""
+    set: tuple[str, ...] = ()
+    """FitConfig fields to change in every preset, as name=value (e.g. camera_iters=50
+    camera_lr=1e-3), to measure a preset change before it is made; the rows record them."""
     warmup: bool = True
     """First fit the clip's first 3 frames once with the first preset (gsplat's kernels load, the
     loss code compiles), so s/frame is what a serving process sees; the seconds are reported."""
@@ -87,6 +92,23 @@ def make_clip(cfg: BenchConfig) -> SyntheticScene:
     )
 
 
+def preset_with(name: str, settings: tuple[str, ...], seed: int) -> FitConfig:
+    """The named preset with the name=value `settings` applied (each value converted to its
+    field's type) and the fit seed; InvalidArgumentError names a field that does not exist."""
+    fit_cfg = preset(name)
+    changes: dict[str, object] = {"seed": seed}
+    for setting in settings:
+        field, sep, value = setting.partition("=")
+        if not sep or not hasattr(fit_cfg, field):
+            raise InvalidArgumentError("set", f"{setting!r} is not name=value of a FitConfig field")
+        kind = type(getattr(fit_cfg, field))
+        try:
+            changes[field] = kind(value)
+        except ValueError:
+            raise InvalidArgumentError("set", f"{setting!r}: {field} is {kind.__name__}") from None
+    return dataclasses.replace(fit_cfg, **changes)
+
+
 def measure(cfg: BenchConfig) -> tuple[list[dict], float]:
     """One row per preset, and the seconds the clip took to render."""
     started = time.perf_counter()
@@ -107,11 +129,11 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
     warmup_seconds = 0.0
     if cfg.warmup:
         started = time.perf_counter()
-        fit(priors.first_frames(3), preset(cfg.presets[0]), runtime)
+        fit(priors.first_frames(3), preset_with(cfg.presets[0], cfg.set, cfg.seed), runtime)
         warmup_seconds = time.perf_counter() - started
     rows = []
     for name, fit_seed in itertools.product(cfg.presets, range(cfg.seed, cfg.seed + cfg.repeats)):
-        fit_cfg = dataclasses.replace(preset(name), seed=fit_seed)
+        fit_cfg = preset_with(name, cfg.set, fit_seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         result = fit(priors, fit_cfg, runtime)
@@ -135,6 +157,7 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
                 preset=name,
                 device=str(device),
                 compile=runtime.compiles_on(device.type),
+                settings=list(cfg.set),
                 seed=cfg.seed,
                 fit_seed=fit_seed,
                 warmup_s=warmup_seconds,
@@ -267,6 +290,8 @@ def main() -> None:
         raise SystemExit(f"--repeats {cfg.repeats}: give at least 1")
     rows, synth_seconds = measure(cfg)
     print(f"synthetic clip {cfg.width}x{cfg.height}x{cfg.frames} rendered in {synth_seconds:.1f} s")
+    if cfg.set:
+        print(f"every preset with {' '.join(cfg.set)}")
     if cfg.warmup:
         print(f"warm-up fit (3 frames, kernels loaded and compiled): {rows[0]['warmup_s']:.1f} s")
     print(table(rows))
