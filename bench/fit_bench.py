@@ -60,11 +60,13 @@ class BenchConfig:
     tracks: int = 256
     """Ground-truth tracks sampled for the TAP-Vid figures."""
     seed: int = 0
-    """Seed of the clip and of the (first) fit."""
+    """Seed of the clip, and of the (first) fit unless `fit_seed` is given."""
+    fit_seed: int | None = None
+    """Seed of the (first) fit on the same clip, to add fits to earlier ones."""
     repeats: int = 1
-    """Fits per preset, with fit seeds seed, seed + 1, ...: GPU fits are not bit-reproducible
-    (gsplat's backward pass accumulates with atomics) and one run cannot decide a small accuracy
-    difference, so several give the mean and the spread (printed per preset)."""
+    """Fits per preset, with fit seeds fit_seed, fit_seed + 1, ...: GPU fits are not
+    bit-reproducible (gsplat's backward pass accumulates with atomics) and one run cannot decide a
+    small accuracy difference, so several give the mean and the spread (printed per preset)."""
     compile: bool = False
     """Fuse the loss code with torch.compile on CUDA (the fit runtime's `compile`)."""
     set: tuple[str, ...] = ()
@@ -132,7 +134,8 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
         fit(priors.first_frames(3), preset_with(cfg.presets[0], cfg.set, cfg.seed), runtime)
         warmup_seconds = time.perf_counter() - started
     rows = []
-    for name, fit_seed in itertools.product(cfg.presets, range(cfg.seed, cfg.seed + cfg.repeats)):
+    first = cfg.seed if cfg.fit_seed is None else cfg.fit_seed
+    for name, fit_seed in itertools.product(cfg.presets, range(first, first + cfg.repeats)):
         fit_cfg = preset_with(name, cfg.set, fit_seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
