@@ -14,21 +14,45 @@ CPU results stay bit-identical to the eager code the tests and the accuracy suit
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
 import torch
+from torch._dynamo.exc import BackendCompilerFailed
+
+logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable)
 
 
-def fuse(fn: F, enabled: bool, backend: str = "inductor") -> F:
+def fuse(fn: F, enabled: bool, backend: str | Callable = "inductor") -> F:
     """`fn` compiled by torch.compile (`backend`, dynamic shapes after the first change, no
     CUDA graphs) when `enabled`, else `fn` itself. Compiled once per (function, backend) per
-    process: every fit after the first reuses the kernels."""
+    process: every fit after the first reuses the kernels. Where the compiler cannot work (no
+    usable Triton or C compiler on the machine) the unit logs a warning and runs eagerly: the fit
+    is slower, never lost."""
     return _compiled(fn, backend) if enabled else fn
 
 
 @functools.cache
-def _compiled(fn: Callable, backend: str) -> Callable:
-    return torch.compile(fn, backend=backend, dynamic=None)
+def _compiled(fn: Callable, backend: str | Callable) -> Callable:
+    compiled = torch.compile(fn, backend=backend, dynamic=None)
+    failed = False
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        nonlocal failed
+        if not failed:
+            try:
+                return compiled(*args, **kwargs)
+            except BackendCompilerFailed as exc:
+                failed = True
+                logger.warning(
+                    "torch.compile cannot compile %s here (%s); it runs eagerly from now on",
+                    fn.__qualname__,
+                    str(exc).splitlines()[0],
+                )
+        return fn(*args, **kwargs)
+
+    return run

@@ -107,3 +107,23 @@ def test_fuse_disabled_is_the_function_itself():
     assert not FitRuntime(compile=True).compiles_on("cpu")  # the CPU always runs eagerly
     assert not FitRuntime().compiles_on("cuda")  # off by default
     assert fuse(camera_loss, True, backend=BACKEND) is fuse(camera_loss, True, backend=BACKEND)
+
+
+def test_a_unit_the_compiler_cannot_build_runs_eagerly_with_a_warning(caplog):
+    """A machine without a working compiler (no Triton, no C compiler) loses speed, not the fit."""
+    attempts = []
+
+    def broken_backend(graph_module, example_inputs):
+        attempts.append(1)
+        raise RuntimeError("Cannot find a working triton installation")
+
+    w2c_init_44 = torch.eye(4)
+    omega_3, tau_3 = torch.tensor([0.01, -0.02, 0.03]), torch.tensor([0.1, 0.0, -0.1])
+    step = fuse(posed_w2c_44, True, backend=broken_backend)
+    with caplog.at_level("WARNING", logger="services.fit.compiled"):
+        first = step(omega_3, tau_3, 2.0, w2c_init_44)
+        second = step(omega_3, tau_3, 2.0, w2c_init_44)
+    expected = posed_w2c_44(omega_3, tau_3, 2.0, w2c_init_44)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert len(attempts) == 1  # the compiler is not tried again
+    assert "runs eagerly from now on" in caplog.text and "posed_w2c_44" in caplog.text
