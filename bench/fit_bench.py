@@ -94,6 +94,9 @@ def make_clip(cfg: BenchConfig) -> SyntheticScene:
     )
 
 
+_BOOLS = {"true": True, "false": False}
+
+
 def preset_with(name: str, settings: tuple[str, ...], seed: int) -> FitConfig:
     """The named preset with the name=value `settings` applied (each value converted to its
     field's type) and the fit seed; InvalidArgumentError names a field that does not exist."""
@@ -105,8 +108,8 @@ def preset_with(name: str, settings: tuple[str, ...], seed: int) -> FitConfig:
             raise InvalidArgumentError("set", f"{setting!r} is not name=value of a FitConfig field")
         kind = type(getattr(fit_cfg, field))
         try:
-            changes[field] = kind(value)
-        except ValueError:
+            changes[field] = _BOOLS[value.lower()] if kind is bool else kind(value)
+        except (KeyError, ValueError):
             raise InvalidArgumentError("set", f"{setting!r}: {field} is {kind.__name__}") from None
     return dataclasses.replace(fit_cfg, **changes)
 

@@ -32,6 +32,7 @@ from services.common.errors import IntegrityError
 from services.fit.config import FitConfig
 from services.fit.gaussians import FrameGaussians, Gaussians
 from services.fit.losses import TERMS
+from services.fit.moments import AdamMoments
 from services.fit.priors import FitPriors
 from services.fit.result import FitOutputs
 
@@ -103,6 +104,7 @@ class FitCheckpoint:
 
     fingerprint: str  # `inputs_fingerprint`: a checkpoint of other inputs is not resumed
     gaussians: Gaussians  # the model after the last finished frame
+    moments: AdamMoments | None  # Adam's kept moments (FitConfig.keep_adam_state), else None
     outputs: FitOutputs
     next_id: int  # id of the next new Gaussian
     seconds: float  # fitting time so far, over every run that contributed
@@ -114,6 +116,8 @@ class FitCheckpoint:
             f"model_{f.name}": getattr(g, f.name).detach().cpu().numpy()
             for f in dataclasses.fields(g)
         }
+        if self.moments is not None:
+            arrays.update(self.moments.to_arrays())
         for t, frame in enumerate(out.frames):
             arrays.update(
                 {f"frame{t}_{f.name}": getattr(frame, f.name) for f in dataclasses.fields(frame)}
@@ -181,6 +185,7 @@ class FitCheckpoint:
         return cls(
             fingerprint=str(meta.get("fingerprint")),
             gaussians=gaussians,
+            moments=AdamMoments.from_arrays(arrays, device),
             outputs=outputs,
             next_id=int(meta["next_id"]),
             seconds=float(meta["seconds"]),

@@ -66,6 +66,11 @@ class FitConfig:
     """Most Gaussians one densification pass adds."""
     prune_opacity: float = 0.005
     """Gaussians fainter than this are removed at the end of each frame."""
+    keep_adam_state: bool = False
+    """Carry Adam's moments of each Gaussian across densification passes and frames (new
+    Gaussians start from zero) instead of a fresh optimiser each time, whose first steps shake
+    every Gaussian by about its learning rate: the loss falls steadily, PSNR is higher at the same
+    step count (docs/fit.md, "Adam's state across densification and frames")."""
 
     mask_threshold: float = 0.5
     """Moving-mask score at or above which a pixel counts as moving."""

@@ -10,9 +10,10 @@ then optimised on the frame. Each later frame t:
 3. pixel-wise densification where frame t is uncovered or badly rendered (`densify.py`);
 4. optimisation of all Gaussians on the named loss terms of `losses.py` (RGB, depth, flow on the
    moving ones, still and isotropic regularisers); then faint Gaussians are pruned.
-Every random choice comes from generators seeded by (seed, frame, ...), and each frame starts a
-fresh optimiser, so a checkpoint (`checkpoint.FitCheckpoint`) needs only the model and the
-outputs so far: a resumed run repeats an uninterrupted one exactly on CPU.
+Every random choice comes from generators seeded by (seed, frame, ...), and each densification
+pass and frame starts a fresh optimiser (with `keep_adam_state`, given the kept moments of
+`moments.AdamMoments`), so a checkpoint (`checkpoint.FitCheckpoint`) needs only the model, those
+moments and the outputs so far: a resumed run repeats an uninterrupted one exactly on CPU.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from services.fit.config import FitConfig, FitRuntime
 from services.fit.densify import DensifyStrategy
 from services.fit.gaussians import Gaussians, mean_depth_hw
 from services.fit.initialise import PixelSeeder
+from services.fit.moments import AdamMoments
 from services.fit.motion import split_and_move
 from services.fit.priors import FitPriors
 from services.fit.render import RenderOutput
@@ -96,6 +98,7 @@ class _Fitter:
         self.seeder = PixelSeeder(priors, cfg, self.device)
         self.out = FitOutputs()
         self.gaussians: Gaussians | None = None
+        self.moments: AdamMoments | None = None  # with cfg.keep_adam_state
         self.seconds = 0.0
         self.timer = PhaseTimer(self.device)
         self.resumed_from: int | None = None
@@ -126,6 +129,7 @@ class _Fitter:
                     state = ckpt.FitCheckpoint(
                         fingerprint,
                         self.gaussians,
+                        self.moments,
                         self.out,
                         self.seeder.next_id,
                         self.seconds,
@@ -145,7 +149,7 @@ class _Fitter:
         )
         if state is None:
             return
-        self.gaussians, self.out = state.gaussians, state.outputs
+        self.gaussians, self.moments, self.out = state.gaussians, state.moments, state.outputs
         self.seeder.next_id = state.next_id
         self.seconds, self.timer.seconds = state.seconds, state.phase_seconds
         self.resumed_from = len(self.out.frames) - 1
@@ -289,6 +293,7 @@ class _Fitter:
         with self.timer.phase("optimise"):
             for it in range(iters):
                 if self.densify.is_due(it, first_pass=densify_first):
+                    self._keep_moments(optimiser)
                     with self.timer.phase("densify"):
                         added = self._densify(t, c2w_44, it)
                     if anchor_n3 is not None:
@@ -297,6 +302,8 @@ class _Fitter:
                 g = self.gaussians
                 if optimiser is None:
                     optimiser = g.optimiser(lr, self.scene_scale)
+                    if self.moments is not None:
+                        self.moments.load_into(optimiser, g)
                 out = self._render(g, w2c_44)
                 loss, terms = step_loss(
                     out,
@@ -316,10 +323,16 @@ class _Fitter:
                 if logger.isEnabledFor(logging.DEBUG):  # reading the terms waits for the GPU
                     values = losses.term_values(terms)
                     logger.debug("frame %d step %d: %s", t, it, losses.describe_terms(values))
+        self._keep_moments(optimiser)
         self.gaussians.requires_grad_(False)
         values = losses.term_values(terms)  # the last step's
         self.out.add_loss_terms(values)
         logger.info("frame %d loss terms at the last step: %s", t, losses.describe_terms(values))
+
+    def _keep_moments(self, optimiser: torch.optim.Adam | None) -> None:
+        """With `keep_adam_state`, keeps the optimiser's moments for the next one."""
+        if self.cfg.keep_adam_state and optimiser is not None:
+            self.moments = AdamMoments.of(optimiser, self.gaussians) or self.moments
 
     def _densify(self, t: int, c2w_44: np.ndarray, iteration: int) -> Gaussians:
         """Adds Gaussians at the pixels of frame t the strategy picks; returns the new ones."""

@@ -16,6 +16,8 @@ import torch
 from services.fit.render import RenderOutput, render
 
 _EPS = 1e-6
+PARAMETER_NAMES = ("means", "scales", "quats", "opacities", "colors")
+"""The optimisable tensors' names (`Gaussians.parameters`), one optimiser group each."""
 # Learning rate of each parameter group relative to the configured one. Means move in units of
 # the scene depth (median depth of frame 0), so one setting suits scenes of any size.
 _LR_SCALE = {"means": 0.1, "scales": 1.0, "quats": 1.0, "opacities": 5.0, "colors": 2.0}
@@ -82,14 +84,15 @@ class Gaussians:
         return len(self.ids_n)
 
     def parameters(self) -> dict[str, torch.Tensor]:
-        """The optimisable tensors by name (the names the optimiser groups use)."""
-        return {
-            "means": self.means_n3,
-            "scales": self.log_scales_n3,
-            "quats": self.quats_n4,
-            "opacities": self.opacity_logits_n,
-            "colors": self.color_logits_n3,
-        }
+        """The optimisable tensors by name (`PARAMETER_NAMES`, the optimiser groups' names)."""
+        tensors = (
+            self.means_n3,
+            self.log_scales_n3,
+            self.quats_n4,
+            self.opacity_logits_n,
+            self.color_logits_n3,
+        )
+        return dict(zip(PARAMETER_NAMES, tensors, strict=True))
 
     def optimiser(self, lr: float, scene_scale: float) -> torch.optim.Adam:
         """A fresh Adam over the parameters (gradients on): one group each, at `lr` times the

@@ -125,7 +125,8 @@ def test_3d_tracks_of_still_points(fitted, scene):
     assert np.median(relative_q[still]) < 0.03
 
 
-def test_resume_equals_uninterrupted(fitted, scene, tmp_path):
+@pytest.mark.parametrize("keep_adam_state", [False, True])
+def test_resume_equals_uninterrupted(fitted, scene, tmp_path, keep_adam_state):
     sink = FolderCheckpoints(tmp_path / "checkpoints")
 
     def stop_after_five(done: int, total: int, message: str) -> None:
@@ -133,6 +134,9 @@ def test_resume_equals_uninterrupted(fitted, scene, tmp_path):
             raise CancelledError("stopped on purpose")
 
     cfg = preset("test")  # checkpoints every 2 frames: the last one before the stop holds 0..3
+    if keep_adam_state:  # the checkpoint carries Adam's moments, kept over densification too
+        cfg = dataclasses.replace(cfg, keep_adam_state=True, densify_every=10)
+        fitted = fit(_priors(scene), cfg)
     with pytest.raises(CancelledError):
         fit(_priors(scene), cfg, progress=stop_after_five, checkpoints=sink)
     assert sink.load_latest()[0] == 3

@@ -38,6 +38,7 @@ from services.fit.losses import (
     term_weights,
     weighted_sum,
 )
+from services.fit.moments import AdamMoments
 from services.fit.result import FitOutputs
 from services.synthetic.scene import SceneConfig, make_scene
 
@@ -187,7 +188,7 @@ def _state(fingerprint: str = "abc") -> FitCheckpoint:
         )
         outputs.depth_scale.append(1.0 + t)
         outputs.add_loss_terms({"photometric": 0.1, "depth": 0.2, "isotropic": 0.3})
-    return FitCheckpoint(fingerprint, g, outputs, 17, 12.5, {"optimise": 10.0})
+    return FitCheckpoint(fingerprint, g, None, outputs, 17, 12.5, {"optimise": 10.0})
 
 
 def _assert_same(a: FitCheckpoint, b: FitCheckpoint) -> None:
@@ -214,6 +215,49 @@ def test_checkpoint_state_round_trips():
     assert loaded.outputs.loss_terms["photometric"] == [0.1, 0.1]
     assert all(math.isnan(v) for v in loaded.outputs.loss_terms["flow"])
     assert unpack(state.to_bytes())[1]["format"] == FORMAT == 2
+
+
+def _stepped_moments(ids: list[int]) -> tuple[Gaussians, AdamMoments]:
+    """Gaussians with these ids after two Adam steps, and the optimiser's moments."""
+    g = _gaussians(len(ids))
+    g.ids_n = torch.tensor(ids)
+    optimiser = g.optimiser(1e-2, 1.0)
+    for _ in range(2):
+        optimiser.zero_grad()
+        loss = sum(
+            (p * torch.arange(1.0, p.numel() + 1).view_as(p)).sum() for p in g.parameters().values()
+        )
+        loss.backward()
+        optimiser.step()
+    return g, AdamMoments.of(optimiser, g)
+
+
+def test_adam_moments_follow_each_gaussian_by_id():
+    old, moments = _stepped_moments([5, 7, 9])
+    assert AdamMoments.of(old.optimiser(1e-2, 1.0), old) is None  # no step yet: nothing to keep
+    new = _gaussians(3)
+    new.ids_n = torch.tensor([9, 11, 5])  # 9 and 5 kept (reordered), 11 is new
+    optimiser = new.optimiser(1e-2, 1.0)
+    moments.load_into(optimiser, new)
+    for group in optimiser.param_groups:
+        name, state = group["name"], optimiser.state[group["params"][0]]
+        assert float(state["step"]) == 2.0
+        for kind in ("exp_avg", "exp_avg_sq"):
+            kept = getattr(moments, kind)[name]
+            assert torch.equal(state[kind][0], kept[2]) and torch.equal(state[kind][2], kept[0])
+            assert not state[kind][1].any() and kept[0].any()
+
+
+def test_checkpoint_keeps_adam_moments():
+    _, moments = _stepped_moments([3, 4, 8, 1])
+    state = dataclasses.replace(_state(), moments=moments)
+    loaded = FitCheckpoint.from_bytes(state.to_bytes(), torch.device("cpu"))
+    _assert_same(loaded, state)
+    assert torch.equal(loaded.moments.ids_n, moments.ids_n)
+    for kind in ("step", "exp_avg", "exp_avg_sq"):
+        for name, tensor in getattr(moments, kind).items():
+            assert torch.equal(getattr(loaded.moments, kind)[name], tensor)
+    assert FitCheckpoint.from_bytes(_state().to_bytes(), torch.device("cpu")).moments is None
 
 
 def test_format_1_checkpoint_still_loads():
