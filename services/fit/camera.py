@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from services.common.geometry import backproject_p3
+from services.fit.adam import fused_adam_step
 from services.fit.compiled import fuse
 from services.fit.config import FitConfig
 from services.fit.gaussians import Gaussians, mean_depth_hw
@@ -319,5 +320,5 @@ def optimise_pose(
         best_w2c_44 = torch.where(better, w2c_44.detach(), best_w2c_44)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        optimiser.step()
+        fused_adam_step(optimiser)
     return best_w2c_44

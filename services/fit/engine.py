@@ -28,6 +28,7 @@ import torch
 from services.common.errors import InvalidArgumentError, ProgressFn, no_progress
 from services.fit import checkpoint as ckpt
 from services.fit import losses
+from services.fit.adam import fused_adam_step
 from services.fit.camera import depth_prior_scale, pnp_start, refine_still_pose
 from services.fit.compiled import fuse
 from services.fit.config import FitConfig, FitRuntime
@@ -319,7 +320,7 @@ class _Fitter:
                 )
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
-                optimiser.step()
+                fused_adam_step(optimiser)
                 if logger.isEnabledFor(logging.DEBUG):  # reading the terms waits for the GPU
                     values = losses.term_values(terms)
                     logger.debug("frame %d step %d: %s", t, it, losses.describe_terms(values))
