@@ -16,6 +16,7 @@ the way out, for both backends alike.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -34,7 +35,10 @@ Backend = Literal["auto", "torch", "gsplat"]
 
 @dataclass
 class RenderOutput:
-    """One rendered view. Pixel values are differentiable; `radii_n` is not."""
+    """One rendered view. Pixel values are differentiable; `radii_n` is not.
+
+    The projected centres and radii are derived on first use: the optimisation steps never read
+    them, and on CUDA every small kernel they would cost is host time (docs/fit.md)."""
 
     rgb_hw3: Tensor
     """Composited colour, plus the background times the remaining transmittance."""
@@ -43,11 +47,25 @@ class RenderOutput:
     `alpha_hw` for the expected depth where alpha is not ~0."""
     alpha_hw: Tensor
     """Accumulated opacity, 1 - final transmittance."""
-    means2d_n2: Tensor
-    """Projected centres (x, y) in pixels (integer pixel centres); 0 where `radii_n` is 0."""
-    radii_n: Tensor
-    """int32 half-extent in pixels of each Gaussian's screen footprint (the larger of its box's
-    x and y half-extents); 0 = culled (outside [near, far], too faint, or off the image)."""
+    renderer_means2d_n2: Tensor
+    """Projected centres as the renderer gives them (pixel centres at +0.5, any value where
+    culled); use `means2d_n2`."""
+    renderer_radii_n2: Tensor
+    """The renderer's per-axis footprint half-extents (0 = culled); use `radii_n`."""
+
+    @functools.cached_property
+    def means2d_n2(self) -> Tensor:
+        """Projected centres (x, y) in pixels (integer pixel centres); 0 where `radii_n` is 0."""
+        visible_n = (self.renderer_radii_n2 > 0).all(dim=-1)
+        centres_n2 = self.renderer_means2d_n2
+        return torch.where(visible_n[:, None], centres_n2 - 0.5, torch.zeros_like(centres_n2))
+
+    @functools.cached_property
+    def radii_n(self) -> Tensor:
+        """int32 half-extent in pixels of each Gaussian's screen footprint (the larger of its
+        box's x and y half-extents); 0 = culled (outside [near, far], too faint, or off the
+        image)."""
+        return self.renderer_radii_n2.amax(dim=-1).to(torch.int32)
 
 
 def resolve_backend(backend: Backend, device: torch.device) -> Literal["torch", "gsplat"]:
@@ -145,14 +163,12 @@ def render(
         near,
         far,
     )
-    visible_n = (radii_n2 > 0).all(dim=-1)
-    means2d_n2 = torch.where(visible_n[:, None], means2d_n2 - 0.5, torch.zeros_like(means2d_n2))
     return RenderOutput(
         rgb_hw3=rgbd_hw4[..., :3],
         depth_hw=rgbd_hw4[..., 3],
         alpha_hw=alpha_hw,
-        means2d_n2=means2d_n2,
-        radii_n=radii_n2.amax(dim=-1).to(torch.int32),
+        renderer_means2d_n2=means2d_n2,
+        renderer_radii_n2=radii_n2,
     )
 
 
