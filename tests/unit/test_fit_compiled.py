@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.utils import counters
 
 from services.fit.camera import posed_w2c_44
@@ -127,3 +129,31 @@ def test_a_unit_the_compiler_cannot_build_runs_eagerly_with_a_warning(caplog):
     assert torch.equal(first, expected) and torch.equal(second, expected)
     assert len(attempts) == 1  # the compiler is not tried again
     assert "runs eagerly from now on" in caplog.text and "posed_w2c_44" in caplog.text
+
+
+def test_a_backward_pass_the_compiler_cannot_build_falls_back_before_any_step(caplog):
+    """AOTAutograd would compile a unit's backward pass lazily, at the first loss.backward(), out
+    of `fuse`'s reach (inductor's C++ wrapper failed exactly there on the H200): `fuse` has it
+    compiled with the forward pass, so a failure there also ends in the eager unit."""
+
+    def forward_compiler(graph_module, example_inputs):
+        return make_boxed_func(graph_module.forward)
+
+    def broken_backward_compiler(graph_module, example_inputs):
+        raise RuntimeError("CudaKernelParamCache not populated")
+
+    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=broken_backward_compiler)
+    w2c_init_44 = torch.eye(4)
+
+    def pose_gradients(fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        omega_3 = torch.tensor([0.01, -0.02, 0.03], requires_grad=True)
+        tau_3 = torch.tensor([0.1, 0.0, -0.1], requires_grad=True)
+        step = fuse(posed_w2c_44, fused, backend=backend)
+        (step(omega_3, tau_3, 2.0, w2c_init_44) ** 2).sum().backward()
+        return omega_3.grad, tau_3.grad
+
+    with caplog.at_level("WARNING", logger="services.fit.compiled"):
+        fused_grads = pose_gradients(fused=True)
+    for fused_grad, eager_grad in zip(fused_grads, pose_gradients(fused=False), strict=True):
+        assert torch.equal(fused_grad, eager_grad)
+    assert "runs eagerly from now on" in caplog.text
