@@ -116,8 +116,8 @@ class FitRuntime:
     """Renderer: gsplat (CUDA), the PyTorch rasteriser, or auto (gsplat on CUDA when installed)."""
     compile: bool = False
     """Fuse each step's loss code with torch.compile when fitting on CUDA (fewer kernel launches:
-    a step is host-bound there; about a third less time per frame, the same accuracy over nine
-    seeds); the CPU always runs it eagerly. Off by default: compiling takes 27-50 s once per
+    a step is host-bound there; about 40 % less time per frame, the same accuracy over nine
+    seeds); the CPU always runs it eagerly. Off by default: compiling takes 65-115 s once per
     process, which one short clip does not win back; a long-lived fit server does (docs/fit.md,
     "Compiling the loss code")."""
 
