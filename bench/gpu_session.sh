@@ -3,6 +3,10 @@
 # Usage on the GPU machine, from the repo root, with wheels in .whl and stubs in gflow/:
 #   bash bench/gpu_session.sh render   # gsplat JIT build, parity test, renderer bench
 #   bash bench/gpu_session.sh fit-default | fit-fast | flow
+#   bash bench/gpu_session.sh fit-bars   # the fit speed bars as the deploy files run the fit: both
+#     presets compiled, fit seeds 0-2 in one process each (fast on GPU 0 and default on GPU 1 at
+#     the same time where there are two, else one after the other; the first fit of a process
+#     pays one-time costs, docs/fit.md), then bench/step_probe.py (a step's host time by part)
 #   bash bench/gpu_session.sh profile  # phases of 16-frame default and fast fits, operators of frames 14-15
 #   bash bench/gpu_session.sh profile fit-fast  # several modes run in order
 #   bash bench/gpu_session.sh depth-artefact  # MASt3R ViT-L stripes: the stage against the network
@@ -45,6 +49,20 @@ case "$mode" in
   fit-default|fit-fast)
     preset=${mode#fit-}
     python3 bench/fit_bench.py --presets "$preset" --json-out "$OUT/fit_$preset.json" 2>&1 | tee "$OUT/fit_$preset.log"
+    ;;
+  fit-bars)
+    bars() {  # GPU index, preset: three compiled fits in one process (about 400 s for default)
+      CUDA_VISIBLE_DEVICES=$1 python3 bench/fit_bench.py --presets "$2" --compile --repeats 3 \
+        --json-out "$OUT/bars_$2.json" > "$OUT/bars_$2.log" 2>&1
+    }
+    if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+      bars 0 fast & bars 1 default; wait
+    else
+      bars 0 fast; bars 0 default
+    fi
+    CUDA_VISIBLE_DEVICES=0 python3 bench/step_probe.py > "$OUT/step_probe.log" 2>&1
+    grep -hE "^\| (fast|default) |warm-up" "$OUT/bars_fast.log" "$OUT/bars_default.log"
+    grep -v Warning "$OUT/step_probe.log" | tail -8
     ;;
   profile)
     for preset in default fast; do
