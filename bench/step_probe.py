@@ -29,7 +29,7 @@ from services.fit.compiled import fuse
 from services.fit.config import preset
 from services.fit.gaussians import Gaussians
 from services.fit.initialise import PixelSeeder
-from services.fit.motion import COVERED_ALPHA
+from services.fit.render import RenderOutput
 from services.synthetic.scene import SceneConfig, make_scene
 
 logger = logging.getLogger("step_probe")
@@ -83,21 +83,20 @@ class StepForms:
         self.optimiser = self.gaussians.optimiser(self.fit_cfg.lr, 1.0)
 
     def image_loss(self, rgb_hw3, depth_hw, alpha_hw, target_hw3, prior_hw, prior_valid_hw):
-        """The image terms, weighted (and each term, detached, as the engine logs them)."""
-        covered_hw = ((alpha_hw.detach() >= COVERED_ALPHA) & prior_valid_hw).float()
-        photometric = losses.photometric_loss(rgb_hw3, target_hw3, self.fit_cfg.ssim_share)
-        depth = losses.depth_loss(depth_hw / alpha_hw.clamp_min(1e-8), prior_hw, covered_hw)
-        weighted = self.weights["photometric"] * photometric + self.weights["depth"] * depth
-        return weighted, photometric.detach(), depth.detach()
+        """The engine's image terms, weighted (and each term, detached, as the engine logs
+        them); tensors in and out, as a CUDA graph takes them."""
+        none = torch.empty(0, 2, device=rgb_hw3.device)  # projections: the terms never read them
+        out = RenderOutput(rgb_hw3, depth_hw, alpha_hw, none, none)
+        terms = losses.image_terms(
+            out, target_hw3, prior_hw, prior_valid_hw, ssim_share=self.fit_cfg.ssim_share
+        )
+        detached = tuple(term.detach() for term in terms.values())
+        return losses.weighted_sum(terms, self.weights), *detached
 
     def rest_loss(self, g: Gaussians, anchor_n3: torch.Tensor, flow: losses.FlowTargets):
-        """The per-Gaussian terms, weighted."""
-        isotropic = losses.isotropic_loss(g.log_scales_n3)
-        still = losses.still_loss(g.means_n3, anchor_n3, ~g.moving_n, self.footprint)
-        moved = g.means_n3[flow.index_m]
-        flow_term = losses.flow_loss(moved, flow.w2c_44, flow.K_33, flow.target_m2)
-        w = self.weights
-        return w["isotropic"] * isotropic + w["still"] * still + w["flow"] * flow_term
+        """The engine's per-Gaussian terms, weighted."""
+        terms = losses.gaussian_terms(g, anchor_n3=anchor_n3, footprint=self.footprint, flow=flow)
+        return losses.weighted_sum(terms, self.weights)
 
     def step(self, form: str) -> None:
         g = self.gaussians

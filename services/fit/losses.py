@@ -168,6 +168,43 @@ def term_weights(cfg: FitConfig) -> dict[str, float]:
     }
 
 
+def image_terms(
+    out: RenderOutput,
+    target_hw3: torch.Tensor,
+    prior_depth_hw: torch.Tensor,
+    prior_valid_hw: torch.Tensor,
+    *,
+    ssim_share: float,
+) -> dict[str, torch.Tensor]:
+    """The terms on the rendered image: photometric, and depth on covered pixels with a known
+    prior."""
+    depth_weight_hw = ((out.alpha_hw.detach() >= COVERED_ALPHA) & prior_valid_hw).float()
+    return {
+        "photometric": photometric_loss(out.rgb_hw3, target_hw3, ssim_share),
+        "depth": depth_loss(mean_depth_hw(out), prior_depth_hw, depth_weight_hw),
+    }
+
+
+def gaussian_terms(
+    gaussians: Gaussians,
+    *,
+    anchor_n3: torch.Tensor | None,
+    footprint: float,
+    flow: FlowTargets | None,
+) -> dict[str, torch.Tensor]:
+    """The terms on the Gaussians themselves: isotropic; "still" when the frame's start
+    positions are given (`anchor_n3`, in units of `footprint`), "flow" when the seen moving
+    Gaussians and their flow targets are."""
+    terms = {"isotropic": isotropic_loss(gaussians.log_scales_n3)}
+    if anchor_n3 is not None:
+        terms["still"] = still_loss(gaussians.means_n3, anchor_n3, ~gaussians.moving_n, footprint)
+    if flow is not None:
+        terms["flow"] = flow_loss(
+            gaussians.means_n3[flow.index_m], flow.w2c_44, flow.K_33, flow.target_m2
+        )
+    return terms
+
+
 def fit_terms(
     out: RenderOutput,
     target_hw3: torch.Tensor,
@@ -180,25 +217,12 @@ def fit_terms(
     footprint: float,
     flow: FlowTargets | None,
 ) -> dict[str, torch.Tensor]:
-    """The terms of one optimisation step of the Gaussians, by name, in `TERMS` order.
-
-    Depth counts on covered pixels with a known prior; "still" is there when the frame's start
-    positions are given (`anchor_n3`, in units of `footprint`), "flow" when the seen moving
-    Gaussians and their flow targets are.
-    """
-    depth_weight_hw = ((out.alpha_hw.detach() >= COVERED_ALPHA) & prior_valid_hw).float()
-    terms = {
-        "photometric": photometric_loss(out.rgb_hw3, target_hw3, ssim_share),
-        "depth": depth_loss(mean_depth_hw(out), prior_depth_hw, depth_weight_hw),
-        "isotropic": isotropic_loss(gaussians.log_scales_n3),
+    """The terms of one optimisation step of the Gaussians, by name, in `TERMS` order:
+    `image_terms` then `gaussian_terms`."""
+    return {
+        **image_terms(out, target_hw3, prior_depth_hw, prior_valid_hw, ssim_share=ssim_share),
+        **gaussian_terms(gaussians, anchor_n3=anchor_n3, footprint=footprint, flow=flow),
     }
-    if anchor_n3 is not None:
-        terms["still"] = still_loss(gaussians.means_n3, anchor_n3, ~gaussians.moving_n, footprint)
-    if flow is not None:
-        terms["flow"] = flow_loss(
-            gaussians.means_n3[flow.index_m], flow.w2c_44, flow.K_33, flow.target_m2
-        )
-    return terms
 
 
 def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
