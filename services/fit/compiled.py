@@ -25,6 +25,8 @@ from typing import TypeVar
 
 import torch
 from torch._dynamo.exc import BackendCompilerFailed
+from torch._functorch import config as functorch_config
+from torch._inductor import config as inductor_config
 from torch._inductor.exc import InductorError
 
 logger = logging.getLogger(__name__)
@@ -43,8 +45,7 @@ def fuse(fn: F, enabled: bool, backend: str | Callable = "inductor") -> F:
 
 @functools.cache
 def _compiled(fn: Callable, backend: str | Callable) -> Callable:
-    options = {"cpp_wrapper": True} if backend == "inductor" else None
-    compiled = torch.compile(fn, backend=backend, dynamic=None, options=options)
+    compiled = torch.compile(fn, backend=_compile_unit(backend), dynamic=None)
     failed = False
 
     @functools.wraps(fn)
@@ -52,11 +53,7 @@ def _compiled(fn: Callable, backend: str | Callable) -> Callable:
         nonlocal failed
         if not failed:
             try:
-                # The backward pass is compiled with the forward, not at the first backward call:
-                # there the per-call options are gone (a C++ wrapper compile then fails) and a
-                # failure would end the fit inside loss.backward() instead of falling back here.
-                with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
-                    return compiled(*args, **kwargs)
+                return compiled(*args, **kwargs)
             except (BackendCompilerFailed, InductorError) as exc:
                 failed = True
                 logger.warning(
@@ -67,3 +64,20 @@ def _compiled(fn: Callable, backend: str | Callable) -> Callable:
         return fn(*args, **kwargs)
 
     return run
+
+
+def _compile_unit(backend: str | Callable) -> Callable:
+    """The compiler dynamo calls at each (re)compile of a unit: `backend` with inductor's C++
+    wrapper, and the unit's backward pass compiled with its forward pass. Lazily, at the first
+    loss.backward(), these settings would be gone (the C++ wrapper build then failed on the H200)
+    and a failure would end the fit inside loss.backward() instead of falling back in `run`."""
+    compiler = torch._dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
+
+    def compile_unit(graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        with (
+            functorch_config.patch(force_non_lazy_backward_lowering=True),
+            inductor_config.patch(cpp_wrapper=True),
+        ):
+            return compiler(graph_module, example_inputs)
+
+    return compile_unit
