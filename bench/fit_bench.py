@@ -11,15 +11,18 @@ with its exact depth, forward/backward flow, moving masks and intrinsics as the 
 figures measure the engine alone. Per preset: seconds per frame (fitting only), peak GPU memory
 (CUDA only), mean PSNR, TAP-Vid average Jaccard and occlusion accuracy (queries at each track's
 first visible frame), camera ATE after Sim(3) alignment, mean moving-mask IoU, and the Gaussians
-alive at the last frame; then the seconds per phase, and each loss term at the last optimisation
+alive at the last frame; then the seconds per phase (with counts of cudaMalloc calls and page faults
+over the fit: what a first fit of a process pays), and each loss term at the last optimisation
 step of a frame (mean over the frames that have it) with its weighted value (weight x term).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +145,11 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
         fit_cfg = preset_with(name, cfg.set, fit_seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        result = fit(priors, fit_cfg, runtime)
+        before = one_time_costs(device)
+        frame_ends = [time.perf_counter()]
+        result = fit(priors, fit_cfg, runtime, functools.partial(stamp_frame, frame_ends))
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+        costs = {name: count - before[name] for name, count in one_time_costs(device).items()}
         points, occluded = track_2d(result, query_rows)
         tapvid = metrics.tapvid_metrics(
             queries.query_t_q,
@@ -180,6 +186,7 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
                     phase: round(seconds / cfg.frames, 4)
                     for phase, seconds in sorted(result.phase_seconds.items())
                 },
+                one_time_costs=costs,
                 loss_terms=loss_means(result.loss_terms),
                 loss_weights=term_weights(fit_cfg),
                 # per frame, to see where a run goes wrong (a drifting depth scale, a depth or
@@ -189,10 +196,28 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
                     depth_prior_scale=result.depth_scale_t.round(5).tolist(),
                     depth_term=result.loss_terms["depth"].round(5).tolist(),
                     flow_term=result.loss_terms["flow"].round(5).tolist(),
+                    # wall seconds per frame, from the fit's progress calls (whether a slow fit is
+                    # slow throughout or at a few frames)
+                    frame_s=np.diff(frame_ends).round(4).tolist(),
                 ),
             )
         )
     return rows
+
+
+def stamp_frame(frame_ends: list[float], *_progress) -> None:
+    """The fit's progress call at the end of each frame: note the time."""
+    frame_ends.append(time.perf_counter())
+
+
+def one_time_costs(device: torch.device) -> dict[str, int]:
+    """Counters of what a process pays once and then reuses: the CUDA allocator's calls to
+    cudaMalloc (it caches freed blocks) and the process's minor page faults (first touches of
+    host memory). Their growth over a fit shows whether the first fit of a process paid them."""
+    counts = {"page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}
+    if device.type == "cuda":
+        counts["cuda_mallocs"] = torch.cuda.memory_stats(device).get("num_device_alloc", 0)
+    return counts
 
 
 def loss_means(loss_terms: dict[str, np.ndarray]) -> dict[str, float]:
@@ -264,7 +289,8 @@ def spread_table(rows: list[dict]) -> str:
 
 
 def phase_table(rows: list[dict]) -> str:
-    """Seconds per frame spent in each phase of the fit, one column per preset."""
+    """Seconds per frame spent in each phase of the fit, then the one-time-cost counters, one
+    column per preset."""
     phases = sorted({phase for r in rows for phase in r["phase_s_per_frame"]})
     lines = [
         "| phase | " + " | ".join(_label(r) for r in rows) + " |",
@@ -273,6 +299,9 @@ def phase_table(rows: list[dict]) -> str:
     for phase in phases:
         cells = [f"{r['phase_s_per_frame'].get(phase, 0.0):.3f}" for r in rows]
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    for counter in sorted({name for r in rows for name in r["one_time_costs"]}):
+        cells = [str(r["one_time_costs"].get(counter, "")) for r in rows]
+        lines.append(f"| {counter} (count over the fit) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -304,7 +333,7 @@ def main() -> None:
     if cfg.repeats > 1:
         print("\nmean ± standard deviation over each preset's fits")
         print(spread_table(rows))
-    print("\nseconds per frame by phase (checkpoint time is not part of s/frame)")
+    print("\nseconds per frame by phase (checkpoint time is not part of s/frame), one-time costs")
     print(phase_table(rows))
     print("\nloss terms at the last step of a frame, mean over frames (raw, and x its weight)")
     print(loss_table(rows))
