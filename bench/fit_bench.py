@@ -18,7 +18,6 @@ step of a frame (mean over the frames that have it) with its weighted value (wei
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -32,10 +31,9 @@ import numpy as np
 import torch
 import tyro
 
-from services.common.errors import InvalidArgumentError
 from services.evaluation import metrics
 from services.evaluation.fit_suite import exact_priors
-from services.fit.config import FitConfig, FitRuntime, preset
+from services.fit.config import FitRuntime, preset_with
 from services.fit.engine import fit, resolve_device
 from services.fit.losses import term_weights
 from services.fit.tracks import track_2d
@@ -95,26 +93,6 @@ def make_clip(cfg: BenchConfig) -> SyntheticScene:
             n_tracks=cfg.tracks,
         )
     )
-
-
-_BOOLS = {"true": True, "false": False}
-
-
-def preset_with(name: str, settings: tuple[str, ...], seed: int) -> FitConfig:
-    """The named preset with the name=value `settings` applied (each value converted to its
-    field's type) and the fit seed; InvalidArgumentError names a field that does not exist."""
-    fit_cfg = preset(name)
-    changes: dict[str, object] = {"seed": seed}
-    for setting in settings:
-        field, sep, value = setting.partition("=")
-        if not sep or not hasattr(fit_cfg, field):
-            raise InvalidArgumentError("set", f"{setting!r} is not name=value of a FitConfig field")
-        kind = type(getattr(fit_cfg, field))
-        try:
-            changes[field] = _BOOLS[value.lower()] if kind is bool else kind(value)
-        except (KeyError, ValueError):
-            raise InvalidArgumentError("set", f"{setting!r}: {field} is {kind.__name__}") from None
-    return dataclasses.replace(fit_cfg, **changes)
 
 
 def measure(cfg: BenchConfig) -> tuple[list[dict], float]:

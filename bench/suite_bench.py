@@ -12,7 +12,6 @@ fills its cores; on a GPU machine use `--device cuda` (the fits then share the G
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Literal
 import tyro
 
 from services.evaluation.fit_suite import SUITE, PriorSource, run_clip, suite_clip
-from services.fit.config import FitRuntime, preset
+from services.fit.config import FitRuntime, preset_with
 from services.flow.config import DisPreset, FlowConfig
 from services.pipeline.config import PipelineConfig, PipelineRuntime
 
@@ -47,6 +46,9 @@ class SuiteBench:
     """The flow stage's DIS preset for the pipeline rows (docs/flow.md, "DIS presets")."""
     seed: int = 0
     """The fit's seed (every random choice of the fit; the clips stay the same)."""
+    set: tuple[str, ...] = ()
+    """FitConfig fields to change in every preset, as name=value (e.g. keep_adam_state=true), to
+    measure a change before it is made; the rows record them."""
     device: Literal["cpu", "cuda"] = "cpu"
     jobs: int = 1
     """Rows fitted at once, each in its own process."""
@@ -64,14 +66,16 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
     row = run_clip(
         suite_clip(clip),
         source,
-        dataclasses.replace(preset(preset_name), seed=bench.seed),
+        preset_with(preset_name, bench.set, bench.seed),
         width=bench.width,
         height=bench.height,
         n_frames=bench.frames,
         n_tracks=bench.tracks,
         pipeline=PipelineConfig(flow=FlowConfig(dis_preset=bench.dis_preset), runtime=runtime),
     )
-    row.update(preset=preset_name, dis_preset=bench.dis_preset, seed=bench.seed)
+    row.update(
+        preset=preset_name, dis_preset=bench.dis_preset, seed=bench.seed, settings=list(bench.set)
+    )
     return row
 
 
@@ -124,6 +128,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     bench = tyro.cli(SuiteBench)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in bench.presets:  # a wrong --set fails here, before any fit
+        preset_with(name, bench.set, bench.seed)
     jobs = [
         (bench, clip, source, name)
         for clip in bench.clips
@@ -137,6 +143,8 @@ def main() -> None:
     else:
         rows = [_row(job) for job in jobs]
     print(f"suite at {bench.width}x{bench.height}x{bench.frames}, {bench.tracks} tracks per clip")
+    if bench.set:
+        print(f"every preset with {' '.join(bench.set)}")
     print(table(rows))
     if bench.json_out is not None:
         bench.json_out.write_text(json.dumps(rows, indent=2))

@@ -164,3 +164,23 @@ def preset(name: str) -> FitConfig:
     if name not in PRESETS:
         raise InvalidArgumentError("preset", f"{name!r} is unknown; use one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name])
+
+
+_BOOLS = {"true": True, "false": False}
+
+
+def preset_with(name: str, settings: tuple[str, ...], seed: int) -> FitConfig:
+    """The named preset with the name=value `settings` applied (each value converted to its
+    field's type) and the fit seed; InvalidArgumentError names a field that does not exist."""
+    fit_cfg = preset(name)
+    changes: dict[str, object] = {"seed": seed}
+    for setting in settings:
+        field, sep, value = setting.partition("=")
+        if not sep or not hasattr(fit_cfg, field):
+            raise InvalidArgumentError("set", f"{setting!r} is not name=value of a FitConfig field")
+        kind = type(getattr(fit_cfg, field))
+        try:
+            changes[field] = _BOOLS[value.lower()] if kind is bool else kind(value)
+        except (KeyError, ValueError):
+            raise InvalidArgumentError("set", f"{setting!r}: {field} is {kind.__name__}") from None
+    return dataclasses.replace(fit_cfg, **changes)

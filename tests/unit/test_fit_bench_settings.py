@@ -1,10 +1,9 @@
-"""bench/fit_bench.py --set: preset fields changed by name=value, typed as the field."""
+"""config.preset_with (the benches' --set): preset fields changed by name=value, typed."""
 
 import pytest
 
-from bench.fit_bench import preset_with
 from services.common.errors import InvalidArgumentError
-from services.fit.config import preset
+from services.fit.config import preset, preset_with
 
 
 def test_settings_change_only_the_named_fields_with_their_types():
