@@ -72,6 +72,13 @@ class FitConfig:
     every Gaussian by about its learning rate: the loss falls steadily, PSNR is higher at the same
     step count (docs/fit.md, "Adam's state across densification and frames")."""
 
+    rescale_depth_prior: bool = True
+    """Re-estimate each frame's depth-prior scale from the model (median rendered still depth over
+    the prior), for priors whose scale changes from frame to frame. False keeps frame 0's scale (1:
+    the model is built from that frame's prior), for priors with one scale over the clip (exact, or
+    the offline depth stage's global alignment): the depth term and new Gaussians then hold the
+    model's scale instead of following its drift (docs/fit.md, "The depth prior's scale")."""
+
     mask_threshold: float = 0.5
     """Moving-mask score at or above which a pixel counts as moving."""
     cluster_min_motion_px: float = 0.5

@@ -178,7 +178,8 @@ class _Fitter:
             alpha_prev_hw = out_prev.alpha_hw.cpu().numpy().astype(np.float64)
         c2w_44 = self._camera(t, c2w_prev)
         with self.timer.phase("depth_scale"):
-            self.out.depth_scale.append(self._depth_scale(t, c2w_44))
+            scale = self._depth_scale(t, c2w_44) if cfg.rescale_depth_prior else 1.0
+            self.out.depth_scale.append(scale)
         self._start_pnp(t + 1, c2w_44)
         with self.timer.phase("split_and_move"):
             flow = self._split_and_move(t, c2w_prev, c2w_44, depth_prev_hw, alpha_prev_hw)

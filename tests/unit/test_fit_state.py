@@ -141,6 +141,19 @@ def test_each_frame_reports_its_loss_terms(caplog, one_torch_thread):
     assert len(summaries) == 2 and all(name in summaries[1] for name in TERMS)
 
 
+def test_the_depth_prior_scale_is_re_estimated_or_held(one_torch_thread):
+    """A prior 30 % deeper from frame 1 on: re-estimated, its scale meets the model (1 / 1.3);
+    held, it stays frame 0's, 1, whatever the prior does."""
+    priors = exact_priors(make_scene(SceneConfig(n_frames=3, seed=7)))
+    deeper_thw = priors.depth_thw.copy()
+    deeper_thw[1:] *= 1.3
+    priors = dataclasses.replace(priors, depth_thw=deeper_thw)
+    rescaled = fit(priors, preset("test")).depth_scale_t
+    held = fit(priors, dataclasses.replace(preset("test"), rescale_depth_prior=False)).depth_scale_t
+    assert rescaled[0] == 1.0 and np.allclose(rescaled[1:], 1 / 1.3, atol=0.02)
+    assert np.array_equal(held, np.ones(3))
+
+
 # -- densification schedule ---------------------------------------------------------------------
 
 
