@@ -7,6 +7,8 @@
 #     presets compiled, fit seeds 0-2 in one process each (fast on GPU 0 and default on GPU 1 at
 #     the same time where there are two, else one after the other; the first fit of a process
 #     pays one-time costs, docs/fit.md), then bench/step_probe.py (a step's host time by part)
+#   SUITE_A="..." SUITE_B="..." bash bench/gpu_session.sh suite-ab  # the accuracy suite twice at
+#     once, each with its own suite_bench flags (a change against the code without it)
 #   bash bench/gpu_session.sh profile  # phases of 16-frame default and fast fits, operators of frames 14-15
 #   bash bench/gpu_session.sh profile fit-fast  # several modes run in order
 #   bash bench/gpu_session.sh depth-artefact  # MASt3R ViT-L stripes: the stage against the network
@@ -63,6 +65,18 @@ case "$mode" in
     CUDA_VISIBLE_DEVICES=0 python3 bench/step_probe.py > "$OUT/step_probe.log" 2>&1
     grep -hE "^\| (fast|default) |warm-up" "$OUT/bars_fast.log" "$OUT/bars_default.log"
     grep -v Warning "$OUT/step_probe.log" | tail -8
+    ;;
+  suite-ab)
+    # The accuracy suite (256x192x24, both presets, both prior sources) twice at once on this
+    # GPU's share of the cores: SUITE_A and SUITE_B hold suite_bench flags (e.g. "--dis-preset
+    # fine --set camera_iters=0"); a change is measured against the same code without it.
+    jobs=$(( $(nproc) / 2 ))
+    python3 bench/suite_bench.py --device cuda --jobs "$jobs" ${SUITE_A:-} \
+      --json-out "$OUT/suite_a.json" > /tmp/suite_a.log 2>&1 &
+    python3 bench/suite_bench.py --device cuda --jobs "$jobs" ${SUITE_B:-} \
+      --json-out "$OUT/suite_b.json" > /tmp/suite_b.log 2>&1
+    wait
+    grep -h "^|" /tmp/suite_a.log /tmp/suite_b.log
     ;;
   profile)
     for preset in default fast; do
