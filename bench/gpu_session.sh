@@ -2,13 +2,15 @@
 # GPU measurements in few device calls (see docs/renderer.md, docs/fit.md, docs/flow.md).
 # Usage on the GPU machine, from the repo root, with wheels in .whl and stubs in gflow/:
 #   bash bench/gpu_session.sh render   # gsplat JIT build, parity test, renderer bench
+#   bash bench/gpu_session.sh jit      # the gsplat JIT build alone (its module to $OUT, as below)
 #   bash bench/gpu_session.sh fit-default | fit-fast | flow
 #   bash bench/gpu_session.sh fit-bars   # the fit speed bars as the deploy files run the fit: both
 #     presets compiled, fit seeds 0-2 in one process each (fast on GPU 0 and default on GPU 1 at
 #     the same time where there are two, else one after the other; the first fit of a process
 #     pays one-time costs, docs/fit.md), then bench/step_probe.py (a step's host time by part)
-#   SUITE_A="..." SUITE_B="..." bash bench/gpu_session.sh suite-ab  # the accuracy suite twice at
-#     once, each with its own suite_bench flags (a change against the code without it)
+#   SUITE_A="..." SUITE_B="..." [SUITE_A_CODE=dir] bash bench/gpu_session.sh suite-ab  # the
+#     accuracy suite twice at once, each side with its own suite_bench flags (and side A, where
+#     SUITE_A_CODE is set, with another version's code): a change against the code without it
 #   bash bench/gpu_session.sh profile  # phases of 16-frame default and fast fits, operators of frames 14-15
 #   bash bench/gpu_session.sh profile fit-fast  # several modes run in order
 #   bash bench/gpu_session.sh depth-artefact  # MASt3R ViT-L stripes: the stage against the network
@@ -38,13 +40,19 @@ PY
 fi
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.gl/torch_extensions}
 python3 -c "import torch, importlib.util as u; print('torch', torch.__version__, torch.cuda.get_device_name(0)); print({m: u.find_spec(m) is not None for m in ['cv2','scipy','tyro','gsplat','torchvision','imageio_ffmpeg','grpc','minio','yaml']})"
+build_gsplat() {  # gsplat's JIT build (or GSPLAT_SO's import); the module to $OUT
+  start=$(date +%s)
+  python3 -c "import torch, gsplat; from gsplat.cuda._backend import _C; print('gsplat', gsplat.__version__, 'built', _C is not None)" 2>&1 | tail -3
+  echo "gsplat JIT build took $(( $(date +%s) - start )) s"
+  cp "$TORCH_EXTENSIONS_DIR/gsplat_cuda/gsplat_cuda.so" "$OUT/" 2>/dev/null || true
+}
 for mode in "${@:-render}"; do
 case "$mode" in
+  jit)
+    build_gsplat
+    ;;
   render)
-    start=$(date +%s)
-    python3 -c "import torch, gsplat; from gsplat.cuda._backend import _C; print('gsplat', gsplat.__version__, 'built', _C is not None)" 2>&1 | tail -3
-    echo "gsplat JIT build took $(( $(date +%s) - start )) s"
-    cp "$TORCH_EXTENSIONS_DIR/gsplat_cuda/gsplat_cuda.so" "$OUT/" 2>/dev/null || true
+    build_gsplat
     python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_render_parity.py 2>&1 | tee "$OUT/parity.log"
     python3 bench/render_bench.py 2>&1 | tee "$OUT/render_bench.log"
     ;;
@@ -67,16 +75,29 @@ case "$mode" in
     grep -v Warning "$OUT/step_probe.log" | tail -8
     ;;
   suite-ab)
-    # The accuracy suite (256x192x24, both presets, both prior sources) twice at once, each run
-    # on half the cores: SUITE_A and SUITE_B hold its flags (e.g. "--dis-preset fine --set
+    # The accuracy suite (256x192x24, both presets, both prior sources) twice at once: SUITE_A
+    # and SUITE_B hold each side's suite_bench flags (e.g. "--dis-preset fine --set
     # camera_iters=0 keep_adam_state=true": one --set takes every name=value, a second --set
-    # replaces the first), so a change given as flags is measured against the code as it is.
-    suite() {  # run name (a or b), suite_bench flags
-      python3 bench/suite_bench.py --device cuda --jobs $(( $(nproc) / 2 )) $2 \
-        --json-out "$OUT/suite_$1.json" > "/tmp/suite_$1.log" 2>&1
+    # replaces the first). SUITE_A_CODE, if set, is a folder with another version's services/
+    # and bench/ (e.g. `git archive HEAD services bench | tar -x -C .exp/head`) that side A runs,
+    # so a code change is measured against the code without it. Each clip runs in its own
+    # process (a clip that outlasts SUITE_TIMEOUT, default 480 s, loses only its own rows); with
+    # two GPUs each side has one. The rows come back as one file, $OUT/suite_ab.tar.gz. On one
+    # H200 both sides with both presets do not fit in a call (stop 21: 40 fits sharing it, the
+    # default rows reached frame 14 of 24 in 440 s): add --presets fast to both, or use two GPUs.
+    suite() {  # side (a or b), code folder, GPU index, suite_bench flags
+      mkdir -p "$OUT/suite_$1"
+      for clip in orbit pan static orbit-nonrigid orbit-3-leaving; do
+        CUDA_VISIBLE_DEVICES=$3 PYTHONPATH="/tmp/site:$2:$PWD" timeout "${SUITE_TIMEOUT:-480}" \
+          python3 "$2/bench/suite_bench.py" --device cuda --clips "$clip" --jobs 4 $4 \
+          --json-out "$OUT/suite_$1/$clip.json" > "$OUT/suite_$1/$clip.log" 2>&1 &
+      done
+      wait
     }
-    suite a "${SUITE_A:-}" & suite b "${SUITE_B:-}"; wait
-    grep -h "^|" /tmp/suite_a.log /tmp/suite_b.log
+    gpu_b=$(( $(nvidia-smi -L | wc -l) >= 2 ? 1 : 0 ))
+    suite a "${SUITE_A_CODE:-$PWD}" 0 "${SUITE_A:-}" & suite b "$PWD" "$gpu_b" "${SUITE_B:-}"; wait
+    grep -h "^|" "$OUT"/suite_a/*.log "$OUT"/suite_b/*.log
+    tar -czf "$OUT/suite_ab.tar.gz" -C "$OUT" suite_a suite_b && rm -r "$OUT/suite_a" "$OUT/suite_b"
     ;;
   profile)
     for preset in default fast; do
