@@ -238,6 +238,7 @@ def refine_still_pose(
         pixels_p2,
         lambda_flow=cfg.lambda_flow,
         iters=cfg.camera_iters,
+        patience=cfg.camera_patience,
         lr=cfg.camera_lr,
         scene_scale=scene_scale,
         ssim_share=cfg.ssim_share,
@@ -278,6 +279,7 @@ def optimise_pose(
     ssim_share: float,
     backend: str,
     fused: bool = False,
+    patience: int = 0,
 ) -> torch.Tensor:
     """Refines a world-to-camera pose so the still Gaussians match the still pixels and the
     still correspondences (world points -> pixels, from the flow) reproject where they should.
@@ -285,7 +287,9 @@ def optimise_pose(
     The update is a twist applied on the left of the start pose; its translation is in units of
     `scene_scale`, so one learning rate suits scenes of any size. Returns the pose with the lowest
     loss seen, so a good start (PnP) is never made worse by Adam's first, sign-sized steps.
-    `fused`: the pose and the loss through `compiled.fuse` (CUDA).
+    `fused`: the pose and the loss through `compiled.fuse` (CUDA). `patience` > 0: after every
+    `patience` iterations, stop if none since the last check (or since the start) found a lower
+    loss (`FitConfig.camera_patience`).
     """
     if iters == 0 or len(still) == 0:
         return w2c_init_44
@@ -300,8 +304,9 @@ def optimise_pose(
     # The best so far stays on the device: comparing on the host would wait for every iteration.
     best_loss = torch.tensor(float("inf"), dtype=w2c_init_44.dtype, device=w2c_init_44.device)
     best_w2c_44 = w2c_init_44
+    best_step = torch.zeros((), dtype=torch.int64, device=w2c_init_44.device)
     posed, step_loss = fuse(posed_w2c_44, fused), fuse(camera_loss, fused)
-    for _ in range(iters):
+    for step in range(iters):
         w2c_44 = posed(omega_3, tau_3, scene_scale, w2c_init_44)
         out = render(*still_params, w2c_44, K_33, width, height, backend=backend)
         loss = step_loss(
@@ -318,6 +323,10 @@ def optimise_pose(
         better = loss.detach() < best_loss
         best_loss = torch.where(better, loss.detach(), best_loss)
         best_w2c_44 = torch.where(better, w2c_44.detach(), best_w2c_44)
+        best_step = torch.where(better, step, best_step)
+        checked = patience > 0 and (step + 1) % patience == 0
+        if checked and int(best_step) <= max(step - patience, 0):  # no new low since the last
+            break
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         fused_adam_step(optimiser)

@@ -18,7 +18,8 @@ from services.common.geometry import (
     pixel_grid_hw2,
     project_p2,
 )
-from services.fit.camera import pnp_c2w, pose_update_44
+from services.fit import camera
+from services.fit.camera import optimise_pose, pnp_c2w, pose_update_44
 from services.fit.checkpoint import FolderCheckpoints, pack, unpack
 from services.fit.cluster import split_moving
 from services.fit.config import FitConfig, preset
@@ -62,7 +63,8 @@ def test_default_preset_has_the_original_defaults():
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("max_points", 10), ("iters", -1), ("ssim_share", 1.5), ("lr", 0.0)]
+    ("field", "value"),
+    [("max_points", 10), ("iters", -1), ("camera_patience", -1), ("ssim_share", 1.5), ("lr", 0.0)],
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(InvalidArgumentError, match=field):
@@ -216,6 +218,73 @@ def test_pnp_recovers_a_pose_from_exact_correspondences():
 
 
 # -- motion and clustering -------------------------------------------------------------------
+
+
+def _wall_refinement(monkeypatch):
+    """Still Gaussians on a textured wall, the frame they render at a known pose, and a camera
+    refinement of them against it that counts its renders: (refine(start_w2c, iters, patience)
+    -> (pose, renders), the known pose, the loss at a pose)."""
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+    depth_hw = (3.0 + 0.02 * np.arange(W)[None, :] + np.zeros((H, 1))).astype(np.float32)
+    c2w = _pose(5.0)
+    rows, cols = (a.ravel() for a in np.mgrid[0:H:2, 0:W:2])
+    still = gaussians_at_pixels(rows, cols, frame, depth_hw, depth_hw < 0, K_33, c2w, 0, 0.8, "cpu")
+    w2c_44 = torch.as_tensor(np.linalg.inv(c2w), dtype=torch.float32)
+    K = torch.as_tensor(K_33, dtype=torch.float32)
+    with torch.no_grad():
+        target_hw3 = still.render(w2c_44, K, W, H, backend="torch").rgb_hw3
+    points_p3 = still.means_n3[::9].detach()
+    pixels_p2 = torch.as_tensor(project_p2(K_33, c2w, points_p3.double().numpy())[0]).float()
+    renders = []
+    counted = camera.render
+
+    def counting_render(*args, **kwargs):
+        renders.append(1)
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(camera, "render", counting_render)
+    settings = dict(lambda_flow=0.01, lr=5e-4, scene_scale=3.0, ssim_share=0.2, backend="torch")
+
+    def refine(start_w2c_44, iters, patience):
+        renders.clear()
+        pose = optimise_pose(
+            still, target_hw3, torch.ones(H, W), start_w2c_44, K, points_p3, pixels_p2,
+            iters=iters, patience=patience, **settings,
+        )  # fmt: skip
+        return pose, len(renders)
+
+    def loss(w2c):
+        with torch.no_grad():
+            rgb_hw3 = still.render(w2c, K, W, H, backend="torch").rgb_hw3
+            return float(
+                camera.camera_loss(rgb_hw3, target_hw3, torch.ones(H, W), 0.2, points_p3,
+                                   pixels_p2, w2c, K, 0.01)
+            )  # fmt: skip
+
+    return refine, w2c_44, loss
+
+
+def test_camera_refinement_stops_where_it_stalls(monkeypatch):
+    refine, true_w2c_44, _ = _wall_refinement(monkeypatch)
+    # From the right pose no step lowers the loss: the first check (5 steps) ends it, and the
+    # start pose comes back as it was; without patience all 40 steps run to the same pose.
+    pose, renders = refine(true_w2c_44, iters=40, patience=5)
+    assert renders == 5 and torch.equal(pose, true_w2c_44)
+    pose, renders = refine(true_w2c_44, iters=40, patience=0)
+    assert renders == 40 and torch.equal(pose, true_w2c_44)
+
+
+def test_camera_refinement_with_patience_is_the_full_one_cut_short(monkeypatch):
+    refine, true_w2c_44, loss = _wall_refinement(monkeypatch)
+    twist = torch.tensor([0.004, -0.003, 0.002, 0.01, 0.0, -0.01])
+    start_w2c_44 = (pose_update_44(twist[:3], twist[3:]) @ true_w2c_44).float()
+    pose, renders = refine(start_w2c_44, iters=120, patience=5)
+    assert renders > 5  # the loss fell, so the first check did not stop it
+    assert loss(pose) < 0.7 * loss(start_w2c_44)
+    # Stopping only truncates: the same steps without patience give the same pose.
+    same, same_renders = refine(start_w2c_44, iters=renders, patience=0)
+    assert same_renders == renders and torch.equal(same, pose)
 
 
 def test_bilinear_sampling_is_exact_on_linear_maps():
