@@ -217,9 +217,6 @@ def test_pnp_recovers_a_pose_from_exact_correspondences():
     assert len(inlier_points) == 270
 
 
-# -- motion and clustering -------------------------------------------------------------------
-
-
 def _wall_refinement(monkeypatch):
     """Still Gaussians on a textured wall, the frame they render at a known pose, and a camera
     refinement of them against it that counts its renders: (refine(start_w2c, iters, patience)
@@ -258,8 +255,8 @@ def _wall_refinement(monkeypatch):
         with torch.no_grad():
             rgb_hw3 = still.render(w2c, K, W, H, backend="torch").rgb_hw3
             return float(
-                camera.camera_loss(rgb_hw3, target_hw3, torch.ones(H, W), 0.2, points_p3,
-                                   pixels_p2, w2c, K, 0.01)
+                camera.camera_loss(rgb_hw3, target_hw3, torch.ones(H, W), settings["ssim_share"],
+                                   points_p3, pixels_p2, w2c, K, settings["lambda_flow"])
             )  # fmt: skip
 
     return refine, w2c_44, loss
@@ -285,6 +282,9 @@ def test_camera_refinement_with_patience_is_the_full_one_cut_short(monkeypatch):
     # Stopping only truncates: the same steps without patience give the same pose.
     same, same_renders = refine(start_w2c_44, iters=renders, patience=0)
     assert same_renders == renders and torch.equal(same, pose)
+
+
+# -- motion and clustering -------------------------------------------------------------------
 
 
 def test_bilinear_sampling_is_exact_on_linear_maps():
