@@ -323,10 +323,11 @@ def optimise_pose(
         better = loss.detach() < best_loss
         best_loss = torch.where(better, loss.detach(), best_loss)
         best_w2c_44 = torch.where(better, w2c_44.detach(), best_w2c_44)
-        best_step = torch.where(better, step, best_step)
-        checked = patience > 0 and (step + 1) % patience == 0
-        if checked and int(best_step) <= max(step - patience, 0):  # no new low since the last
-            break
+        if patience > 0:
+            best_step = torch.where(better, step, best_step)
+            checked = (step + 1) % patience == 0
+            if checked and int(best_step) <= max(step - patience, 0):  # no new low since the last
+                break
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         fused_adam_step(optimiser)
