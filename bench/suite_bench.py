@@ -12,6 +12,7 @@ fills its cores; on a GPU machine use `--device cuda` (the fits then share the G
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ from typing import Literal
 
 import tyro
 
-from services.evaluation.fit_suite import SUITE, PriorSource, run_clip, suite_clip
+from services.common.errors import InvalidArgumentError
+from services.evaluation.fit_suite import SUITE, PriorSource, TrackReadout, run_clip, suite_clip
 from services.fit.config import FitRuntime, preset_with
 from services.flow.config import DisPreset, FlowConfig
 from services.pipeline.config import PipelineConfig, PipelineRuntime
@@ -54,6 +56,23 @@ class SuiteBench:
     """Rows fitted at once, each in its own process."""
     json_out: Path | None = None
     """Also write the rows as JSON here."""
+    other_tracks: Path | None = None
+    """A tracks.py of another version of services/fit (e.g. from `git archive`): each row also
+    scores its track_2d on the same fit (other_aj, other_delta_avg, other_oa; a column "other
+    AJ"), so a change of the track readout is measured apart from the fit's run-to-run
+    differences on a GPU."""
+
+
+def load_readout(path: Path) -> TrackReadout:
+    """track_2d of the tracks module at `path` (it imports the rest of services/fit as is)."""
+    spec = importlib.util.spec_from_file_location(f"other_tracks_{abs(hash(path))}", path)
+    if spec is None or not path.is_file():
+        raise InvalidArgumentError("other_tracks", f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "track_2d"):
+        raise InvalidArgumentError("other_tracks", f"{path} has no track_2d")
+    return module.track_2d
 
 
 def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
@@ -72,6 +91,7 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         n_frames=bench.frames,
         n_tracks=bench.tracks,
         pipeline=PipelineConfig(flow=FlowConfig(dis_preset=bench.dis_preset), runtime=runtime),
+        other_readout=None if bench.other_tracks is None else load_readout(bench.other_tracks),
     )
     row.update(
         preset=preset_name, dis_preset=bench.dis_preset, seed=bench.seed, settings=list(bench.set)
@@ -102,6 +122,8 @@ def table(rows: list[dict]) -> str:
         "mask J",
         "PSNR dB",
     )
+    other = any("other_aj" in r for r in rows)
+    header += ("other AJ", "other δavg", "other OA") if other else ()
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = (
@@ -121,6 +143,10 @@ def table(rows: list[dict]) -> str:
             f"{r['mask_j']:.3f}",
             f"{r['psnr']:.1f}",
         )
+        if other:
+            cells += tuple(
+                f"{r.get(k, float('nan')):.3f}" for k in ("other_aj", "other_delta_avg", "other_oa")
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -130,6 +156,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in bench.presets:  # a wrong --set fails here, before any fit
         preset_with(name, bench.set, bench.seed)
+    if bench.other_tracks is not None:  # and a wrong --other-tracks
+        load_readout(bench.other_tracks)
     jobs = [
         (bench, clip, source, name)
         for clip in bench.clips

@@ -14,7 +14,8 @@ backward flow disagree.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -25,7 +26,7 @@ from services.depth.flows import from_flow_result
 from services.evaluation import metrics
 from services.evaluation.naive_tracker import chained_flow_tracks
 from services.fit.config import FitConfig, FitRuntime
-from services.fit.engine import FitPriors, fit
+from services.fit.engine import FitPriors, FitResult, fit
 from services.fit.tracks import track_2d
 from services.flow.engine import compute_flow
 from services.pipeline.config import PipelineConfig
@@ -35,6 +36,8 @@ from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 logger = logging.getLogger(__name__)
 
 PriorSource = Literal["exact", "pipeline"]
+TrackReadout = Callable[[FitResult, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""A fit result and query rows (t, y, x) to (points [Q, T, 2], occluded [Q, T]), as track_2d."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class ClipOutputs:
     occluded_qt: np.ndarray  # bool [Q, T]
     flow_fwd_t1hw2: np.ndarray  # the flow the fit was given (for the floor)
     flow_bwd_t1hw2: np.ndarray
+    other_tracks: tuple[np.ndarray, np.ndarray] | None = field(default=None)
+    """(points, occluded) of a second readout of the same fit, where one was asked for."""
 
 
 def query_rows(queries: metrics.TapvidQueries) -> np.ndarray:
@@ -113,9 +118,15 @@ def exact_priors(scene: SyntheticScene) -> FitPriors:
 
 
 def fit_clip(
-    priors: FitPriors, cfg: FitConfig, runtime: FitRuntime, queries_q3: np.ndarray
+    priors: FitPriors,
+    cfg: FitConfig,
+    runtime: FitRuntime,
+    queries_q3: np.ndarray,
+    other_readout: TrackReadout | None = None,
 ) -> ClipOutputs:
-    """Fit the priors (on `runtime`'s device) and track the queries."""
+    """Fit the priors (on `runtime`'s device) and track the queries (also with `other_readout`,
+    where given, on the same fit: a change of the track readout alone, measured without the
+    fit's run-to-run differences on a GPU)."""
     result = fit(priors, cfg, runtime)
     points_qt2, occluded_qt = track_2d(result, queries_q3)
     return ClipOutputs(
@@ -127,6 +138,7 @@ def fit_clip(
         occluded_qt=occluded_qt,
         flow_fwd_t1hw2=priors.flow_fwd_t1hw2,
         flow_bwd_t1hw2=priors.flow_bwd_t1hw2,
+        other_tracks=None if other_readout is None else other_readout(result, queries_q3),
     )
 
 
@@ -240,6 +252,9 @@ def score(scene: SyntheticScene, queries: metrics.TapvidQueries, out: ClipOutput
     )
     naive = floor_row(queries, out.flow_fwd_t1hw2, out.flow_bwd_t1hw2, image_hw)
     row.update({f"naive_{k}": v for k, v in naive.items()})
+    if out.other_tracks is not None:
+        other = tapvid_row(queries, *out.other_tracks, image_hw)
+        row.update({f"other_{k}": v for k, v in other.items()})
     return row
 
 
@@ -253,9 +268,11 @@ def run_clip(
     n_frames: int,
     n_tracks: int = 128,
     pipeline: PipelineConfig | None = None,
+    other_readout: TrackReadout | None = None,
 ) -> dict:
     """Make the clip, fit it from the given prior source, and score it (one table row).
-    `pipeline` makes the pipeline priors; its runtime also says where the fit runs."""
+    `pipeline` makes the pipeline priors; its runtime also says where the fit runs.
+    `other_readout`: a second track readout scored on the same fit (fields other_aj, ...)."""
     pipeline = pipeline or PipelineConfig()
     scene = make_scene(clip.scene_config(width, height, n_frames, n_tracks))
     queries = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, "first")
@@ -264,7 +281,7 @@ def run_clip(
         priors = exact_priors(scene)
     else:
         priors = pipeline_priors(scene, pipeline)
-    out = fit_clip(priors, fit_cfg, pipeline.runtime.fit, rows_q3)
+    out = fit_clip(priors, fit_cfg, pipeline.runtime.fit, rows_q3, other_readout)
     row = score(scene, queries, out)
     row.update(clip=clip.name, source=source, size=f"{width}x{height}x{n_frames}")
     logger.info(

@@ -5,10 +5,12 @@ both prior sources end to end on a tiny clip."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from bench.suite_bench import load_readout
 from services.common.errors import InvalidArgumentError
 from services.evaluation import metrics
 from services.evaluation.fit_suite import (
@@ -19,9 +21,11 @@ from services.evaluation.fit_suite import (
     run_clip,
     score,
     suite_clip,
+    tapvid_row,
 )
 from services.evaluation.naive_tracker import chained_flow_tracks
 from services.fit.config import preset
+from services.fit.tracks import track_2d
 from services.synthetic.scene import SceneConfig, make_scene
 
 
@@ -123,3 +127,37 @@ def test_a_clip_runs_end_to_end(source):
     assert row["source"] == source and row["clip"] == "orbit" and row["size"] == "48x32x4"
     if source == "exact":
         assert row["psnr"] > 30.0 and row["ate_share"] < 0.02
+
+
+def test_a_second_track_readout_is_scored_on_the_same_fit(tmp_path):
+    """`other_readout` reads the same fit again: the engine's own readout gives the row's own
+    figures, a readout that holds every query still gives exactly that readout's figures."""
+    cfg = dataclasses.replace(preset("test"), init_points=400, max_points=800, iters=10)
+    clip = suite_clip("orbit")
+    size = dict(width=48, height=32, n_frames=4, n_tracks=32)
+    same = run_clip(clip, "exact", cfg, **size, other_readout=track_2d)
+    assert [same[f"other_{k}"] for k in ("aj", "delta_avg", "oa")] == [
+        same["aj"],
+        same["delta_avg"],
+        same["oa"],
+    ]
+
+    def held_still(result, queries_q3):
+        points_qt2 = np.repeat(queries_q3[:, None, [2, 1]], result.n_frames, axis=1)
+        return points_qt2, np.zeros(points_qt2.shape[:2], bool)
+
+    still = run_clip(clip, "exact", cfg, **size, other_readout=held_still)
+    scene = make_scene(clip.scene_config(48, 32, 4, 32))
+    queries = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, "first")
+    held_qt2, visible_qt = held_still(SimpleNamespace(n_frames=4), query_rows(queries))
+    expected = tapvid_row(queries, held_qt2, visible_qt, (32, 48))
+    assert still["other_aj"] == expected["aj"] and still["other_oa"] == expected["oa"]
+    assert still["aj"] == same["aj"]  # the fit itself is the same (CPU)
+
+    module = tmp_path / "tracks.py"
+    module.write_text("def track_2d(result, queries_q3):\n    return 'read'\n")
+    assert load_readout(module)(None, None) == "read"
+    (tmp_path / "empty.py").write_text("")
+    for path in (tmp_path / "empty.py", tmp_path / "missing.py"):
+        with pytest.raises(InvalidArgumentError, match="other_tracks"):
+            load_readout(path)
