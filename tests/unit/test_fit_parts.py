@@ -30,7 +30,7 @@ from services.fit.initialise import gaussians_at_pixels, sample_pixels, texture_
 from services.fit.losses import photometric_loss, ssim_map_hw
 from services.fit.motion import sample_bilinear, spread_displacement
 from services.fit.timing import PhaseTimer
-from services.fit.tracks import attach, track_2d, track_3d, track_queries
+from services.fit.tracks import FRONT_SURFACE_GAP, attach, track_2d, track_3d, track_queries
 from services.fit.videos import draw_trajectories, trajectory_frames
 
 H, W = 48, 64
@@ -363,11 +363,9 @@ def test_tracks_follow_the_dominant_gaussian():
     queries = np.array([[0, front_xy[0, 1], front_xy[0, 0]], [1, *corner]])
     assert attach(result, queries).tolist() == [5, 3]
     points, occluded = track_2d(result, queries)
-    # The query point is lifted at the rendered depth there (the front surface, blended a little
-    # with the back one) and moves with the front Gaussian.
-    depth = sample_bilinear(result.depth_thw[0][..., None], front_xy)[0, 0]
-    assert 3.0 < depth < 3.3
-    step = K_33[0, 0] * 0.3 / depth
+    # The query point is lifted at the front Gaussian's depth (3.0; the test below) and moves
+    # with it.
+    step = K_33[0, 0] * 0.3 / 3.0
     assert np.allclose(points[0, :, 0] - front_xy[0, 0], step * np.arange(4), atol=1e-3)
     assert np.allclose(points[1], [[corner[1], corner[0]]] * 4, atol=1e-3)
     assert not occluded.any()
@@ -375,6 +373,23 @@ def test_tracks_follow_the_dominant_gaussian():
     assert alive.all()
     assert np.allclose(world[0, :, 0] - world[0, 0, 0], 0.3 * np.arange(4), atol=1e-5)
     assert np.allclose(world[1, :, 2], 5.0, atol=0.05)
+
+
+def test_a_moving_query_is_lifted_at_the_front_surface_not_at_the_blended_depth():
+    result = _two_layer_result()
+    front_xy, _ = project_p2(K_33, np.eye(4), np.array([[0.0, 0.0, 3.0]]))
+    queries = np.array([[0, front_xy[0, 1], front_xy[0, 0]]])
+    # The rendered depth blends the front Gaussian (3.0) with the back one 2 m behind it: more
+    # than FRONT_SURFACE_GAP farther than the front surface.
+    depth = sample_bilinear(result.depth_thw[0][..., None], front_xy)[0, 0]
+    assert 3.0 / (1 - FRONT_SURFACE_GAP) < depth < 3.3
+    world, _ = track_3d(result, queries)
+    assert world[0, 0, 2] == pytest.approx(3.0, abs=1e-4)
+    # A query on a still Gaussian keeps the rendered depth.
+    for frame in result.frames:
+        frame.moving_n[:] = False
+    world, _ = track_3d(result, queries)
+    assert world[0, 0, 2] == pytest.approx(depth, abs=1e-4)
 
 
 def test_track_behind_the_surface_is_occluded():
