@@ -32,7 +32,7 @@ import torch
 import tyro
 
 from services.evaluation import metrics
-from services.evaluation.fit_suite import exact_priors
+from services.evaluation.fit_suite import exact_priors, load_readout
 from services.fit.config import FitRuntime, preset_with
 from services.fit.engine import fit, resolve_device
 from services.fit.losses import term_weights
@@ -78,6 +78,9 @@ class BenchConfig:
     loss code compiles), so s/frame is what a serving process sees; the seconds are reported."""
     json_out: Path | None = None
     """Also write the rows as JSON here."""
+    other_tracks: Path | None = None
+    """A tracks.py of another version of services/fit: each row also scores its tracks on the same
+    fit (other_aj, other_occ_acc), as bench/suite_bench.py --other-tracks."""
 
 
 def make_clip(cfg: BenchConfig) -> SyntheticScene:
@@ -112,6 +115,7 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
     )
     device = resolve_device(cfg.device)
     runtime = FitRuntime(device=cfg.device, compile=cfg.compile)
+    other_readout = None if cfg.other_tracks is None else load_readout(cfg.other_tracks)
     warmup_seconds = 0.0
     if cfg.warmup:
         started = time.perf_counter()
@@ -128,16 +132,14 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
         result = fit(priors, fit_cfg, runtime, functools.partial(stamp_frame, frame_ends))
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
         costs = {name: count - before[name] for name, count in one_time_costs(device).items()}
-        points, occluded = track_2d(result, query_rows)
-        tapvid = metrics.tapvid_metrics(
-            queries.query_t_q,
-            queries.gt_tracks_qt2,
-            queries.gt_occluded_qt,
-            points,
-            occluded,
-            (cfg.height, cfg.width),
-            "first",
-        )
+        tapvid = _tapvid(cfg, queries, *track_2d(result, query_rows))
+        other = {}
+        if other_readout is not None:
+            other_tapvid = _tapvid(cfg, queries, *other_readout(result, query_rows))
+            other = dict(
+                other_aj=other_tapvid["average_jaccard"],
+                other_occ_acc=other_tapvid["occlusion_accuracy"],
+            )
         iou = [
             metrics.mask_j(p, g)
             for p, g in zip(result.moving_mask_thw, scene.moving_thw, strict=True)
@@ -157,6 +159,7 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
                 psnr=float(result.psnr_t.mean()),
                 aj=tapvid["average_jaccard"],
                 occ_acc=tapvid["occlusion_accuracy"],
+                **other,
                 ate=metrics.ate_rpe(result.c2w_t44, scene.c2w_t44)["ate"],
                 mask_iou=float(np.mean(iou)),
                 gaussians=len(result.frames[-1]),
@@ -181,6 +184,23 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
             )
         )
     return rows
+
+
+def _tapvid(
+    cfg: BenchConfig,
+    queries: metrics.TapvidQueries,
+    points_qt2: np.ndarray,
+    occluded_qt: np.ndarray,
+) -> dict[str, float]:
+    return metrics.tapvid_metrics(
+        queries.query_t_q,
+        queries.gt_tracks_qt2,
+        queries.gt_occluded_qt,
+        points_qt2,
+        occluded_qt,
+        (cfg.height, cfg.width),
+        "first",
+    )
 
 
 def stamp_frame(frame_ends: list[float], *_progress) -> None:
@@ -234,7 +254,7 @@ def table(rows: list[dict]) -> str:
             f"{r['s_per_frame']:.3f}",
             f"{r['peak_gpu_mib']:.0f}",
             f"{r['psnr']:.2f}",
-            f"{r['aj']:.3f}",
+            f"{r['aj']:.3f}" + (f" (other {r['other_aj']:.3f})" if "other_aj" in r else ""),
             f"{r['occ_acc']:.3f}",
             f"{r['ate']:.4f}",
             f"{r['mask_iou']:.3f}",

@@ -12,7 +12,6 @@ fills its cores; on a GPU machine use `--device cuda` (the fits then share the G
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -23,8 +22,7 @@ from typing import Literal
 
 import tyro
 
-from services.common.errors import InvalidArgumentError
-from services.evaluation.fit_suite import SUITE, PriorSource, TrackReadout, run_clip, suite_clip
+from services.evaluation.fit_suite import SUITE, PriorSource, load_readout, run_clip, suite_clip
 from services.fit.config import FitRuntime, preset_with
 from services.flow.config import DisPreset, FlowConfig
 from services.pipeline.config import PipelineConfig, PipelineRuntime
@@ -61,18 +59,6 @@ class SuiteBench:
     scores its track_2d on the same fit (other_aj, other_delta_avg, other_oa; a column "other
     AJ"), so a change of the track readout is measured apart from the fit's run-to-run
     differences on a GPU."""
-
-
-def load_readout(path: Path) -> TrackReadout:
-    """track_2d of the tracks module at `path` (it imports the rest of services/fit as is)."""
-    spec = importlib.util.spec_from_file_location(f"other_tracks_{abs(hash(path))}", path)
-    if spec is None or not path.is_file():
-        raise InvalidArgumentError("other_tracks", f"{path} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "track_2d"):
-        raise InvalidArgumentError("other_tracks", f"{path} has no track_2d")
-    return module.track_2d
 
 
 def _row(job: tuple[SuiteBench, str, str, str]) -> dict:

@@ -13,9 +13,11 @@ backward flow disagree.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -73,6 +75,19 @@ SUITE: tuple[SuiteClip, ...] = (
     # Three objects at twice the motion: they cross, occlude each other and leave the frame.
     SuiteClip("orbit-3-leaving", "moving", 3, seed=4, motion_scale=2.0),
 )
+
+
+def load_readout(path: Path) -> TrackReadout:
+    """track_2d of the tracks module at `path` (a tracks.py of another version of services/fit; it
+    imports the rest of services/fit as is): the benches' `--other-tracks`."""
+    spec = importlib.util.spec_from_file_location(f"other_tracks_{abs(hash(path))}", path)
+    if spec is None or not path.is_file():
+        raise InvalidArgumentError("other_tracks", f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "track_2d"):
+        raise InvalidArgumentError("other_tracks", f"{path} has no track_2d")
+    return module.track_2d
 
 
 def suite_clip(name: str) -> SuiteClip:

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bench.suite_bench import load_readout
 from services.common.errors import InvalidArgumentError
 from services.evaluation import metrics
 from services.evaluation.fit_suite import (
     SUITE,
     ClipOutputs,
+    load_readout,
     path_extent,
     query_rows,
     run_clip,
