@@ -67,11 +67,14 @@ def _attachments(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray,
         dominant_r, front_r = _query_rays(result, t, xy_r2)
         ids_q[rows] = frame.ids_n[dominant_r]
         depth_r = sample_bilinear(result.depth_thw[t][..., None].astype(np.float64), xy_r2)[:, 0]
-        _, z_n = project_p2(result.K_33, result.c2w_t44[t], frame.means_n3.astype(np.float64))
-        front_z_r = np.where(front_r >= 0, z_n[np.maximum(front_r, 0)], depth_r)
+        has_front_r = front_r >= 0
+        front_z_r = depth_r.copy()
+        _, front_z_r[has_front_r] = project_p2(
+            result.K_33, result.c2w_t44[t], frame.means_n3[front_r[has_front_r]].astype(np.float64)
+        )
         lift_front_r = (
             frame.moving_n[dominant_r]
-            & (front_r >= 0)
+            & has_front_r
             & (front_z_r > 0)
             & (front_z_r < depth_r * (1.0 - FRONT_SURFACE_GAP))
         )

@@ -390,6 +390,13 @@ def test_a_moving_query_is_lifted_at_the_front_surface_not_at_the_blended_depth(
         frame.moving_n[:] = False
     world, _ = track_3d(result, queries)
     assert world[0, 0, 2] == pytest.approx(depth, abs=1e-4)
+    # So does one whose ray never lets less than half the light pass (no front surface).
+    faint = _two_layer_result()
+    for frame in faint.frames:
+        frame.opacities_n[:] = 0.2
+    faint_depth = sample_bilinear(faint.depth_thw[0][..., None], front_xy)[0, 0]
+    world, _ = track_3d(faint, queries)
+    assert world[0, 0, 2] == pytest.approx(faint_depth, abs=1e-4)
 
 
 def test_track_behind_the_surface_is_occluded():
