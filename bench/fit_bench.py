@@ -32,7 +32,7 @@ import torch
 import tyro
 
 from services.evaluation import metrics
-from services.evaluation.fit_suite import exact_priors, load_readout
+from services.evaluation.fit_suite import exact_priors, load_readout, tapvid_row
 from services.fit.config import FitRuntime, preset_with
 from services.fit.engine import fit, resolve_device
 from services.fit.losses import term_weights
@@ -132,14 +132,12 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
         result = fit(priors, fit_cfg, runtime, functools.partial(stamp_frame, frame_ends))
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
         costs = {name: count - before[name] for name, count in one_time_costs(device).items()}
-        tapvid = _tapvid(cfg, queries, *track_2d(result, query_rows))
+        image_hw = (cfg.height, cfg.width)
+        tapvid = tapvid_row(queries, *track_2d(result, query_rows), image_hw)
         other = {}
         if other_readout is not None:
-            other_tapvid = _tapvid(cfg, queries, *other_readout(result, query_rows))
-            other = dict(
-                other_aj=other_tapvid["average_jaccard"],
-                other_occ_acc=other_tapvid["occlusion_accuracy"],
-            )
+            other_tapvid = tapvid_row(queries, *other_readout(result, query_rows), image_hw)
+            other = dict(other_aj=other_tapvid["aj"], other_occ_acc=other_tapvid["oa"])
         iou = [
             metrics.mask_j(p, g)
             for p, g in zip(result.moving_mask_thw, scene.moving_thw, strict=True)
@@ -157,8 +155,8 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
                 s_per_frame=result.seconds / cfg.frames,
                 peak_gpu_mib=peak,
                 psnr=float(result.psnr_t.mean()),
-                aj=tapvid["average_jaccard"],
-                occ_acc=tapvid["occlusion_accuracy"],
+                aj=tapvid["aj"],
+                occ_acc=tapvid["oa"],
                 **other,
                 ate=metrics.ate_rpe(result.c2w_t44, scene.c2w_t44)["ate"],
                 mask_iou=float(np.mean(iou)),
@@ -184,23 +182,6 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
             )
         )
     return rows
-
-
-def _tapvid(
-    cfg: BenchConfig,
-    queries: metrics.TapvidQueries,
-    points_qt2: np.ndarray,
-    occluded_qt: np.ndarray,
-) -> dict[str, float]:
-    return metrics.tapvid_metrics(
-        queries.query_t_q,
-        queries.gt_tracks_qt2,
-        queries.gt_occluded_qt,
-        points_qt2,
-        occluded_qt,
-        (cfg.height, cfg.width),
-        "first",
-    )
 
 
 def stamp_frame(frame_ends: list[float], *_progress) -> None:
