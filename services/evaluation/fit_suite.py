@@ -80,8 +80,10 @@ SUITE: tuple[SuiteClip, ...] = (
 def load_readout(path: Path) -> TrackReadout:
     """track_2d of the tracks module at `path` (a tracks.py of another version of services/fit; it
     imports the rest of services/fit as is): the benches' `--other-tracks`."""
-    spec = importlib.util.spec_from_file_location(f"other_tracks_{abs(hash(path))}", path)
-    if spec is None or not path.is_file():
+    spec = None
+    if path.is_file():
+        spec = importlib.util.spec_from_file_location(f"other_tracks_{abs(hash(path))}", path)
+    if spec is None:
         raise InvalidArgumentError("other_tracks", f"{path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -56,16 +56,21 @@ def attach(result: FitResult, queries_q3: np.ndarray) -> np.ndarray:
     return _attachments(result, _check_queries(result, queries_q3))[0]
 
 
-def _attachments(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [Q] of the Gaussians the queries attach to, world points [Q, 3] under the queries)."""
+def _attachments(
+    result: FitResult, queries_q3: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids [Q] of the Gaussians the queries attach to, world points [Q, 3] under the queries,
+    whether each of those Gaussians is moving at the query's frame [Q])."""
     ids_q = np.zeros(len(queries_q3), np.int64)
     points_q3 = np.zeros((len(queries_q3), 3))
+    moving_q = np.zeros(len(queries_q3), bool)
     for t in np.unique(queries_q3[:, 0]).astype(int):
         rows = np.flatnonzero(queries_q3[:, 0] == t)
         xy_r2 = queries_q3[rows][:, [2, 1]]
         frame = result.frames[t]
         dominant_r, front_r = _query_rays(result, t, xy_r2)
         ids_q[rows] = frame.ids_n[dominant_r]
+        moving_q[rows] = frame.moving_n[dominant_r]
         depth_r = sample_bilinear(result.depth_thw[t][..., None].astype(np.float64), xy_r2)[:, 0]
         has_front_r = front_r >= 0
         front_z_r = depth_r.copy()
@@ -73,14 +78,14 @@ def _attachments(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray,
             result.K_33, result.c2w_t44[t], frame.means_n3[front_r[has_front_r]].astype(np.float64)
         )
         lift_front_r = (
-            frame.moving_n[dominant_r]
+            moving_q[rows]
             & has_front_r
             & (front_z_r > 0)
             & (front_z_r < depth_r * (1.0 - FRONT_SURFACE_GAP))
         )
         depth_r = np.where(lift_front_r, front_z_r, depth_r)
         points_q3[rows] = backproject_p3(result.K_33, result.c2w_t44[t], xy_r2, depth_r)
-    return ids_q, points_q3
+    return ids_q, points_q3, moving_q
 
 
 def _query_rays(result: FitResult, t: int, xy_r2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +154,8 @@ def track_3d(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray, np.
     (a fixed offset in world units, exact for still points). Outside the Gaussian's life it is
     held at its first or last position (alive False there)."""
     queries_q3 = _check_queries(result, queries_q3)
-    return _track_3d_of(result, queries_q3, *_attachments(result, queries_q3))
+    ids_q, surface_q3, _ = _attachments(result, queries_q3)
+    return _track_3d_of(result, queries_q3, ids_q, surface_q3)
 
 
 def _track_3d_of(
@@ -215,12 +221,7 @@ def track_queries(result: FitResult, queries_q3: np.ndarray) -> Tracks:
 
     No queries give arrays with Q = 0."""
     queries_q3 = _check_queries(result, queries_q3)
-    ids_q, surface_q3 = _attachments(result, queries_q3)
+    ids_q, surface_q3, moving_q = _attachments(result, queries_q3)
     world_qt3, alive_qt = _track_3d_of(result, queries_q3, ids_q, surface_q3)
     points_qt2, occluded_qt = _project_tracks(result, world_qt3, alive_qt)
-    moving_q = np.zeros(len(ids_q), bool)
-    for t in np.unique(queries_q3[:, 0]).astype(int):
-        rows = np.flatnonzero(queries_q3[:, 0] == t)
-        frame = result.frames[t]
-        moving_q[rows] = frame.moving_n[np.searchsorted(frame.ids_n, ids_q[rows])]
     return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
