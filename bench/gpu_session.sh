@@ -87,7 +87,7 @@ case "$mode" in
     # default rows reached frame 14 of 24 in 440 s): add --presets fast to both, or use two GPUs.
     suite() {  # side (a or b), code folder, GPU index, suite_bench flags
       mkdir -p "$OUT/suite_$1"
-      clips=$(PYTHONPATH="$2" python3 -c \
+      clips=$(PYTHONPATH="/tmp/site:$2" python3 -c \
         "from services.evaluation.fit_suite import SUITE; print(*(c.name for c in SUITE))")
       for clip in $clips; do
         CUDA_VISIBLE_DEVICES=$3 PYTHONPATH="/tmp/site:$2:$PWD" timeout "${SUITE_TIMEOUT:-480}" \
