@@ -194,6 +194,7 @@ def pipeline_priors(scene: SyntheticScene, config: PipelineConfig) -> FitPriors:
         flow_bwd_t1hw2=flow_bwd_t1hw2,
         moving_thw=segment.scores_thw.astype(np.float32),
         c2w_t44=depth.c2w_t44,
+        depth_confidence_thw=depth.confidence_thw.astype(np.float32),
     )
 
 

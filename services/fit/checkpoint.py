@@ -228,6 +228,7 @@ def inputs_fingerprint(
         priors.flow_bwd_t1hw2,
         priors.moving_thw,
         priors.c2w_t44,
+        priors.depth_confidence_thw,
     ):
         if array is None:
             digest.update(b"none")

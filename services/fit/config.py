@@ -87,6 +87,15 @@ class FitConfig:
     the offline depth stage's global alignment): the depth term and new Gaussians then hold the
     model's scale instead of following its drift (docs/fit.md, "The depth prior's scale")."""
 
+    moving_depth_from_filled_prior: bool = True
+    """A moving Gaussian's camera z follows the depth prior's change along its flow also where
+    the prior was filled in rather than measured (confidence below
+    `priors.MEASURED_DEPTH_CONFIDENCE`: the offline depth backend fills every moving object from
+    its surroundings). False keeps such a Gaussian at the z its unmoved centre has in the new
+    camera. Through the offline backend that raises occlusion accuracy and PSNR on moving-camera
+    clips but not every figure of the accuracy suite, so it is opt-in (docs/fit.md, "Moving depth
+    where the prior was filled in"); priors without a confidence are unaffected."""
+
     mask_threshold: float = 0.5
     """Moving-mask score at or above which a pixel counts as moving."""
     cluster_min_motion_px: float = 0.5

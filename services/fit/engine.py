@@ -92,6 +92,12 @@ class _Fitter:
         self.K_t = torch.as_tensor(self.K_33, dtype=torch.float32, device=self.device)
         self.moving_thw = np.asarray(priors.moving_thw, np.float32)
         self.depth_valid_thw = priors.depth_thw > 0
+        # Pixels whose prior depth change a moving Gaussian may follow (see FitConfig).
+        self.depth_trusted_thw = (
+            np.ones_like(self.depth_valid_thw)
+            if cfg.moving_depth_from_filled_prior
+            else priors.depth_measured_thw()
+        )
         self.scene_scale = float(np.median(priors.depth_thw[0][self.depth_valid_thw[0]]))
         self.pixel_footprint = self.scene_scale / float(self.K_33[0, 0])  # world units per pixel
         self.densify = DensifyStrategy(cfg)
@@ -211,6 +217,8 @@ class _Fitter:
             alpha_prev_hw=alpha_prev_hw,
             prior_depth_prev_hw=self._prior_depth(t - 1),
             prior_depth_next_hw=self._prior_depth(t),
+            trusted_prev_hw=self.depth_trusted_thw[t - 1],
+            trusted_next_hw=self.depth_trusted_thw[t],
             cfg=self.cfg,
         )
         g.means_n3 = torch.as_tensor(update.means_n3, dtype=torch.float32, device=self.device)

@@ -86,13 +86,24 @@ def sample_bilinear(
 def lift_moving(
     xy_prev_n2: np.ndarray,
     z_prev_n: np.ndarray,
+    still_z_n: np.ndarray,
     target_n2: np.ndarray,
     prior_depth_prev_hw: np.ndarray,
     prior_depth_next_hw: np.ndarray,
+    trusted_prev_hw: np.ndarray,
+    trusted_next_hw: np.ndarray,
     K_33: np.ndarray,
     c2w_next_44: np.ndarray,
 ) -> np.ndarray:
-    """New world centres of visible moving Gaussians: pixel moved by flow, depth by the prior."""
+    """New world centres of visible moving Gaussians: pixel moved by flow, camera z scaled by the
+    prior's depth change there (z_prev_n: in the previous camera).
+
+    Where the target leaves the image or the change lies beyond `_DEPTH_RATIO_RANGE` (the flow
+    crossed onto another surface) the camera z is kept. Where either prior depth is not trusted
+    (trusted_*_hw: `FitPriors.depth_measured_thw` under `moving_depth_from_filled_prior=false`;
+    a moving object's depth filled in from its surroundings would carry it to the depth of
+    whatever lies behind it) the z is still_z_n: the unmoved centre's z in the next camera, so
+    the camera's own motion still counts."""
     height, width = prior_depth_prev_hw.shape
     rows0, cols0 = nearest_pixel(xy_prev_n2, height, width)
     rows1, cols1 = nearest_pixel(target_n2, height, width)
@@ -107,6 +118,8 @@ def lift_moving(
         & (ratio <= _DEPTH_RATIO_RANGE[1])
     )
     z_next = z_prev_n * np.where(usable, ratio, 1.0)
+    trusted = trusted_prev_hw[rows0, cols0] & trusted_next_hw[rows1, cols1]
+    z_next = np.where(trusted | (still_z_n <= 0), z_next, still_z_n)
     return backproject_p3(K_33, c2w_next_44, target_n2.astype(np.float64), z_next)
 
 
@@ -172,6 +185,8 @@ def split_and_move(
     alpha_prev_hw: np.ndarray,
     prior_depth_prev_hw: np.ndarray,
     prior_depth_next_hw: np.ndarray,
+    trusted_prev_hw: np.ndarray,
+    trusted_next_hw: np.ndarray,
     cfg: FitConfig,
 ) -> MotionUpdate:
     """Relabels the Gaussians seen in frame t-1 still/moving (2-means on residual motion, the
@@ -179,7 +194,8 @@ def split_and_move(
     the depth prior, unseen ones by their neighbours.
 
     depth_prev_hw / alpha_prev_hw: the model rendered at frame t-1; prior_depth_*_hw: the depth
-    priors of frames t-1 and t at the model's scale."""
+    priors of frames t-1 and t at the model's scale; trusted_*_hw: where their change may be
+    followed (see `lift_moving`)."""
     K_33 = np.asarray(priors.K_33, np.float64)
     flow_fwd_hw2 = priors.flow_fwd_t1hw2[t - 1]
     moving_prev_hw = np.asarray(priors.moving_thw[t - 1], np.float32)
@@ -190,7 +206,7 @@ def split_and_move(
     target_s2 = xy_prev_n2[seen_n] + flow_on_own_side(
         flow_fwd_hw2, xy_prev_n2[seen_n], moving_n[seen_n], moving_prev_hw >= mask_threshold
     )
-    still_xy_s2, _ = project_p2(K_33, c2w_next_44, means_n3[seen_n])
+    still_xy_s2, still_z_s = project_p2(K_33, c2w_next_44, means_n3[seen_n])
     moving_n = moving_n.copy()
     moving_n[seen_n] = split_moving(
         np.linalg.norm(target_s2 - still_xy_s2, axis=1),
@@ -203,9 +219,12 @@ def split_and_move(
     lifted_m3 = lift_moving(
         xy_prev_n2[seen_moving_n],
         z_prev_n[seen_moving_n],
+        still_z_s[moving_n[seen_n]],
         target_m2,
         prior_depth_prev_hw,
         prior_depth_next_hw,
+        trusted_prev_hw,
+        trusted_next_hw,
         K_33,
         c2w_next_44,
     )

@@ -12,6 +12,12 @@ import numpy as np
 
 from services.common.errors import InvalidArgumentError
 
+MEASURED_DEPTH_CONFIDENCE = 0.1
+"""Depth-prior confidence from which a pixel's depth counts as measured. The offline depth
+backend gives pixels it filled from their surroundings 0.05 (every moving object among them: it
+has no parallax to measure there) and frames on its smooth prior 0.02; MASt3R's confidence
+(1 - 1/conf) passes from a raw confidence of 1.11 up."""
+
 
 @dataclass
 class FitPriors:
@@ -24,6 +30,15 @@ class FitPriors:
     flow_bwd_t1hw2: np.ndarray | None  # float32 [T-1, H, W, 2] from t+1 to t, or None
     moving_thw: np.ndarray  # float32 [T, H, W] moving score in [0, 1], or bool
     c2w_t44: np.ndarray | None = None  # float64 [T, 4, 4] initial poses from the depth stage
+    depth_confidence_thw: np.ndarray | None = None  # float32 [T, H, W] in [0, 1]; None: measured
+
+    def depth_measured_thw(self) -> np.ndarray:
+        """Bool [T, H, W]: pixels whose prior depth is known and measured
+        (`MEASURED_DEPTH_CONFIDENCE`), not filled in or assumed."""
+        known_thw = self.depth_thw > 0
+        if self.depth_confidence_thw is None:
+            return known_thw
+        return known_thw & (self.depth_confidence_thw >= MEASURED_DEPTH_CONFIDENCE)
 
     def first_frames(self, n: int) -> FitPriors:
         """The clip's first n frames and their priors (a warm-up fit, a shorter study)."""
@@ -36,6 +51,9 @@ class FitPriors:
             flow_bwd_t1hw2=flow_bwd,
             moving_thw=self.moving_thw[:n],
             c2w_t44=None if self.c2w_t44 is None else self.c2w_t44[:n],
+            depth_confidence_thw=None
+            if self.depth_confidence_thw is None
+            else self.depth_confidence_thw[:n],
         )
 
     def validate(self) -> None:
@@ -53,6 +71,11 @@ class FitPriors:
         if self.flow_bwd_t1hw2 is not None:
             _check_array("flow_bwd_t1hw2", self.flow_bwd_t1hw2, (T - 1, H, W, 2))
         _check_array("moving_thw", self.moving_thw, (T, H, W))
+        if self.depth_confidence_thw is not None:
+            _check_array("depth_confidence_thw", self.depth_confidence_thw, (T, H, W))
+            confidence = self.depth_confidence_thw
+            if confidence.min(initial=0.0) < 0.0 or confidence.max(initial=0.0) > 1.0:
+                raise InvalidArgumentError("depth_confidence_thw", "confidences must lie in [0, 1]")
         moving = np.asarray(self.moving_thw, np.float32)
         if moving.min(initial=0.0) < 0.0 or moving.max(initial=0.0) > 1.0:
             raise InvalidArgumentError("moving_thw", "scores must lie in [0, 1]")

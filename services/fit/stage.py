@@ -65,6 +65,7 @@ def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest, video_sha256:
         artifacts.get_json(artifact(request.depth, "intrinsics", "depth"), "depth")
     )
     poses_ref = optional_artifact(request.depth, "c2w")
+    confidence_ref = optional_artifact(request.depth, "confidence")
     return FitPriors(
         frames_thw3=load_frames(artifacts, video, video_sha256),
         depth_thw=array(request.depth, "depth", "THW", "depth"),
@@ -74,6 +75,9 @@ def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest, video_sha256:
         moving_thw=array(request.segment, "scores", "THW", "segment"),
         c2w_t44=artifacts.get_array(poses_ref, layout="TIJ", field="depth.c2w")
         if poses_ref is not None
+        else None,
+        depth_confidence_thw=array(request.depth, "confidence", "THW", "depth")
+        if confidence_ref is not None
         else None,
     )
 

@@ -152,6 +152,24 @@ def test_resume_equals_uninterrupted(fitted, scene, tmp_path, keep_adam_state):
     assert sink.load_latest()[0] == len(fitted.frames) - 1
 
 
+def test_filled_depth_prior_changes_moving_depth_only_when_asked(fitted, scene):
+    """moving_depth_from_filled_prior=False departs from the default only at pixels whose depth
+    confidence says filled in; with exact priors (no confidence) or all depth measured the fit
+    is the default one, bit for bit."""
+    cfg = dataclasses.replace(preset("test"), moving_depth_from_filled_prior=False)
+    T, H, W = scene.depth_thw.shape
+    unaffected = [
+        fit(_priors(scene), cfg),
+        fit(_priors(scene, depth_confidence_thw=np.ones((T, H, W), np.float32)), cfg),
+    ]
+    for result in unaffected:
+        assert np.array_equal(result.frames[-1].means_n3, fitted.frames[-1].means_n3)
+    filled = fit(_priors(scene, depth_confidence_thw=np.zeros((T, H, W), np.float32)), cfg)
+    assert np.array_equal(filled.frames[0].means_n3, fitted.frames[0].means_n3)
+    moved_n3, default_n3 = filled.frames[1].means_n3, fitted.frames[1].means_n3
+    assert moved_n3.shape != default_n3.shape or not np.allclose(moved_n3, default_n3)
+
+
 def test_videos(fitted, scene):
     videos = render_videos(fitted, _priors(scene), fps=8.0)
     assert set(videos) == set(VIDEO_NAMES)

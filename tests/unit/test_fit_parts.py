@@ -28,7 +28,8 @@ from services.fit.export import PLY_PROPERTIES, SH_C0, ply_bytes, tum_lines, wri
 from services.fit.gaussians import FrameGaussians, render_frame
 from services.fit.initialise import gaussians_at_pixels, sample_pixels, texture_probability_hw
 from services.fit.losses import photometric_loss, ssim_map_hw
-from services.fit.motion import sample_bilinear, spread_displacement
+from services.fit.motion import lift_moving, sample_bilinear, spread_displacement
+from services.fit.priors import MEASURED_DEPTH_CONFIDENCE
 from services.fit.timing import PhaseTimer
 from services.fit.tracks import FRONT_SURFACE_GAP, attach, track_2d, track_3d, track_queries
 from services.fit.videos import draw_trajectories, trajectory_frames
@@ -102,6 +103,8 @@ def _priors(T: int = 3) -> FitPriors:
         ("depth_thw", np.full((3, H, W), np.nan, np.float32), "NaN"),
         ("c2w_t44", np.zeros((3, 4, 4)), "last rows"),
         ("frames_thw3", np.zeros((3, H, W, 3), np.float32), "uint8"),
+        ("depth_confidence_thw", np.ones((3, H, W + 1), np.float32), "shape"),
+        ("depth_confidence_thw", np.full((3, H, W), 1.5, np.float32), "[0, 1]"),
     ],
 )
 def test_priors_validation_names_the_field(field, value, needle):
@@ -114,6 +117,21 @@ def test_priors_validation_names_the_field(field, value, needle):
 def test_valid_priors_pass():
     _priors().validate()
     dataclasses.replace(_priors(), moving_thw=np.zeros((3, H, W), bool)).validate()
+    dataclasses.replace(_priors(), depth_confidence_thw=np.ones((3, H, W), np.float32)).validate()
+
+
+def test_measured_depth_needs_positive_depth_and_enough_confidence():
+    priors = _priors()
+    priors.depth_thw[0, 0, 0] = 0.0
+    assert priors.depth_measured_thw().sum() == 3 * H * W - 1  # no confidence: all measured
+    confidence_thw = np.full((3, H, W), MEASURED_DEPTH_CONFIDENCE, np.float32)
+    confidence_thw[1, :, : W // 2] = 0.05  # the offline backend's filled pixels
+    measured_thw = dataclasses.replace(
+        priors, depth_confidence_thw=confidence_thw
+    ).depth_measured_thw()
+    assert not measured_thw[0, 0, 0] and measured_thw[0, 0, 1]
+    assert not measured_thw[1, :, : W // 2].any() and measured_thw[1, :, W // 2 :].all()
+    assert priors.first_frames(2).depth_confidence_thw is None
 
 
 # -- initialisation, losses, camera ----------------------------------------------------------
@@ -295,7 +313,38 @@ def test_bilinear_sampling_is_exact_on_linear_maps():
     assert np.allclose(sample_bilinear(linear_hw2, xy), expected)
 
 
-def test_hidden_points_take_their_neighbours_displacement():
+def test_moving_depth_follows_the_prior_only_where_it_was_measured():
+    c2w_next = _pose(5.0)
+    xy_prev = np.array([[20.0, 20.0], [40.0, 30.0], [20.0, 30.0]])
+    target = xy_prev + [[3.0, 1.0], [-2.0, 0.5], [1.0, 1.0]]
+    z_prev = np.array([2.0, 3.0, 4.0])
+    still_z = np.array([2.2, 2.9, 4.1])
+    prior_prev_hw = np.full((H, W), 2.0, np.float32)
+    prior_next_hw = np.full((H, W), 3.0, np.float32)  # the prior says 1.5 times farther
+    measured_hw = np.ones((H, W), bool)
+    filled_hw = measured_hw.copy()
+    filled_hw[31, 21] = False  # the third point's target pixel was filled in, not measured
+
+    def z_of(trusted_next_hw):
+        points = lift_moving(
+            xy_prev,
+            z_prev,
+            still_z,
+            target,
+            prior_prev_hw,
+            prior_next_hw,
+            measured_hw,
+            trusted_next_hw,
+            K_33,
+            c2w_next,
+        )
+        xy, z = project_p2(K_33, c2w_next, points)
+        assert np.allclose(xy, target)
+        return z
+
+    assert np.allclose(z_of(measured_hw), 1.5 * z_prev)
+    assert np.allclose(z_of(filled_hw), [3.0, 4.5, 4.1])  # the unmeasured one: still_z
+
     known = np.array([[0.0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0]])
     moved = np.array([[1.0, 0, 0], [1, 0, 0], [0, 0, 5], [0, 0, 5]])
     unknown = np.array([[0.5, 0, 0], [10.5, 0, 0]])
