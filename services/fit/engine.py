@@ -92,12 +92,6 @@ class _Fitter:
         self.K_t = torch.as_tensor(self.K_33, dtype=torch.float32, device=self.device)
         self.moving_thw = np.asarray(priors.moving_thw, np.float32)
         self.depth_valid_thw = priors.depth_thw > 0
-        # Pixels whose prior depth change a moving Gaussian may follow (see FitConfig).
-        self.depth_trusted_thw = (
-            np.ones_like(self.depth_valid_thw)
-            if cfg.moving_depth_from_filled_prior
-            else priors.depth_measured_thw()
-        )
         self.scene_scale = float(np.median(priors.depth_thw[0][self.depth_valid_thw[0]]))
         self.pixel_footprint = self.scene_scale / float(self.K_33[0, 0])  # world units per pixel
         self.densify = DensifyStrategy(cfg)
@@ -217,8 +211,8 @@ class _Fitter:
             alpha_prev_hw=alpha_prev_hw,
             prior_depth_prev_hw=self._prior_depth(t - 1),
             prior_depth_next_hw=self._prior_depth(t),
-            trusted_prev_hw=self.depth_trusted_thw[t - 1],
-            trusted_next_hw=self.depth_trusted_thw[t],
+            trusted_prev_hw=self._depth_trusted_hw(t - 1),
+            trusted_next_hw=self._depth_trusted_hw(t),
             cfg=self.cfg,
         )
         g.means_n3 = torch.as_tensor(update.means_n3, dtype=torch.float32, device=self.device)
@@ -393,6 +387,13 @@ class _Fitter:
 
     def _frame(self, t: int) -> torch.Tensor:
         return self._tensor(self.priors.frames_thw3[t] / np.float32(255.0))
+
+    def _depth_trusted_hw(self, t: int) -> np.ndarray:
+        """Pixels of frame t whose prior depth change a moving Gaussian may follow (FitConfig's
+        `moving_depth_from_filled_prior`)."""
+        if self.cfg.moving_depth_from_filled_prior:
+            return np.ones((self.H, self.W), bool)
+        return self.priors.depth_measured_hw(t)
 
     def _prior_depth(self, t: int) -> np.ndarray:
         return self.priors.depth_thw[t] * np.float32(self.out.depth_scale[t])

@@ -100,7 +100,7 @@ def lift_moving(
 
     Where the target leaves the image or the change lies beyond `_DEPTH_RATIO_RANGE` (the flow
     crossed onto another surface) the camera z is kept. Where either prior depth is not trusted
-    (trusted_*_hw: `FitPriors.depth_measured_thw` under `moving_depth_from_filled_prior=false`;
+    (trusted_*_hw: `FitPriors.depth_measured_hw` under `moving_depth_from_filled_prior=false`;
     a moving object's depth filled in from its surroundings would carry it to the depth of
     whatever lies behind it) the z is still_z_n: the unmoved centre's z in the next camera, so
     the camera's own motion still counts."""

@@ -32,13 +32,13 @@ class FitPriors:
     c2w_t44: np.ndarray | None = None  # float64 [T, 4, 4] initial poses from the depth stage
     depth_confidence_thw: np.ndarray | None = None  # float32 [T, H, W] in [0, 1]; None: measured
 
-    def depth_measured_thw(self) -> np.ndarray:
-        """Bool [T, H, W]: pixels whose prior depth is known and measured
+    def depth_measured_hw(self, t: int) -> np.ndarray:
+        """Bool [H, W]: pixels of frame t whose prior depth is known and measured
         (`MEASURED_DEPTH_CONFIDENCE`), not filled in or assumed."""
-        known_thw = self.depth_thw > 0
+        known_hw = self.depth_thw[t] > 0
         if self.depth_confidence_thw is None:
-            return known_thw
-        return known_thw & (self.depth_confidence_thw >= MEASURED_DEPTH_CONFIDENCE)
+            return known_hw
+        return known_hw & (self.depth_confidence_thw[t] >= MEASURED_DEPTH_CONFIDENCE)
 
     def first_frames(self, n: int) -> FitPriors:
         """The clip's first n frames and their priors (a warm-up fit, a shorter study)."""
@@ -71,14 +71,10 @@ class FitPriors:
         if self.flow_bwd_t1hw2 is not None:
             _check_array("flow_bwd_t1hw2", self.flow_bwd_t1hw2, (T - 1, H, W, 2))
         _check_array("moving_thw", self.moving_thw, (T, H, W))
+        _check_unit_interval("moving_thw", np.asarray(self.moving_thw, np.float32), "scores")
         if self.depth_confidence_thw is not None:
             _check_array("depth_confidence_thw", self.depth_confidence_thw, (T, H, W))
-            confidence = self.depth_confidence_thw
-            if confidence.min(initial=0.0) < 0.0 or confidence.max(initial=0.0) > 1.0:
-                raise InvalidArgumentError("depth_confidence_thw", "confidences must lie in [0, 1]")
-        moving = np.asarray(self.moving_thw, np.float32)
-        if moving.min(initial=0.0) < 0.0 or moving.max(initial=0.0) > 1.0:
-            raise InvalidArgumentError("moving_thw", "scores must lie in [0, 1]")
+            _check_unit_interval("depth_confidence_thw", self.depth_confidence_thw, "confidences")
         positive_t = (self.depth_thw > 0).reshape(T, -1).any(axis=1)
         if not positive_t.all():
             raise InvalidArgumentError(
@@ -93,6 +89,11 @@ class FitPriors:
             _check_array("c2w_t44", self.c2w_t44, (T, 4, 4))
             if not np.allclose(self.c2w_t44[:, 3], [0.0, 0.0, 0.0, 1.0]):
                 raise InvalidArgumentError("c2w_t44", "last rows must be [0, 0, 0, 1]")
+
+
+def _check_unit_interval(field: str, array: np.ndarray, what: str) -> None:
+    if array.min(initial=0.0) < 0.0 or array.max(initial=0.0) > 1.0:
+        raise InvalidArgumentError(field, f"{what} must lie in [0, 1]")
 
 
 def _check_array(field: str, array: np.ndarray, shape: tuple[int, ...]) -> None:

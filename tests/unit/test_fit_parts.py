@@ -123,12 +123,12 @@ def test_valid_priors_pass():
 def test_measured_depth_needs_positive_depth_and_enough_confidence():
     priors = _priors()
     priors.depth_thw[0, 0, 0] = 0.0
-    assert priors.depth_measured_thw().sum() == 3 * H * W - 1  # no confidence: all measured
+    unconfident_thw = np.stack([priors.depth_measured_hw(t) for t in range(3)])
+    assert unconfident_thw.sum() == 3 * H * W - 1  # no confidence: all measured
     confidence_thw = np.full((3, H, W), MEASURED_DEPTH_CONFIDENCE, np.float32)
     confidence_thw[1, :, : W // 2] = 0.05  # the offline backend's filled pixels
-    measured_thw = dataclasses.replace(
-        priors, depth_confidence_thw=confidence_thw
-    ).depth_measured_thw()
+    confident = dataclasses.replace(priors, depth_confidence_thw=confidence_thw)
+    measured_thw = np.stack([confident.depth_measured_hw(t) for t in range(3)])
     assert not measured_thw[0, 0, 0] and measured_thw[0, 0, 1]
     assert not measured_thw[1, :, : W // 2].any() and measured_thw[1, :, W // 2 :].all()
     assert priors.first_frames(2).depth_confidence_thw is None
