@@ -344,7 +344,12 @@ class _Fitter:
         with torch.no_grad():
             out = self._render(g, self._w2c(c2w_44))
             rows, cols, others_xy_m2 = self.densify.pick_pixels(
-                out, self._frame(t), self.depth_valid_thw[t], len(g), self._rng(t, 2, iteration)
+                out,
+                self._frame(t),
+                self.depth_valid_thw[t],
+                len(g),
+                self._rng(t, 2, iteration),
+                t,
             )
         added = self.seeder.at_pixels(rows, cols, t, c2w_44, self.out.depth_scale[t], others_xy_m2)
         self.gaussians = g.concat(added)

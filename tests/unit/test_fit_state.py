@@ -173,7 +173,7 @@ def test_densify_picks_uncovered_pixels_and_prunes_faint_gaussians():
     out = g.render(torch.eye(4), torch.tensor(K_33, dtype=torch.float32), W, H, backend="torch")
     strategy = DensifyStrategy(cfg)
     rows, cols, others_xy_m2 = strategy.pick_pixels(
-        out, out.rgb_hw3, np.ones((H, W), bool), len(g), np.random.default_rng(0)
+        out, out.rgb_hw3, np.ones((H, W), bool), len(g), np.random.default_rng(0), 0
     )
     # A perfect render: only the uncovered pixels are candidates, and all of them are drawn.
     uncovered_hw = out.alpha_hw.numpy() < cfg.densify_alpha
@@ -181,6 +181,30 @@ def test_densify_picks_uncovered_pixels_and_prunes_faint_gaussians():
     assert len(others_xy_m2) == int((out.radii_n > 0).sum())
     g.opacity_logits_n[:5] = -10.0  # opacity 4.5e-5, below prune_opacity
     assert np.array_equal(strategy.prune(g).ids_n.numpy(), np.arange(5, len(g)))
+
+
+def test_densify_stops_at_max_points_and_warns_once(caplog):
+    g = _gaussians()
+    out = g.render(torch.eye(4), torch.tensor(K_33, dtype=torch.float32), W, H, backend="torch")
+    n_uncovered = int((out.alpha_hw.numpy() < FitConfig().densify_alpha).sum())
+    assert n_uncovered > 10
+    room = 7  # the cap leaves room for 7 of the uncovered pixels
+    cfg = FitConfig(init_points=len(g), max_points=len(g) + room, densify_max=10_000)
+    strategy = DensifyStrategy(cfg)
+    valid_hw = np.ones((H, W), bool)
+    with caplog.at_level(logging.WARNING, logger="services.fit.densify"):
+        for t in (3, 4):
+            rows, _, _ = strategy.pick_pixels(
+                out, out.rgb_hw3, valid_hw, len(g), np.random.default_rng(t), t
+            )
+            assert len(rows) == room
+    assert strategy.capped_at_frame == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "frame 3: max_points = 47 Gaussians reached" in warnings[0]
+    # Room for every candidate: no warning.
+    roomy = DensifyStrategy(dataclasses.replace(cfg, max_points=len(g) + n_uncovered))
+    rows, _, _ = roomy.pick_pixels(out, out.rgb_hw3, valid_hw, len(g), np.random.default_rng(0), 0)
+    assert len(rows) == n_uncovered and roomy.capped_at_frame is None
 
 
 # -- checkpoint state ---------------------------------------------------------------------------
