@@ -128,6 +128,7 @@ class FitCheckpoint:
         arrays["depth_scale_t"] = np.array(out.depth_scale)
         arrays["depth_thw"] = np.stack(out.depth)
         arrays["moving_mask_thw"] = np.stack(out.moving_mask)
+        arrays["held_back_t"] = np.array(out.held_back, np.int64)
         arrays.update({f"loss_{k}_t": np.array(v) for k, v in out.loss_terms.items()})
         meta = {
             "format": FORMAT,
@@ -177,6 +178,7 @@ class FitCheckpoint:
             depth_scale=[float(v) for v in arrays["depth_scale_t"]],
             depth=list(arrays["depth_thw"]),
             moving_mask=list(arrays["moving_mask_thw"]),
+            held_back=[int(v) for v in arrays.get("held_back_t", np.zeros(done, np.int64))],
             loss_terms={
                 name: [float(v) for v in arrays.get(f"loss_{name}_t", np.full(done, np.nan))]
                 for name in TERMS

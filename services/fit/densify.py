@@ -9,8 +9,6 @@ pixels it picks, and which Gaussians go at the frame's end (the role of gsplat's
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
@@ -18,8 +16,6 @@ from services.fit.config import FitConfig
 from services.fit.gaussians import Gaussians
 from services.fit.initialise import sample_pixels
 from services.fit.render import RenderOutput
-
-logger = logging.getLogger(__name__)
 
 
 def densify_probability_hw(
@@ -54,7 +50,6 @@ class DensifyStrategy:
 
     def __init__(self, cfg: FitConfig):
         self.cfg = cfg
-        self.capped_at_frame: int | None = None  # the first frame `max_points` held back
 
     def is_due(self, iteration: int, *, first_pass: bool) -> bool:
         """At iteration 0 when the frame asks for a first pass, then every `densify_every`."""
@@ -70,29 +65,20 @@ class DensifyStrategy:
         depth_valid_hw: np.ndarray,
         n_alive: int,
         rng: np.random.Generator,
-        t: int,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """(rows, cols) of the pixels to seed from a render `out` of the model (no gradients) and
-        frame t, which it should match, and the screen centres [M, 2] of the Gaussians already
-        drawn (new ones are sized by their gap to those)."""
+        the frame it should match, the screen centres [M, 2] of the Gaussians already drawn (new
+        ones are sized by their gap to those), and how many pixels `max_points` held back."""
         error_hw = (out.rgb_hw3 - target_hw3).abs().mean(dim=-1).cpu().numpy()
         probability_hw = densify_probability_hw(
             error_hw, out.alpha_hw.cpu().numpy(), depth_valid_hw, self.cfg
         )
         budget = densify_budget(n_alive, self.cfg)
         wanted = min(self.cfg.densify_max, int(np.count_nonzero(probability_hw)))
-        if budget < wanted and self.capped_at_frame is None:
-            self.capped_at_frame = t
-            logger.warning(
-                "frame %d: max_points = %d Gaussians reached; from here on uncovered and "
-                "badly fitted pixels get no new Gaussians and the renders degrade "
-                "(raise max_points: --pipeline.fit.max-points for gflow run)",
-                t,
-                self.cfg.max_points,
-            )
         rows, cols = sample_pixels(probability_hw, budget, rng)
         drawn_n = out.radii_n > 0
-        return rows, cols, out.means2d_n2[drawn_n].cpu().numpy().astype(np.float64)
+        others_xy_m2 = out.means2d_n2[drawn_n].cpu().numpy().astype(np.float64)
+        return rows, cols, others_xy_m2, max(0, wanted - budget)
 
     def prune(self, gaussians: Gaussians) -> Gaussians:
         """The Gaussians that stay at the end of a frame."""

@@ -98,6 +98,7 @@ class _Fitter:
         self.weights = losses.term_weights(cfg)
         self.seeder = PixelSeeder(priors, cfg, self.device)
         self.out = FitOutputs()
+        self.held_back = 0  # pixels `max_points` kept from densification on the current frame
         self.gaussians: Gaussians | None = None
         self.moments: AdamMoments | None = None  # with cfg.keep_adam_state
         self.seconds = 0.0
@@ -343,14 +344,18 @@ class _Fitter:
         g = self.gaussians.requires_grad_(False)
         with torch.no_grad():
             out = self._render(g, self._w2c(c2w_44))
-            rows, cols, others_xy_m2 = self.densify.pick_pixels(
-                out,
-                self._frame(t),
-                self.depth_valid_thw[t],
-                len(g),
-                self._rng(t, 2, iteration),
-                t,
+            rows, cols, others_xy_m2, held_back = self.densify.pick_pixels(
+                out, self._frame(t), self.depth_valid_thw[t], len(g), self._rng(t, 2, iteration)
             )
+        if held_back and not self.held_back and not any(self.out.held_back):
+            logger.warning(
+                "frame %d: max_points = %d Gaussians reached; from here on uncovered and badly "
+                "fitted pixels get no new Gaussians and the renders degrade (raise max_points: "
+                "--pipeline.fit.max-points for gflow run)",
+                t,
+                self.cfg.max_points,
+            )
+        self.held_back += held_back
         added = self.seeder.at_pixels(rows, cols, t, c2w_44, self.out.depth_scale[t], others_xy_m2)
         self.gaussians = g.concat(added)
         logger.debug("frame %d iteration %d: added %d Gaussians", t, iteration, len(added))
@@ -373,7 +378,9 @@ class _Fitter:
             self.priors.frames_thw3[t],
             depth_hw.cpu().numpy().astype(np.float32),
             moving_out.rgb_hw3[..., 0].cpu().numpy() > 0.5,
+            self.held_back,
         )
+        self.held_back = 0
 
     # -- small helpers --------------------------------------------------------------------
 

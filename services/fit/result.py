@@ -31,6 +31,9 @@ class FitResult:
     depth_scale_t: np.ndarray
     depth_thw: np.ndarray  # float32 [T, H, W] rendered depth (0 where nothing is rendered)
     moving_mask_thw: np.ndarray  # bool [T, H, W] pixels the moving set dominates
+    # int64 [T] pixels densification wanted and `max_points` refused (0 where the cap did not
+    # bite): new content on those frames stayed uncovered
+    held_back_t: np.ndarray
     seconds: float  # fitting time summed over every run that contributed (resumes included)
     resumed_from: int | None = None  # last frame of the checkpoint this run resumed from
     # the fitting time split by phase (camera_refine, optimise, densify, ...)
@@ -63,6 +66,8 @@ class FitOutputs:
     depth_scale: list[float] = dataclasses.field(default_factory=list)
     depth: list[np.ndarray] = dataclasses.field(default_factory=list)  # float32 [H, W]
     moving_mask: list[np.ndarray] = dataclasses.field(default_factory=list)  # bool [H, W]
+    # pixels densification wanted and `max_points` refused, summed over the frame's passes
+    held_back: list[int] = dataclasses.field(default_factory=list)
     # each of losses.TERMS at the frame's last optimisation step; NaN where it was not in the loss
     loss_terms: dict[str, list[float]] = dataclasses.field(
         default_factory=lambda: {name: [] for name in TERMS}
@@ -77,15 +82,18 @@ class FitOutputs:
         target_hw3: np.ndarray,
         depth_hw: np.ndarray,
         moving_mask_hw: np.ndarray,
+        held_back: int = 0,
     ) -> None:
         """Records a finished frame: its pose, Gaussians and their moving share, its render
-        (float [0, 1]) scored against the input frame (uint8), rendered depth and moving mask."""
+        (float [0, 1]) scored against the input frame (uint8), rendered depth and moving mask,
+        and the pixels the Gaussian cap kept from densification."""
         self.c2w.append(c2w_44)
         self.frames.append(frame)
         self.psnr.append(psnr(rgb_hw3, target_hw3 / 255.0, max_value=1.0))
         self.moving_share.append(moving_share)
         self.depth.append(depth_hw)
         self.moving_mask.append(moving_mask_hw)
+        self.held_back.append(held_back)
 
     def add_loss_terms(self, values: dict[str, float]) -> None:
         """Records a frame's loss terms (NaN for those not in its loss)."""
@@ -108,6 +116,7 @@ class FitOutputs:
             depth_scale_t=np.array(self.depth_scale, np.float64),
             depth_thw=np.stack(self.depth),
             moving_mask_thw=np.stack(self.moving_mask),
+            held_back_t=np.array(self.held_back, np.int64),
             seconds=seconds,
             phase_seconds=dict(phase_seconds),
             resumed_from=resumed_from,

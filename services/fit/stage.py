@@ -110,6 +110,7 @@ def _write_outputs(
     out.figure("psnr_min", float(np.min(result.psnr_t)), "dB")
     out.figure("moving_share_mean", float(np.mean(result.moving_share_t)))
     out.figure("gaussians_last_frame", len(result.frames[-1].means_n3))
+    out.figure("frames_short_of_gaussians", int(np.count_nonzero(result.held_back_t)))
     out.figure("seconds_per_frame", result.seconds / result.n_frames, "s")
     out.report(
         {
@@ -122,6 +123,7 @@ def _write_outputs(
                 "moving_gaussian_share": [float(v) for v in result.moving_share_t],
                 "depth_prior_scale": [float(v) for v in result.depth_scale_t],
                 "gaussians": [len(f.means_n3) for f in result.frames],
+                "gaussians_held_back": [int(v) for v in result.held_back_t],
             },
             "camera_path_xz": result.c2w_t44[:, [0, 2], 3].tolist(),
         }

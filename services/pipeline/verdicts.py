@@ -174,6 +174,16 @@ RULES = (
     ),
     Rule(
         stage="fit",
+        figure="frames_short_of_gaussians",
+        worse="higher",
+        warn=1,
+        fail=math.inf,
+        good="every frame got the Gaussians its new content needed",
+        bad="{value:.0f} frame(s) reached the Gaussian cap: new content there stayed uncovered",
+        fix="raise --pipeline.fit.max-points (host memory: 65 bytes per Gaussian per frame)",
+    ),
+    Rule(
+        stage="fit",
         figure="moving_share_mean",
         worse="higher",
         warn=0.5,

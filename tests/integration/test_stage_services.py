@@ -484,6 +484,9 @@ def test_fit_streams_frames_stores_cameras_and_gaussians(served, fit):
         count = len(ply_gaussians(data))  # also checks the body against the header's count
         assert count > 0
     assert figures["gaussians_last_frame"] == count
+    # The test preset's cap leaves room on this clip.
+    assert figures["frames_short_of_gaussians"] == 0
+    assert report_series["gaussians_held_back"] == [0] * T
 
 
 def test_a_second_identical_fit_waits_for_the_first_and_is_answered_from_the_store(fit):

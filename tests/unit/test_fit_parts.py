@@ -401,6 +401,7 @@ def _two_layer_result() -> FitResult:
         depth_scale_t=np.ones(T),
         depth_thw=np.stack(depth).astype(np.float32),
         moving_mask_thw=np.zeros((T, H, W), bool),
+        held_back_t=np.zeros(T, np.int64),
         seconds=0.0,
     )
 

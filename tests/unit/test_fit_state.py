@@ -172,8 +172,8 @@ def test_densify_picks_uncovered_pixels_and_prunes_faint_gaussians():
     g = _gaussians()
     out = g.render(torch.eye(4), torch.tensor(K_33, dtype=torch.float32), W, H, backend="torch")
     strategy = DensifyStrategy(cfg)
-    rows, cols, others_xy_m2 = strategy.pick_pixels(
-        out, out.rgb_hw3, np.ones((H, W), bool), len(g), np.random.default_rng(0), 0
+    rows, cols, others_xy_m2, _ = strategy.pick_pixels(
+        out, out.rgb_hw3, np.ones((H, W), bool), len(g), np.random.default_rng(0)
     )
     # A perfect render: only the uncovered pixels are candidates, and all of them are drawn.
     uncovered_hw = out.alpha_hw.numpy() < cfg.densify_alpha
@@ -183,28 +183,42 @@ def test_densify_picks_uncovered_pixels_and_prunes_faint_gaussians():
     assert np.array_equal(strategy.prune(g).ids_n.numpy(), np.arange(5, len(g)))
 
 
-def test_densify_stops_at_max_points_and_warns_once(caplog):
+def test_densify_stops_at_max_points_and_counts_what_it_held_back():
     g = _gaussians()
     out = g.render(torch.eye(4), torch.tensor(K_33, dtype=torch.float32), W, H, backend="torch")
     n_uncovered = int((out.alpha_hw.numpy() < FitConfig().densify_alpha).sum())
     assert n_uncovered > 10
     room = 7  # the cap leaves room for 7 of the uncovered pixels
     cfg = FitConfig(init_points=len(g), max_points=len(g) + room, densify_max=10_000)
-    strategy = DensifyStrategy(cfg)
     valid_hw = np.ones((H, W), bool)
-    with caplog.at_level(logging.WARNING, logger="services.fit.densify"):
-        for t in (3, 4):
-            rows, _, _ = strategy.pick_pixels(
-                out, out.rgb_hw3, valid_hw, len(g), np.random.default_rng(t), t
-            )
-            assert len(rows) == room
-    assert strategy.capped_at_frame == 3
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "frame 3: max_points = 47 Gaussians reached" in warnings[0]
-    # Room for every candidate: no warning.
-    roomy = DensifyStrategy(dataclasses.replace(cfg, max_points=len(g) + n_uncovered))
-    rows, _, _ = roomy.pick_pixels(out, out.rgb_hw3, valid_hw, len(g), np.random.default_rng(0), 0)
-    assert len(rows) == n_uncovered and roomy.capped_at_frame is None
+    rng = np.random.default_rng(0)
+    rows, _, _, held_back = DensifyStrategy(cfg).pick_pixels(
+        out, out.rgb_hw3, valid_hw, len(g), rng
+    )
+    assert (len(rows), held_back) == (room, n_uncovered - room)
+    # densify_max, not the cap, limits a pass: nothing held back.
+    by_pass = dataclasses.replace(cfg, max_points=10_000, densify_max=room)
+    rows, _, _, held_back = DensifyStrategy(by_pass).pick_pixels(
+        out, out.rgb_hw3, valid_hw, len(g), rng
+    )
+    assert (len(rows), held_back) == (room, 0)
+
+
+def test_fit_records_and_warns_where_the_cap_held_densification_back(caplog, one_torch_thread):
+    priors = exact_priors(make_scene(SceneConfig(n_frames=3, seed=7)))
+    capped = dataclasses.replace(preset("test"), max_points=preset("test").init_points + 50)
+    with caplog.at_level(logging.WARNING, logger="services.fit.engine"):
+        result = fit(priors, capped)
+    capped_t = np.flatnonzero(result.held_back_t)
+    assert len(capped_t) > 0 and all(len(f) <= capped.max_points for f in result.frames)
+    warnings = [r.getMessage() for r in caplog.records if "max_points" in r.getMessage()]
+    assert warnings == [
+        f"frame {capped_t[0]}: max_points = {capped.max_points} Gaussians reached; from here on "
+        "uncovered and badly fitted pixels get no new Gaussians and the renders degrade (raise "
+        "max_points: --pipeline.fit.max-points for gflow run)"
+    ]
+    # The test preset's own cap leaves room on this clip: nothing held back.
+    assert np.array_equal(fit(priors, preset("test")).held_back_t, np.zeros(3))
 
 
 # -- checkpoint state ---------------------------------------------------------------------------
@@ -222,6 +236,7 @@ def _state(fingerprint: str = "abc") -> FitCheckpoint:
             np.full((H, W, 3), 128, np.uint8),
             np.full((H, W), float(t), np.float32),
             np.eye(H, W, dtype=bool),
+            held_back=40 * t,
         )
         outputs.depth_scale.append(1.0 + t)
         outputs.add_loss_terms({"photometric": 0.1, "depth": 0.2, "isotropic": 0.3})
