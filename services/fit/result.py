@@ -82,7 +82,7 @@ class FitOutputs:
         target_hw3: np.ndarray,
         depth_hw: np.ndarray,
         moving_mask_hw: np.ndarray,
-        held_back: int = 0,
+        held_back: int,
     ) -> None:
         """Records a finished frame: its pose, Gaussians and their moving share, its render
         (float [0, 1]) scored against the input frame (uint8), rendered depth and moving mask,

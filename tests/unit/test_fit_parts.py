@@ -345,6 +345,8 @@ def test_moving_depth_follows_the_prior_only_where_it_was_measured():
     assert np.allclose(z_of(measured_hw), 1.5 * z_prev)
     assert np.allclose(z_of(filled_hw), [3.0, 4.5, 4.1])  # the unmeasured one: still_z
 
+
+def test_hidden_points_take_their_neighbours_displacement():
     known = np.array([[0.0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0]])
     moved = np.array([[1.0, 0, 0], [1, 0, 0], [0, 0, 5], [0, 0, 5]])
     unknown = np.array([[0.5, 0, 0], [10.5, 0, 0]])
