@@ -19,6 +19,8 @@ from services.fit.priors import FitPriors
 
 _SIGMA_PX_RANGE = (0.5, 4.0)  # footprint of a new Gaussian on screen, pixels (standard deviation)
 _NEIGHBOURS = 3
+# A k-th neighbour beyond this (pixels) makes the gap over 2 * _SIGMA_PX_RANGE[1]: clipped
+_GAP_SEARCH_PX = _NEIGHBOURS * 2 * _SIGMA_PX_RANGE[1]
 
 
 def texture_probability_hw(frame_hw3: np.ndarray, texture_share: float) -> np.ndarray:
@@ -35,13 +37,18 @@ def texture_probability_hw(frame_hw3: np.ndarray, texture_share: float) -> np.nd
 def sample_pixels(
     probability_hw: np.ndarray, n: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to n distinct pixels drawn by probability: (rows, columns), in raster order."""
+    """Up to n distinct pixels drawn by probability: (rows, columns), in raster order.
+
+    Only the candidates (probability > 0) go to `rng.choice`: its cumulative sums are the same
+    at those pixels as over the whole image (adding a zero is exact), so it draws the same
+    pixels, and each of its rounds sums a fraction of the image instead of all of it."""
     p = probability_hw.reshape(-1).astype(np.float64)
-    n = min(n, int(np.count_nonzero(p)))
+    candidates = np.flatnonzero(p)
+    n = min(n, len(candidates))
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    flat = np.sort(rng.choice(p.size, size=n, replace=False, p=p / p.sum()))
-    return np.divmod(flat, probability_hw.shape[1])
+    picked = rng.choice(len(candidates), size=n, replace=False, p=p[candidates] / p.sum())
+    return np.divmod(candidates[np.sort(picked)], probability_hw.shape[1])
 
 
 def gaussians_at_pixels(
@@ -64,7 +71,7 @@ def gaussians_at_pixels(
     xy_p2 = np.stack([cols, rows], axis=1).astype(np.float64)
     z_p = depth_hw[rows, cols].astype(np.float64)
     means_p3 = backproject_p3(K_33, c2w_44, xy_p2, z_p)
-    sigma_px = _neighbour_gap_px(xy_p2, others_xy_m2) * 0.5
+    sigma_px = neighbour_gap_px(xy_p2, others_xy_m2) * 0.5
     scales_p = np.clip(sigma_px, *_SIGMA_PX_RANGE) * z_p / K_33[0, 0]
 
     def t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
@@ -124,13 +131,42 @@ class PixelSeeder:
         return added
 
 
-def _neighbour_gap_px(xy_p2: np.ndarray, others_xy_m2: np.ndarray | None) -> np.ndarray:
-    """Mean distance to the nearest few other points, new or existing (pixels); 1 if none."""
-    pool_q2 = xy_p2 if others_xy_m2 is None else np.concatenate([xy_p2, others_xy_m2])
-    if len(xy_p2) == 0 or len(pool_q2) <= 1:
+def neighbour_gap_px(xy_p2: np.ndarray, others_xy_m2: np.ndarray | None) -> np.ndarray:
+    """Mean distance to the nearest few other points, new or existing (pixels); 1 if none.
+
+    Only what the footprint uses is exact: new Gaussians get half the gap, clipped to
+    `_SIGMA_PX_RANGE`, so any gap above 8 px gives the same one. Existing points farther than
+    `_GAP_SEARCH_PX` (24 px) from every new point are left out of the search: a gap up to 8 px
+    has all its neighbours within 24 px and is exact; a larger one stays above 8 px (inf where
+    no point is near), so every footprint equals a search over all points, and a pass adding a
+    few thousand Gaussians among 10^5 drawn ones builds its tree over far fewer."""
+    n_pool = len(xy_p2) + (0 if others_xy_m2 is None else len(others_xy_m2))
+    if len(xy_p2) == 0 or n_pool <= 1:
         return np.ones(len(xy_p2))
-    k = min(_NEIGHBOURS, len(pool_q2) - 1)
+    k = min(_NEIGHBOURS, n_pool - 1)
+    pool_q2 = xy_p2
+    if others_xy_m2 is not None:
+        near_m = _near_any(others_xy_m2, xy_p2, _GAP_SEARCH_PX)
+        pool_q2 = np.concatenate([xy_p2, others_xy_m2[near_m]])
     # An unbalanced tree builds about 40 % faster here and finds the same nearest distances.
     tree = cKDTree(pool_q2, balanced_tree=False, compact_nodes=False)
-    distances, _ = tree.query(xy_p2, k=k + 1)
+    distances, _ = tree.query(xy_p2, k=k + 1)  # inf where the pool has fewer points
     return distances[:, 1:].mean(axis=1)
+
+
+def _near_any(points_m2: np.ndarray, centres_p2: np.ndarray, radius: float) -> np.ndarray:
+    """Bool [M]: a superset of the points within `radius` of some centre: those in a square cell
+    (side a pixel over `radius`) next to or at a centre's cell."""
+    side = radius + 1.0
+    centre_cells_p2 = np.floor(centres_p2 / side).astype(np.int64)
+    low_2 = centre_cells_p2.min(axis=0) - 1
+    cols_p, rows_p = (centre_cells_p2 - low_2).T
+    grid_rc = np.zeros((rows_p.max() + 2, cols_p.max() + 2), bool)
+    for d_row in (-1, 0, 1):
+        for d_col in (-1, 0, 1):
+            grid_rc[rows_p + d_row, cols_p + d_col] = True
+    cols_m, rows_m = (np.floor(points_m2 / side) - low_2).T
+    n_rows, n_cols = grid_rc.shape
+    inside_m = (cols_m >= 0) & (cols_m < n_cols) & (rows_m >= 0) & (rows_m < n_rows)
+    flat_m = np.where(inside_m, rows_m * n_cols + cols_m, 0).astype(np.int64)
+    return inside_m & np.take(grid_rc.reshape(-1), flat_m)

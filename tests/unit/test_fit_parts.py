@@ -26,9 +26,19 @@ from services.fit.config import FitConfig, preset
 from services.fit.engine import FitPriors, FitResult
 from services.fit.export import PLY_PROPERTIES, SH_C0, ply_bytes, tum_lines, write_tum
 from services.fit.gaussians import FrameGaussians, render_frame
-from services.fit.initialise import gaussians_at_pixels, sample_pixels, texture_probability_hw
+from services.fit.initialise import (
+    gaussians_at_pixels,
+    neighbour_gap_px,
+    sample_pixels,
+    texture_probability_hw,
+)
 from services.fit.losses import photometric_loss, ssim_map_hw
-from services.fit.motion import lift_moving, sample_bilinear, spread_displacement
+from services.fit.motion import (
+    flow_on_own_side,
+    lift_moving,
+    sample_bilinear,
+    spread_displacement,
+)
 from services.fit.priors import MEASURED_DEPTH_CONFIDENCE
 from services.fit.timing import PhaseTimer
 from services.fit.tracks import FRONT_SURFACE_GAP, attach, track_2d, track_3d, track_queries
@@ -150,6 +160,48 @@ def test_texture_sampling_prefers_edges_and_is_seeded():
     on_edge = np.abs(cols - (W // 2 - 0.5)) < 1  # the 2 of 64 columns Sobel sees the edge in
     assert on_edge.mean() > 0.7
     assert len(sample_pixels(probability_hw, 10**6, np.random.default_rng(1))[0]) == H * W
+
+
+def test_sampling_draws_what_a_draw_over_the_whole_image_draws():
+    # sample_pixels hands only the candidates to rng.choice; the draws must be those of a
+    # choice over every pixel with the same generator (zeros add nothing to its sums).
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        probability_hw = rng.random((H, W)) ** rng.uniform(1, 6)
+        probability_hw[rng.random((H, W)) < rng.uniform(0.0, 0.98)] = 0.0
+        n = int(rng.integers(1, 400))
+        p = probability_hw.reshape(-1)
+        n_expected = min(n, int(np.count_nonzero(p)))
+        flat = np.random.default_rng(trial).choice(
+            p.size, size=n_expected, replace=False, p=p / p.sum()
+        )
+        expected = np.divmod(np.sort(flat), W)
+        rows, cols = sample_pixels(probability_hw, n, np.random.default_rng(trial))
+        assert np.array_equal(rows, expected[0]) and np.array_equal(cols, expected[1])
+
+
+def test_neighbour_gaps_leave_out_only_points_too_far_to_matter():
+    # Brute force over every point, against the search that leaves far existing points out:
+    # the clipped footprints (what a new Gaussian's size comes from) must be equal.
+    rng = np.random.default_rng(4)
+    for n_new, n_old in [(300, 5000), (40, 20000), (2, 3), (1, 0), (500, 0)]:
+        blob_centres = rng.uniform([0, 0], [640, 360], (3, 2))
+        new_p2 = np.unique(
+            np.rint(blob_centres[rng.integers(0, 3, n_new)] + rng.normal(0, 25, (n_new, 2))),
+            axis=0,
+        )
+        old_m2 = rng.uniform([-40, -40], [680, 400], (n_old, 2))
+        pool_q2 = np.concatenate([new_p2, old_m2])
+        k = min(3, len(pool_q2) - 1)
+        if k == 0:
+            expected = np.ones(len(new_p2))
+        else:
+            distance_pq = np.linalg.norm(new_p2[:, None] - pool_q2[None], axis=-1)
+            expected = np.sort(distance_pq, axis=1)[:, 1 : k + 1].mean(axis=1)
+        got = neighbour_gap_px(new_p2, old_m2 if n_old else None)
+        assert np.array_equal(np.clip(got / 2, 0.5, 4.0), np.clip(expected / 2, 0.5, 4.0))
+        near = expected <= 8.0  # unclipped footprints: there the gap is the exact mean distance
+        assert np.allclose(got[near], expected[near], rtol=1e-12)
 
 
 def test_new_gaussians_sit_on_the_depth_prior():
@@ -311,6 +363,26 @@ def test_bilinear_sampling_is_exact_on_linear_maps():
     xy = np.array([[0.0, 0.0], [10.25, 7.5], [62.9, 46.1]])
     expected = np.stack([2 * xy[:, 0] + xy[:, 1], xy[:, 1] - 3.0], axis=1)
     assert np.allclose(sample_bilinear(linear_hw2, xy), expected)
+
+
+def test_flow_is_read_on_each_points_own_side_of_the_mask():
+    rng = np.random.default_rng(5)
+    flow_hw2 = rng.normal(size=(H, W, 2)).astype(np.float32)
+    moving_hw = rng.random((H, W)) < 0.4
+    xy_n2 = rng.uniform(-2, [W + 1, H + 1], (500, 2))
+    moving_n = rng.random(500) < 0.5
+    flow_n2 = flow_on_own_side(flow_hw2, xy_n2, moving_n, moving_hw)
+    assert np.array_equal(flow_n2[moving_n], sample_bilinear(flow_hw2, xy_n2[moving_n], moving_hw))
+    assert np.array_equal(
+        flow_n2[~moving_n], sample_bilinear(flow_hw2, xy_n2[~moving_n], ~moving_hw)
+    )
+    # A point whose four corners lie on the other side reads plain bilinear flow.
+    corner_xy = np.array([[10.5, 10.5]])
+    one_side_hw = np.zeros((H, W), bool)
+    assert np.array_equal(
+        flow_on_own_side(flow_hw2, corner_xy, np.array([True]), one_side_hw),
+        sample_bilinear(flow_hw2, corner_xy),
+    )
 
 
 def test_moving_depth_follows_the_prior_only_where_it_was_measured():
