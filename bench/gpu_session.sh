@@ -11,6 +11,10 @@
 #   SUITE_A="..." SUITE_B="..." [SUITE_A_CODE=dir] bash bench/gpu_session.sh suite-ab  # the
 #     accuracy suite twice at once, each side with its own suite_bench flags (and side A, where
 #     SUITE_A_CODE is set, with another version's code): a change against the code without it
+#   FIT_A_CODE=dir [FIT_FLAGS="..."] bash bench/gpu_session.sh fit-ab  # bench/fit_bench.py with
+#     the same flags on another version's code (a folder with its services/ and bench/, as
+#     SUITE_A_CODE) and then on this one, alone on GPU 0 one after the other: a code change's
+#     speed and accuracy on the same host (speeds differ by up to a quarter between hosts)
 #   bash bench/gpu_session.sh profile  # phases of 16-frame default and fast fits, operators of frames 14-15
 #   bash bench/gpu_session.sh profile fit-fast  # several modes run in order
 #   bash bench/gpu_session.sh depth-artefact  # MASt3R ViT-L stripes: the stage against the network
@@ -81,14 +85,16 @@ case "$mode" in
     # replaces the first). SUITE_A_CODE, if set, is a folder with another version's services/
     # and bench/ (e.g. `git archive HEAD services bench | tar -x -C .exp/head`) that side A runs,
     # so a code change is measured against the code without it. Each clip runs in its own
-    # process (a clip that outlasts SUITE_TIMEOUT, default 480 s, loses only its own rows); with
+    # process (a clip that outlasts SUITE_TIMEOUT, default 480 s, loses only its own rows;
+    # SUITE_CLIPS="pan orbit" runs only those: a --clips in SUITE_A or SUITE_B would override
+    # each process's own clip, and every process would run them all); with
     # two GPUs each side has one. The rows come back as one file, $OUT/suite_ab.tar.gz. On one
     # H200 both sides with both presets do not fit in a call (stop 21: 40 fits sharing it, the
     # default rows reached frame 14 of 24 in 440 s): add --presets fast to both, or use two GPUs.
     suite() {  # side (a or b), code folder, GPU index, suite_bench flags
       mkdir -p "$OUT/suite_$1"
-      clips=$(PYTHONPATH="/tmp/site:$2" python3 -c \
-        "from services.evaluation.fit_suite import SUITE; print(*(c.name for c in SUITE))")
+      clips=${SUITE_CLIPS:-$(PYTHONPATH="/tmp/site:$2" python3 -c \
+        "from services.evaluation.fit_suite import SUITE; print(*(c.name for c in SUITE))")}
       for clip in $clips; do
         CUDA_VISIBLE_DEVICES=$3 PYTHONPATH="/tmp/site:$2:$PWD" timeout "${SUITE_TIMEOUT:-480}" \
           python3 "$2/bench/suite_bench.py" --device cuda --clips "$clip" --jobs 4 $4 \
@@ -100,6 +106,15 @@ case "$mode" in
     suite a "${SUITE_A_CODE:-$PWD}" 0 "${SUITE_A:-}" & suite b "$PWD" "$gpu_b" "${SUITE_B:-}"; wait
     grep -h "^|" "$OUT"/suite_a/*.log "$OUT"/suite_b/*.log
     tar -czf "$OUT/suite_ab.tar.gz" -C "$OUT" suite_a suite_b && rm -r "$OUT/suite_a" "$OUT/suite_b"
+    ;;
+  fit-ab)
+    for side in a b; do
+      code=$([ "$side" = a ] && realpath "$FIT_A_CODE" || echo "$PWD")
+      CUDA_VISIBLE_DEVICES=0 PYTHONPATH="/tmp/site:$code:$PWD" python3 "$code/bench/fit_bench.py" \
+        ${FIT_FLAGS:---presets fast --compile --repeats 2} --json-out "$OUT/fit_ab_$side.json" \
+        > "$OUT/fit_ab_$side.log" 2>&1
+      echo "side $side ($code):"; grep -hE "^\| (fast|default|phase|optimise|camera_refine|densify|split_and_move|finish_frame) |warm-up" "$OUT/fit_ab_$side.log"
+    done
     ;;
   profile)
     for preset in default fast; do
