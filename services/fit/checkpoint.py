@@ -1,13 +1,19 @@
 """Checkpoints of a running fit: what they hold, where they go and how they are encoded.
 
-The engine saves its whole state (`FitCheckpoint`: the model, the outputs of the finished frames
-and the counters) every few frames through a `CheckpointSink`; a restarted job asks the same sink
-for the latest one and carries on from the next frame. The fit stage implements the sink over the
-object store; `FolderCheckpoints` keeps them in a local folder. The encoding is a numpy .npz (no
-pickle) of named arrays plus a JSON header, so loading a checkpoint can never run code.
+Every few frames the engine saves a checkpoint (`FitCheckpoint`) through a `CheckpointSink`: the
+model, the counters and the outputs of the frames finished since the previous checkpoint, so
+each frame's Gaussians are written once (a checkpoint of every frame so far would make the
+writes grow with the square of the clip's length: 3.2 GB over a 50-frame 854x480 fit at 140k
+Gaussians, docs/fit.md). A restarted job reads the sink's checkpoints in order, joins their
+outputs, takes the model of the newest and carries on from the next frame. The fit stage
+implements the sink over the object store; `FolderCheckpoints` keeps them in a local folder.
+The encoding is a numpy .npz (no pickle) of named arrays plus a JSON header, so loading a
+checkpoint can never run code.
 
+Format 3 holds only the frames since the previous checkpoint (`first_frame` in its header);
+formats 1 and 2 held every frame (first_frame 0) and still load, as the first of a chain.
 Format 2 added the loss terms per frame; a format 1 checkpoint (no "format" in its header) still
-loads, its frames' loss terms NaN. Format 1 code reads format 2 too (it ignores the new arrays).
+loads, its frames' loss terms NaN.
 """
 
 from __future__ import annotations
@@ -39,25 +45,28 @@ from services.fit.result import FitOutputs
 logger = logging.getLogger(__name__)
 
 _META_KEY = "__meta__"
-FORMAT = 2
+FORMAT = 3
 """The checkpoint format this code writes; it reads this one and every older one."""
 
 
 class CheckpointSink(Protocol):
-    """Where a fit keeps its checkpoints. `frame` is the last frame the checkpoint includes."""
+    """Where a fit keeps its checkpoints. `frame` is the last frame a checkpoint includes; a
+    fit's checkpoints build on each other, so a sink keeps all of them until `clear`."""
 
     def save(self, frame: int, data: bytes) -> None: ...
 
-    def load_latest(self) -> tuple[int, bytes] | None: ...
+    def load_all(self) -> list[tuple[int, bytes]]:
+        """Every checkpoint as (frame, bytes), oldest first."""
+        ...
+
+    def clear(self) -> None: ...
 
 
 class FolderCheckpoints:
-    """Checkpoints as files `frame_NNNNNN.ckpt` in a folder, written atomically; keeps the newest
-    `keep` of them."""
+    """Checkpoints as files `frame_NNNNNN.ckpt` in a folder, each written atomically."""
 
-    def __init__(self, folder: Path | str, keep: int = 1):
+    def __init__(self, folder: Path | str):
         self.folder = Path(folder)
-        self.keep = max(1, keep)
 
     def _paths(self) -> list[Path]:
         return sorted(self.folder.glob("frame_*.ckpt"))
@@ -68,15 +77,13 @@ class FolderCheckpoints:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, self.folder / f"frame_{frame:06d}.ckpt")
-        for old in self._paths()[: -self.keep]:
-            old.unlink(missing_ok=True)
 
-    def load_latest(self) -> tuple[int, bytes] | None:
-        paths = self._paths()
-        if not paths:
-            return None
-        latest = paths[-1]
-        return int(latest.stem.split("_")[1]), latest.read_bytes()
+    def load_all(self) -> list[tuple[int, bytes]]:
+        return [(int(path.stem.split("_")[1]), path.read_bytes()) for path in self._paths()]
+
+    def clear(self) -> None:
+        for path in self._paths():
+            path.unlink(missing_ok=True)
 
 
 def pack(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
@@ -105,10 +112,15 @@ class FitCheckpoint:
     fingerprint: str  # `inputs_fingerprint`: a checkpoint of other inputs is not resumed
     gaussians: Gaussians  # the model after the last finished frame
     moments: AdamMoments | None  # Adam's kept moments (FitConfig.keep_adam_state), else None
-    outputs: FitOutputs
+    outputs: FitOutputs  # of frames first_frame .. first_frame + len - 1
     next_id: int  # id of the next new Gaussian
     seconds: float  # fitting time so far, over every run that contributed
     phase_seconds: dict[str, float]
+    first_frame: int = 0  # the first frame `outputs` holds (those before: earlier checkpoints)
+
+    @property
+    def frames_done(self) -> int:
+        return self.first_frame + len(self.outputs.frames)
 
     def to_bytes(self) -> bytes:
         g, out = self.gaussians, self.outputs
@@ -118,7 +130,7 @@ class FitCheckpoint:
         }
         if self.moments is not None:
             arrays.update(self.moments.to_arrays())
-        for t, frame in enumerate(out.frames):
+        for t, frame in enumerate(out.frames, start=self.first_frame):
             arrays.update(
                 {f"frame{t}_{f.name}": getattr(frame, f.name) for f in dataclasses.fields(frame)}
             )
@@ -133,7 +145,8 @@ class FitCheckpoint:
         meta = {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
-            "frames_done": len(out.frames),
+            "first_frame": self.first_frame,
+            "frames_done": self.frames_done,
             "next_id": self.next_id,
             "seconds": self.seconds,
             "phase_seconds": self.phase_seconds,
@@ -160,7 +173,7 @@ class FitCheckpoint:
     def _from_stored(
         cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], device: torch.device
     ) -> FitCheckpoint:
-        done = int(meta["frames_done"])
+        first, done = int(meta.get("first_frame", 0)), int(meta["frames_done"])
         gaussians = Gaussians(
             **{
                 f.name: torch.as_tensor(arrays[f"model_{f.name}"], device=device)
@@ -171,16 +184,21 @@ class FitCheckpoint:
         outputs = FitOutputs(
             c2w=list(arrays["c2w_t44"]),
             frames=[
-                FrameGaussians(**{k: arrays[f"frame{t}_{k}"] for k in names}) for t in range(done)
+                FrameGaussians(**{k: arrays[f"frame{t}_{k}"] for k in names})
+                for t in range(first, done)
             ],
             psnr=[float(v) for v in arrays["psnr_t"]],
             moving_share=[float(v) for v in arrays["moving_share_t"]],
             depth_scale=[float(v) for v in arrays["depth_scale_t"]],
             depth=list(arrays["depth_thw"]),
             moving_mask=list(arrays["moving_mask_thw"]),
-            held_back=[int(v) for v in arrays.get("held_back_t", np.zeros(done, np.int64))],
+            held_back=[
+                int(v) for v in arrays.get("held_back_t", np.zeros(done - first, np.int64))
+            ],
             loss_terms={
-                name: [float(v) for v in arrays.get(f"loss_{name}_t", np.full(done, np.nan))]
+                name: [
+                    float(v) for v in arrays.get(f"loss_{name}_t", np.full(done - first, np.nan))
+                ]
                 for name in TERMS
             },
         )
@@ -192,24 +210,42 @@ class FitCheckpoint:
             next_id=int(meta["next_id"]),
             seconds=float(meta["seconds"]),
             phase_seconds={k: float(v) for k, v in meta.get("phase_seconds", {}).items()},
+            first_frame=first,
         )
 
 
 def resumable_state(
     sink: CheckpointSink, fingerprint: str, device: torch.device
 ) -> FitCheckpoint | None:
-    """The sink's latest checkpoint when it is for these inputs and settings (`fingerprint`);
-    None when there is none or it is for others (logged: the fit then starts over)."""
-    latest = sink.load_latest()
-    if latest is None:
+    """The fit's state after the sink's newest checkpoint (the outputs of all of them joined)
+    when they are for these inputs and settings (`fingerprint`) and follow on from each other;
+    None when there is none, or they are for others or have a gap (logged: the fit then starts
+    over)."""
+    stored = sink.load_all()
+    if not stored:
         return None
-    frame, data = latest
-    state = FitCheckpoint.from_bytes(data, device)
-    if state.fingerprint != fingerprint:
-        logger.warning(
-            "checkpoint of frame %d is for other inputs or settings; starting over", frame
-        )
-        return None
+    state = None
+    for frame, data in stored:
+        part = FitCheckpoint.from_bytes(data, device)
+        if part.fingerprint != fingerprint:
+            logger.warning(
+                "checkpoint of frame %d is for other inputs or settings; starting over", frame
+            )
+            return None
+        expected = 0 if state is None else state.frames_done
+        if part.first_frame != expected:
+            logger.warning(
+                "checkpoint of frame %d starts at frame %d, not %d: a checkpoint is missing; "
+                "starting over",
+                frame,
+                part.first_frame,
+                expected,
+            )
+            return None
+        if state is not None:
+            state.outputs.extend(part.outputs)
+            part.outputs, part.first_frame = state.outputs, 0
+        state = part
     return state
 
 

@@ -13,7 +13,8 @@ then optimised on the frame. Each later frame t:
 Every random choice comes from generators seeded by (seed, frame, ...), and each densification
 pass and frame starts a fresh optimiser (with `keep_adam_state`, given the kept moments of
 `moments.AdamMoments`), so a checkpoint (`checkpoint.FitCheckpoint`) needs only the model, those
-moments and the outputs so far: a resumed run repeats an uninterrupted one exactly on CPU.
+moments and the outputs of the frames since the previous one: a resumed run repeats an
+uninterrupted one exactly on CPU.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class _Fitter:
         self.seconds = 0.0
         self.timer = PhaseTimer(self.device)
         self.resumed_from: int | None = None
+        self.checkpointed = 0  # frames the sink's checkpoints hold
         self.pnp_worker: ThreadPoolExecutor | None = None
         self.pnp_ahead: tuple[int, Future] | None = None
 
@@ -132,12 +134,14 @@ class _Fitter:
                         fingerprint,
                         self.gaussians,
                         self.moments,
-                        self.out,
+                        self.out.since(self.checkpointed),
                         self.seeder.next_id,
                         self.seconds,
                         self.timer.seconds,
+                        first_frame=self.checkpointed,
                     )
                     self.sink.save(t, state.to_bytes())
+                    self.checkpointed = t + 1
             self.progress(
                 t + 1,
                 self.T,
@@ -150,8 +154,11 @@ class _Fitter:
             None if self.sink is None else ckpt.resumable_state(self.sink, fingerprint, self.device)
         )
         if state is None:
+            if self.sink is not None:
+                self.sink.clear()  # a checkpoint of other inputs (or a broken chain) is no use
             return
         self.gaussians, self.moments, self.out = state.gaussians, state.moments, state.outputs
+        self.checkpointed = len(self.out.frames)
         self.seeder.next_id = state.next_id
         self.seconds, self.timer.seconds = state.seconds, state.phase_seconds
         self.resumed_from = len(self.out.frames) - 1

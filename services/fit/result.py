@@ -100,6 +100,25 @@ class FitOutputs:
         for name in TERMS:
             self.loss_terms[name].append(values.get(name, math.nan))
 
+    def since(self, first: int) -> FitOutputs:
+        """The record of frames `first` onwards (what a checkpoint adds to the ones before)."""
+        return FitOutputs(
+            **{
+                f.name: getattr(self, f.name)[first:]
+                for f in dataclasses.fields(self)
+                if f.name != "loss_terms"
+            },
+            loss_terms={name: values[first:] for name, values in self.loss_terms.items()},
+        )
+
+    def extend(self, later: FitOutputs) -> None:
+        """Appends the record of the frames that follow these (`since`'s inverse)."""
+        for f in dataclasses.fields(self):
+            if f.name != "loss_terms":
+                getattr(self, f.name).extend(getattr(later, f.name))
+        for name, values in later.loss_terms.items():
+            self.loss_terms[name].extend(values)
+
     def to_result(
         self,
         K_33: np.ndarray,

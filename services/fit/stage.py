@@ -33,7 +33,7 @@ STAGE = "fit"
 
 class StoreCheckpoints:
     """The fit engine's CheckpointSink over the object store: `<prefix>/frame_NNNNNN.ckpt`,
-    each published atomically; older ones are removed once a newer one is stored."""
+    each published atomically; a fit's checkpoints build on each other, so all are kept."""
 
     def __init__(self, store: ObjectStore, prefix: str):
         self.store = store
@@ -41,15 +41,16 @@ class StoreCheckpoints:
 
     def save(self, frame: int, data: bytes) -> None:
         self.store.put(f"{self.prefix}/frame_{frame:06d}.ckpt", data)
-        for key in self.store.list(f"{self.prefix}/")[:-1]:
-            self.store.delete(key)
 
-    def load_latest(self) -> tuple[int, bytes] | None:
-        keys = self.store.list(f"{self.prefix}/")
-        if not keys:
-            return None
-        latest = keys[-1]
-        return int(latest.rsplit("_", 1)[1].split(".")[0]), self.store.get(latest)
+    def load_all(self) -> list[tuple[int, bytes]]:
+        return [
+            (int(key.rsplit("_", 1)[1].split(".")[0]), self.store.get(key))
+            for key in self.store.list(f"{self.prefix}/")
+        ]
+
+    def clear(self) -> None:
+        for key in self.store.list(f"{self.prefix}/"):
+            self.store.delete(key)
 
 
 def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest, video_sha256: str) -> FitPriors:

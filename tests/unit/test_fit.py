@@ -17,7 +17,7 @@ import pytest
 from services.common.errors import CancelledError
 from services.evaluation import metrics
 from services.evaluation.fit_suite import exact_priors
-from services.fit.checkpoint import FolderCheckpoints
+from services.fit.checkpoint import FolderCheckpoints, unpack
 from services.fit.config import preset
 from services.fit.engine import FitPriors, FitResult, fit
 from services.fit.tracks import track_2d, track_3d
@@ -139,7 +139,7 @@ def test_resume_equals_uninterrupted(fitted, scene, tmp_path, keep_adam_state):
         fitted = fit(_priors(scene), cfg)
     with pytest.raises(CancelledError):
         fit(_priors(scene), cfg, progress=stop_after_five, checkpoints=sink)
-    assert sink.load_latest()[0] == 3
+    assert [frame for frame, _ in sink.load_all()] == [1, 3]
     resumed = fit(_priors(scene), cfg, checkpoints=sink)
     assert resumed.resumed_from == 3 and fitted.resumed_from is None
     assert np.array_equal(resumed.c2w_t44, fitted.c2w_t44)
@@ -149,7 +149,12 @@ def test_resume_equals_uninterrupted(fitted, scene, tmp_path, keep_adam_state):
         assert np.array_equal(a.ids_n, b.ids_n) and np.array_equal(a.moving_n, b.moving_n)
         assert np.abs(a.means_n3 - b.means_n3).max() <= 1e-6
         assert np.abs(a.colors_n3 - b.colors_n3).max() <= 1e-6
-    assert sink.load_latest()[0] == len(fitted.frames) - 1
+    # Each checkpoint holds the frames since the one before: every frame is written once.
+    stored = sink.load_all()
+    assert stored[-1][0] == len(fitted.frames) - 1
+    ends = [frame + 1 for frame, _ in stored]
+    spans = [(unpack(data)[1]["first_frame"], unpack(data)[1]["frames_done"]) for _, data in stored]
+    assert spans == list(zip([0, *ends[:-1]], ends, strict=True))
 
 
 def test_filled_depth_prior_changes_moving_depth_only_when_asked(fitted, scene):

@@ -18,6 +18,7 @@ from services.common.geometry import (
     pixel_grid_hw2,
     project_p2,
 )
+from services.common.store import LocalFolderStore
 from services.fit import camera
 from services.fit.camera import optimise_pose, pnp_c2w, pose_update_44
 from services.fit.checkpoint import FolderCheckpoints, pack, unpack
@@ -40,6 +41,7 @@ from services.fit.motion import (
     spread_displacement,
 )
 from services.fit.priors import MEASURED_DEPTH_CONFIDENCE
+from services.fit.stage import StoreCheckpoints
 from services.fit.timing import PhaseTimer
 from services.fit.tracks import FRONT_SURFACE_GAP, attach, track_2d, track_3d, track_queries
 from services.fit.videos import draw_trajectories, trajectory_frames
@@ -627,13 +629,20 @@ def test_tum_lines_round_trip():
         tum_lines(c2w, 0.0)
 
 
-def test_folder_checkpoints_keep_the_latest(tmp_path):
-    sink = FolderCheckpoints(tmp_path / "ckpt")
-    assert sink.load_latest() is None
-    sink.save(1, b"one")
+@pytest.mark.parametrize("kind", ["folder", "store"])
+def test_checkpoint_sinks_keep_every_one_until_cleared(tmp_path, kind):
+    if kind == "folder":
+        sink = FolderCheckpoints(tmp_path / "ckpt")
+    else:
+        sink = StoreCheckpoints(LocalFolderStore(tmp_path / "store"), "fits/abc/checkpoints")
+    assert sink.load_all() == []
     sink.save(3, b"three")
-    assert sink.load_latest() == (3, b"three")
-    assert len(list((tmp_path / "ckpt").iterdir())) == 1
+    sink.save(1, b"one")
+    assert sink.load_all() == [(1, b"one"), (3, b"three")]
+    sink.clear()
+    assert sink.load_all() == []
+    sink.save(5, b"five")
+    assert sink.load_all() == [(5, b"five")]
 
 
 def test_checkpoint_encoding_round_trips_and_rejects_garbage():

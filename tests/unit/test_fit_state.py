@@ -224,10 +224,10 @@ def test_fit_records_and_warns_where_the_cap_held_densification_back(caplog, one
 # -- checkpoint state ---------------------------------------------------------------------------
 
 
-def _state(fingerprint: str = "abc") -> FitCheckpoint:
+def _state(fingerprint: str = "abc", n_frames: int = 2) -> FitCheckpoint:
     g = _gaussians(6)
     outputs = FitOutputs()
-    for t in range(2):
+    for t in range(n_frames):
         outputs.add_frame(
             np.eye(4) * (t + 1),
             g.to_frame(),
@@ -266,7 +266,7 @@ def test_checkpoint_state_round_trips():
     _assert_same(loaded, state)
     assert loaded.outputs.loss_terms["photometric"] == [0.1, 0.1]
     assert all(math.isnan(v) for v in loaded.outputs.loss_terms["flow"])
-    assert unpack(state.to_bytes())[1]["format"] == FORMAT == 2
+    assert unpack(state.to_bytes())[1]["format"] == FORMAT == 3
 
 
 def _stepped_moments(ids: list[int]) -> tuple[Gaussians, AdamMoments]:
@@ -326,8 +326,8 @@ def test_format_1_checkpoint_still_loads():
 
 def test_newer_or_incomplete_checkpoints_are_refused_clearly():
     arrays, meta = unpack(_state().to_bytes())
-    with pytest.raises(IntegrityError, match="format 3 is newer"):
-        FitCheckpoint.from_bytes(pack(arrays, {**meta, "format": 3}), torch.device("cpu"))
+    with pytest.raises(IntegrityError, match="format 4 is newer"):
+        FitCheckpoint.from_bytes(pack(arrays, {**meta, "format": 4}), torch.device("cpu"))
     del arrays["c2w_t44"]
     with pytest.raises(IntegrityError, match="lacks 'c2w_t44'"):
         FitCheckpoint.from_bytes(pack(arrays, meta), torch.device("cpu"))
@@ -352,3 +352,59 @@ def test_only_a_checkpoint_of_the_same_inputs_resumes(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert resumable_state(sink, "other", cpu) is None
     assert "starting over" in caplog.text
+
+
+def _later_part(full: FitCheckpoint, first: int) -> FitCheckpoint:
+    """What the engine saves at the end of `full` when its checkpoints hold frames < first."""
+    return dataclasses.replace(full, outputs=full.outputs.since(first), first_frame=first)
+
+
+def test_checkpoints_hold_each_frame_once_and_resume_joined(tmp_path):
+    full, cpu = _state(n_frames=5), torch.device("cpu")
+    sink = FolderCheckpoints(tmp_path)
+    sink.save(1, _state(n_frames=2).to_bytes())  # frames 0-1, as saved after frame 1
+    later = _later_part(full, 2)
+    sink.save(4, later.to_bytes())
+    arrays, meta = unpack(later.to_bytes())
+    assert (meta["first_frame"], meta["frames_done"]) == (2, 5)
+    assert not any(k.startswith(("frame0_", "frame1_")) for k in arrays)
+    assert "frame4_ids_n" in arrays
+    assert len(arrays["psnr_t"]) == 3
+    joined = resumable_state(sink, "abc", cpu)
+    _assert_same(joined, full)
+    assert joined.first_frame == 0 and joined.frames_done == 5
+    assert joined.outputs.loss_terms["photometric"] == [0.1] * 5
+    assert [frame for frame, _ in sink.load_all()] == [1, 4]
+
+
+def test_a_gap_in_the_checkpoints_starts_over(tmp_path, caplog):
+    sink = FolderCheckpoints(tmp_path)
+    sink.save(4, _later_part(_state(n_frames=5), 2).to_bytes())  # frames 0-1 missing
+    with caplog.at_level(logging.WARNING):
+        assert resumable_state(sink, "abc", torch.device("cpu")) is None
+    assert "starts at frame 2, not 0" in caplog.text
+    sink.clear()
+    assert sink.load_all() == []
+
+
+def test_a_format_2_checkpoint_of_every_frame_starts_a_chain(tmp_path):
+    """Format 2 held every frame so far and no first_frame: it is the first of a chain."""
+    full = _state(n_frames=4)
+    arrays, meta = unpack(_state(n_frames=2).to_bytes())
+    del meta["first_frame"]
+    sink = FolderCheckpoints(tmp_path)
+    sink.save(1, pack(arrays, {**meta, "format": 2}))
+    sink.save(3, _later_part(full, 2).to_bytes())
+    _assert_same(resumable_state(sink, "abc", torch.device("cpu")), full)
+
+
+def test_a_fit_clears_the_checkpoints_it_cannot_resume_from(tmp_path):
+    sink = FolderCheckpoints(tmp_path)
+    sink.save(6, _state("another fit").to_bytes())
+    cfg = preset("test")  # a checkpoint after frames 1 and 3 (every 2 frames, and the last)
+    fit(exact_priors(make_scene(SceneConfig(n_frames=4))), cfg, checkpoints=sink)
+    stored = sink.load_all()
+    assert [frame for frame, _ in stored] == [1, 3]
+    fingerprints = {unpack(data)[1]["fingerprint"] for _, data in stored}
+    assert len(fingerprints) == 1 and "another fit" not in fingerprints
+    assert [unpack(data)[1]["first_frame"] for _, data in stored] == [0, 2]
