@@ -62,8 +62,18 @@ class CheckpointSink(Protocol):
     def clear(self) -> None: ...
 
 
+def checkpoint_name(frame: int) -> str:
+    """The name a sink stores the checkpoint ending at `frame` under (names sort by frame)."""
+    return f"frame_{frame:06d}.ckpt"
+
+
+def checkpoint_frame(name: str) -> int:
+    """The frame of a name made by `checkpoint_name` (a path or key ending in it)."""
+    return int(name.rsplit("_", 1)[1].removesuffix(".ckpt"))
+
+
 class FolderCheckpoints:
-    """Checkpoints as files `frame_NNNNNN.ckpt` in a folder, each written atomically."""
+    """Checkpoints as files named by `checkpoint_name` in a folder, each written atomically."""
 
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
@@ -76,10 +86,10 @@ class FolderCheckpoints:
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, self.folder / f"frame_{frame:06d}.ckpt")
+        os.replace(tmp, self.folder / checkpoint_name(frame))
 
     def load_all(self) -> list[tuple[int, bytes]]:
-        return [(int(path.stem.split("_")[1]), path.read_bytes()) for path in self._paths()]
+        return [(checkpoint_frame(path.name), path.read_bytes()) for path in self._paths()]
 
     def clear(self) -> None:
         for path in self._paths():

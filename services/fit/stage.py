@@ -22,6 +22,7 @@ from services.common.stage import (
 )
 from services.common.store import ObjectStore
 from services.common.video import frames_sha256, load_frames
+from services.fit.checkpoint import checkpoint_frame, checkpoint_name
 from services.fit.config import FitConfig, FitRuntime
 from services.fit.engine import FitPriors, FitResult, fit
 from services.fit.export import intrinsics_33, intrinsics_json, ply_bytes, write_tum
@@ -32,7 +33,7 @@ STAGE = "fit"
 
 
 class StoreCheckpoints:
-    """The fit engine's CheckpointSink over the object store: `<prefix>/frame_NNNNNN.ckpt`,
+    """The fit engine's CheckpointSink over the object store: `<prefix>/` + `checkpoint_name`,
     each published atomically; a fit's checkpoints build on each other, so all are kept."""
 
     def __init__(self, store: ObjectStore, prefix: str):
@@ -40,11 +41,11 @@ class StoreCheckpoints:
         self.prefix = prefix
 
     def save(self, frame: int, data: bytes) -> None:
-        self.store.put(f"{self.prefix}/frame_{frame:06d}.ckpt", data)
+        self.store.put(f"{self.prefix}/{checkpoint_name(frame)}", data)
 
     def load_all(self) -> list[tuple[int, bytes]]:
         return [
-            (int(key.rsplit("_", 1)[1].split(".")[0]), self.store.get(key))
+            (checkpoint_frame(key), self.store.get(key))
             for key in self.store.list(f"{self.prefix}/")
         ]
 

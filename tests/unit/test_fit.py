@@ -153,7 +153,8 @@ def test_resume_equals_uninterrupted(fitted, scene, tmp_path, keep_adam_state):
     stored = sink.load_all()
     assert stored[-1][0] == len(fitted.frames) - 1
     ends = [frame + 1 for frame, _ in stored]
-    spans = [(unpack(data)[1]["first_frame"], unpack(data)[1]["frames_done"]) for _, data in stored]
+    headers = [unpack(data)[1] for _, data in stored]
+    spans = [(header["first_frame"], header["frames_done"]) for header in headers]
     assert spans == list(zip([0, *ends[:-1]], ends, strict=True))
 
 
