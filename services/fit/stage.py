@@ -34,7 +34,8 @@ STAGE = "fit"
 
 class StoreCheckpoints:
     """The fit engine's CheckpointSink over the object store: `<prefix>/` + `checkpoint_name`,
-    each published atomically; a fit's checkpoints build on each other, so all are kept."""
+    each published atomically; a fit's checkpoints build on each other, so all are kept until
+    its result is committed (`run_fit` then clears them)."""
 
     def __init__(self, store: ObjectStore, prefix: str):
         self.store = store
@@ -155,7 +156,8 @@ def run_fit(
     progress: ProgressFn = no_progress,
 ) -> common_pb2.StageResult:
     """Fit the video, cached by content key (the whole `config`; `runtime` changes how, not
-    what, is computed); a killed fit resumes from its last checkpoint."""
+    what, is computed); a killed fit resumes from its last checkpoint, and a committed one leaves
+    no checkpoints behind."""
     video_sha256 = frames_sha256(artifacts, request.video)
     request = verified_request(artifacts, request, video_sha256)
     queries_ref = request.track_queries if request.track_queries.key else None
@@ -177,7 +179,11 @@ def run_fit(
         result = fit(priors, config, runtime, progress, checkpoints)
         _write_outputs(out, result, priors, request.video.fps or 10.0, queries_q3)
 
-    return run_cached(artifacts, STAGE, "gflow", config, video_sha256, inputs, produce)
+    result = run_cached(artifacts, STAGE, "gflow", config, video_sha256, inputs, produce)
+    # The checkpoints let a killed fit resume; once its result is committed they are only bytes
+    # (together about the size of the result's Gaussians), so they go.
+    StoreCheckpoints(artifacts.store, f"{result.key}/checkpoints").clear()
+    return result
 
 
 def fit_from_request(

@@ -169,6 +169,7 @@ def test_a_worker_killed_mid_fit_is_restarted_and_the_run_completes_bit_identica
             assert not artifacts.store.exists(f"{fit_key}/result.pb")  # killed mid-fit
             fit = fitting.result(timeout=900)
         assert artifacts.get_json(fit.report)["resumed_from"] is not None
+        assert artifacts.store.list(f"{fit_key}/checkpoints/") == []  # cleared once committed
 
         new_fit = _wait_for(
             lambda: [

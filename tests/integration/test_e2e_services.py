@@ -176,6 +176,8 @@ def test_services_over_grpc_give_the_embedded_artifacts(embedded: Run, remote: R
                 remote.artifacts.get_bytes(served.ref),  # also checks the recorded sha256
             )
         assert _figures(theirs) == pytest.approx(_figures(ours), RTOL, ATOL, nan_ok=True)
+    for run in (embedded, remote):  # a committed fit leaves no checkpoints behind
+        assert run.artifacts.store.list(f"{run.result.fit.key}/checkpoints/") == []
     fit_figures = _figures(remote.result.fit)
     assert fit_figures["psnr_mean"] > 25.0  # the fit actually reconstructed the clip
     assert remote.result.report.key == embedded.result.report.key
