@@ -236,7 +236,7 @@ def refine_still_pose(
         K_33,
         points_p3,
         pixels_p2,
-        lambda_flow=cfg.lambda_flow,
+        lambda_flow=cfg.lambda_camera_flow,
         iters=cfg.camera_iters,
         patience=cfg.camera_patience,
         lr=cfg.camera_lr,

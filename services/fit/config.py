@@ -60,6 +60,10 @@ class FitConfig:
     """Weight of the L1 term between rendered and prior depth (prior depth units)."""
     lambda_flow: float = 1e-2
     """Weight of the flow term on moving Gaussians (pixels between projected centre and flow)."""
+    lambda_camera_flow: float = 1e-2
+    """Weight of the camera refinement's reprojection term (pixels between the still flow
+    correspondences' world points and their flow targets), apart from `lambda_flow`: the camera
+    of a still or panning clip leans on it (docs/fit.md, "The flow's two weights")."""
     lambda_still: float = 10.0
     """Weight of the term keeping still Gaussians where they were (squared displacement in units
     of one pixel's footprint at the median depth of frame 0)."""

@@ -195,3 +195,23 @@ def test_prior_poses_start_the_cameras():
     assert np.allclose(result.c2w_t44[0], short.c2w_t44[0])
     # Within 3 cm at 3-7 m depth: about 0.4 px at this resolution.
     assert np.abs(result.c2w_t44[:, :3, 3] - short.c2w_t44[:, :3, 3]).max() < 0.03
+
+
+def test_the_flow_weights_of_camera_and_moving_gaussians_are_apart(scene):
+    """`lambda_flow` pulls the moving Gaussians to their flow targets, `lambda_camera_flow`
+    weighs the camera refinement's still correspondences: frame 1's pose comes before frame 1's
+    Gaussians are optimised, so it follows the camera's weight alone."""
+    rng = np.random.default_rng(3)
+    noisy_fwd = scene.flow_fwd_t1hw2 + rng.normal(0, 0.3, scene.flow_fwd_t1hw2.shape)
+    priors = _priors(scene, flow_fwd_t1hw2=noisy_fwd.astype(np.float32)).first_frames(2)
+    cfg = preset("test")
+
+    def fitted_with(**weights) -> FitResult:
+        return fit(priors, dataclasses.replace(cfg, **weights))
+
+    base = fitted_with()
+    no_gaussian_flow = fitted_with(lambda_flow=0.0)
+    no_camera_flow = fitted_with(lambda_camera_flow=0.0)
+    assert np.array_equal(no_gaussian_flow.c2w_t44, base.c2w_t44)
+    assert not np.array_equal(no_gaussian_flow.frames[1].means_n3, base.frames[1].means_n3)
+    assert not np.array_equal(no_camera_flow.c2w_t44[1], base.c2w_t44[1])
