@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
-from services.fit.motion import FB_TOLERANCE_PX, inside_image, sample_bilinear
+from services.common.sampling import sample_bilinear
+from services.fit.motion import FB_TOLERANCE_PX, inside_image
 
 
 def _step(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from services.common.geometry import backproject_p3
+from services.common.sampling import sample_bilinear
 from services.fit.adam import fused_adam_step
 from services.fit.compiled import fuse
 from services.fit.config import FitConfig
@@ -27,7 +28,6 @@ from services.fit.motion import (
     FB_TOLERANCE_PX,
     inside_image,
     nearest_pixel,
-    sample_bilinear,
 )
 from services.fit.priors import FitPriors
 from services.fit.render import Backend, RenderOutput, render

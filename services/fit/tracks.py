@@ -21,8 +21,9 @@ import torch
 
 from services.common.errors import InvalidArgumentError
 from services.common.geometry import backproject_p3, project_p2
+from services.common.sampling import sample_bilinear
 from services.fit.engine import FitResult
-from services.fit.motion import sample_bilinear, visible_n
+from services.fit.motion import visible_n
 from services.fit.projection import project_gaussians
 from services.fit.rasterizer_torch import gaussian_alpha
 

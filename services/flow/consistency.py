@@ -9,21 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _sample_bilinear(image_hwc: np.ndarray, x_hw: np.ndarray, y_hw: np.ndarray) -> np.ndarray:
-    """Image values at sub-pixel points, bilinear; points outside take the nearest edge value."""
-    height, width = image_hwc.shape[:2]
-    x_hw = np.clip(x_hw, 0.0, width - 1.0)
-    y_hw = np.clip(y_hw, 0.0, height - 1.0)
-    x0 = np.minimum(np.floor(x_hw).astype(np.int64), width - 2 if width > 1 else 0)
-    y0 = np.minimum(np.floor(y_hw).astype(np.int64), height - 2 if height > 1 else 0)
-    x1 = np.minimum(x0 + 1, width - 1)
-    y1 = np.minimum(y0 + 1, height - 1)
-    ax = (x_hw - x0)[..., None]
-    ay = (y_hw - y0)[..., None]
-    top = image_hwc[y0, x0] * (1.0 - ax) + image_hwc[y0, x1] * ax
-    bottom = image_hwc[y1, x0] * (1.0 - ax) + image_hwc[y1, x1] * ax
-    return top * (1.0 - ay) + bottom * ay
+from services.common.geometry import pixel_grid_hw2
+from services.common.sampling import sample_bilinear
 
 
 def warp_image(image: np.ndarray, flow_hw2: np.ndarray) -> np.ndarray:
@@ -38,9 +25,8 @@ def warp_image(image: np.ndarray, flow_hw2: np.ndarray) -> np.ndarray:
     if flow_hw2.shape != (height, width, 2) or image.shape[:2] != (height, width):
         raise ValueError(f"image {image.shape} and flow {flow_hw2.shape} must share [H, W]")
     image_hwc = image.astype(np.float32).reshape(height, width, -1)
-    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-    out_hwc = _sample_bilinear(image_hwc, grid_x + flow_hw2[..., 0], grid_y + flow_hw2[..., 1])
-    return out_hwc.astype(np.float32).reshape(image.shape)
+    landing_p2 = (pixel_grid_hw2(height, width).astype(np.float32) + flow_hw2).reshape(-1, 2)
+    return sample_bilinear(image_hwc, landing_p2).astype(np.float32).reshape(image.shape)
 
 
 def flow_in_frame(flow_hw2: np.ndarray) -> np.ndarray:

@@ -15,9 +15,9 @@ from services.common.geometry import (
     axis_angle_33,
     backproject_p3,
     intrinsics_33,
-    pixel_grid_hw2,
     project_p2,
 )
+from services.common.sampling import sample_bilinear
 from services.common.store import LocalFolderStore
 from services.fit import camera
 from services.fit.camera import optimise_pose, pnp_c2w, pose_update_44
@@ -37,7 +37,6 @@ from services.fit.losses import photometric_loss, ssim_map_hw
 from services.fit.motion import (
     flow_on_own_side,
     lift_moving,
-    sample_bilinear,
     spread_displacement,
 )
 from services.fit.priors import MEASURED_DEPTH_CONFIDENCE
@@ -357,14 +356,6 @@ def test_camera_refinement_with_patience_is_the_full_one_cut_short(monkeypatch):
 
 
 # -- motion and clustering -------------------------------------------------------------------
-
-
-def test_bilinear_sampling_is_exact_on_linear_maps():
-    grid = pixel_grid_hw2(H, W)
-    linear_hw2 = np.stack([2 * grid[..., 0] + grid[..., 1], grid[..., 1] - 3.0], axis=-1)
-    xy = np.array([[0.0, 0.0], [10.25, 7.5], [62.9, 46.1]])
-    expected = np.stack([2 * xy[:, 0] + xy[:, 1], xy[:, 1] - 3.0], axis=1)
-    assert np.allclose(sample_bilinear(linear_hw2, xy), expected)
 
 
 def test_flow_is_read_on_each_points_own_side_of_the_mask():
