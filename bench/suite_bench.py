@@ -22,6 +22,7 @@ from typing import Literal
 
 import tyro
 
+from services.common.describe import package_versions
 from services.evaluation.fit_suite import SUITE, PriorSource, load_readout, run_clip, suite_clip
 from services.fit.config import FitRuntime, preset_with
 from services.flow.config import DisPreset, FlowConfig
@@ -80,7 +81,11 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         other_readout=None if bench.other_tracks is None else load_readout(bench.other_tracks),
     )
     row.update(
-        preset=preset_name, dis_preset=bench.dis_preset, seed=bench.seed, settings=list(bench.set)
+        preset=preset_name,
+        dis_preset=bench.dis_preset,
+        seed=bench.seed,
+        settings=list(bench.set),
+        versions=package_versions(),  # CPU figures move with library versions (docs/fit.md)
     )
     return row
 

@@ -7,7 +7,15 @@ import platform
 
 from gflow.v1 import common_pb2
 
-_VERSIONED = ("gflow-services", "torch", "grpcio", "numpy", "opencv-python-headless", "gsplat")
+_VERSIONED = (
+    "gflow-services",
+    "torch",
+    "grpcio",
+    "numpy",
+    "scipy",
+    "opencv-python-headless",
+    "gsplat",
+)
 
 
 def device_summary() -> tuple[str, int, int]:
