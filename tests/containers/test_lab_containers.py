@@ -55,6 +55,13 @@ pytestmark = pytest.mark.skipif(
 
 log = logging.getLogger(__name__)
 ONE_THREAD_ENV = ["OMP_NUM_THREADS=1", "MKL_NUM_THREADS=1", "OPENCV_FOR_THREADS_NUM=1"]
+# This process's OpenBLAS settings go along (e.g. OPENBLAS_CORETYPE=Haswell where the machine
+# sets it): with another kernel set (SkylakeX, what OpenBLAS picks in a container on the same
+# CPU) SVD and least squares differ in the last bits, which the depth stage's pose polish carries
+# to 1e-5 in the depth maps.
+SAME_BLAS_ENV = [
+    f"{name}={value}" for name, value in os.environ.items() if name.startswith("OPENBLAS_")
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +73,7 @@ def settings(tmp_path_factory) -> LabSettings:
 def up(settings: LabSettings):
     """`gflow lab up` on free ports; `down` at the end whatever happened."""
     command = LabUpCommand(
-        env=ONE_THREAD_ENV,
+        env=ONE_THREAD_ENV + SAME_BLAS_ENV,
         s3_port=free_port(),
         ports={name: free_port() for name in DEFAULT_PORTS},
         lab=settings,
