@@ -85,7 +85,9 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         dis_preset=bench.dis_preset,
         seed=bench.seed,
         settings=list(bench.set),
-        versions=package_versions(),  # CPU figures move with library versions (docs/fit.md)
+        # CPU figures move with library versions and OpenBLAS's kernels (docs/fit.md)
+        versions=package_versions(),
+        openblas_env={k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
     )
     return row
 
