@@ -144,3 +144,26 @@ def rotation_angle_deg(R_33: np.ndarray) -> float:
     """Angle of a rotation matrix in degrees (clipped so round-off cannot give NaN)."""
     cos = np.clip((np.trace(R_33) - 1.0) / 2.0, -1.0, 1.0)
     return float(np.rad2deg(np.arccos(cos)))
+
+
+def weighted_rigid_fit(
+    a_bk3: np.ndarray, b_bk3: np.ndarray, w_bk: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batched weighted Kabsch: per batch row, the rotation R [B, 3, 3] (det +1) and the weighted
+    centroids ca, cb [B, 3] such that b ≈ R (a - ca) + cb minimises sum_k w_k |residual_k|^2.
+    Rows whose weights sum to 0 give the identity about their (unweighted) centroids."""
+    total_b = w_bk.sum(axis=1, keepdims=True)
+    empty_b = total_b[:, 0] <= 0
+    share_bk = np.where(
+        empty_b[:, None], 1.0 / a_bk3.shape[1], w_bk / np.where(empty_b, 1, total_b[:, 0])[:, None]
+    )
+    ca_b3 = np.einsum("bk,bkc->bc", share_bk, a_bk3)
+    cb_b3 = np.einsum("bk,bkc->bc", share_bk, b_bk3)
+    cov_b33 = np.einsum("bk,bki,bkj->bij", share_bk, b_bk3 - cb_b3[:, None], a_bk3 - ca_b3[:, None])
+    U_b33, _, Vt_b33 = np.linalg.svd(cov_b33)
+    flip_b = np.sign(np.linalg.det(U_b33 @ Vt_b33))
+    D_b33 = np.repeat(np.eye(3)[None], len(a_bk3), axis=0)
+    D_b33[:, 2, 2] = np.where(flip_b == 0, 1.0, flip_b)
+    R_b33 = U_b33 @ D_b33 @ Vt_b33
+    R_b33[empty_b] = np.eye(3)
+    return R_b33, ca_b3, cb_b3

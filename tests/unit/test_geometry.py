@@ -13,6 +13,7 @@ from services.common.geometry import (
     focal_intrinsics_33,
     pixel_grid_hw2,
     project_p2,
+    weighted_rigid_fit,
 )
 
 K_33 = focal_intrinsics_33(48, 64, 100.0)  # cx = 31.5, cy = 23.5
@@ -80,3 +81,25 @@ def test_backprojection_round_trip():
     xy_back_p2, z_p = project_p2(K_33, c2w_44, backproject_p3(K_33, c2w_44, xy_p2, depth_p))
     np.testing.assert_allclose(xy_back_p2, xy_p2, atol=1e-9)
     np.testing.assert_allclose(z_p, depth_p, rtol=1e-12)
+
+
+def test_weighted_rigid_fit_recovers_a_rigid_motion_and_ignores_zero_weights():
+    rng = np.random.default_rng(3)
+    R_b33 = np.stack([axis_angle_33(rng.normal(size=3), rng.uniform(0.0, 3.0)) for _ in range(6)])
+    a_bk3 = rng.normal(size=(6, 12, 3))
+    b_bk3 = np.einsum("bij,bkj->bki", R_b33, a_bk3) + rng.normal(size=(6, 1, 3))
+    w_bk = rng.uniform(0.1, 1.0, size=(6, 12))
+    b_bk3[:, 0] += 5.0  # one wrong point per row, weighted 0
+    w_bk[:, 0] = 0.0
+    fit_b33, ca_b3, cb_b3 = weighted_rigid_fit(a_bk3, b_bk3, w_bk)
+    np.testing.assert_allclose(fit_b33, R_b33, atol=1e-12)
+    moved_bk3 = np.einsum("bij,bkj->bki", fit_b33, a_bk3 - ca_b3[:, None]) + cb_b3[:, None]
+    np.testing.assert_allclose(moved_bk3[:, 1:], b_bk3[:, 1:], atol=1e-12)
+    assert np.allclose(np.linalg.det(fit_b33), 1.0)
+    # A mirror image is not a rotation: the fit stays a proper rotation.
+    mirrored_bk3 = a_bk3 * np.array([1.0, 1.0, -1.0])
+    proper_b33, _, _ = weighted_rigid_fit(a_bk3, mirrored_bk3, np.ones((6, 12)))
+    assert np.allclose(np.linalg.det(proper_b33), 1.0)
+    # No weight at all: the identity.
+    still_b33, _, _ = weighted_rigid_fit(a_bk3, b_bk3, np.zeros((6, 12)))
+    np.testing.assert_array_equal(still_b33, np.tile(np.eye(3), (6, 1, 1)))
