@@ -133,7 +133,7 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
         costs = {name: count - before[name] for name, count in one_time_costs(device).items()}
         image_hw = (cfg.height, cfg.width)
-        tapvid = tapvid_row(queries, *track_2d(result, query_rows), image_hw)
+        tapvid = tapvid_row(queries, *track_2d(result, query_rows, fit_cfg.track_motion), image_hw)
         other = {}
         if other_readout is not None:
             other_tapvid = tapvid_row(queries, *other_readout(result, query_rows), image_hw)

@@ -145,7 +145,7 @@ def fit_clip(
     where given, on the same fit: a change of the track readout alone, measured without the
     fit's run-to-run differences on a GPU)."""
     result = fit(priors, cfg, runtime)
-    points_qt2, occluded_qt = track_2d(result, queries_q3)
+    points_qt2, occluded_qt = track_2d(result, queries_q3, cfg.track_motion)
     return ClipOutputs(
         c2w_t44=result.c2w_t44,
         depth_thw=result.depth_thw,

@@ -10,6 +10,13 @@ camera. Before the Gaussian is born it is held at its first position, after it i
 last, and it is reported occluded there. Otherwise it is occluded when it projects outside the
 image or lies behind the rendered surface (its camera z beyond the rendered depth by more than
 `motion.VISIBLE_DEPTH_TOLERANCE`).
+
+With `motion="local_rigid"` a query on a moving Gaussian instead moves with the rigid motion of
+the moving Gaussians around it (`RIGID_NEIGHBOURS` nearest at the query frame, weighted Kabsch
+each frame, refitted with residual weights): a fixed world offset from one Gaussian's centre does
+not turn with a spinning object, and one Gaussian's centre wanders more than a dozen's rigid
+motion. Its occlusion flags stay those of the point carried by its Gaussian (docs/fit.md, "Tracks
+that turn with the object").
 """
 
 from __future__ import annotations
@@ -18,16 +25,31 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from services.common.errors import InvalidArgumentError
-from services.common.geometry import backproject_p3, project_p2
+from services.common.geometry import backproject_p3, project_p2, weighted_rigid_fit
 from services.common.sampling import sample_bilinear
+from services.fit.config import TrackMotion
 from services.fit.engine import FitResult
 from services.fit.motion import visible_n
 from services.fit.projection import project_gaussians
 from services.fit.rasterizer_torch import gaussian_alpha
 
 _QUERY_CHUNK = 256  # queries weighed against all Gaussians at once (memory: chunk x N floats)
+
+RIGID_NEIGHBOURS = 16
+"""Moving Gaussians whose motion carries a `local_rigid` query (nearest to its point at the query
+frame)."""
+RIGID_MIN_NEIGHBOURS = 4
+"""Fewer of them alive in a frame: the query's point moves with its Gaussian there."""
+RIGID_OFF_CLOUD = 2.0
+"""A query point farther from its nearest neighbour than this many times the neighbours' median
+spacing lies off the object (its lift sank behind an outline), where a rotation about the
+neighbours would swing it far: it moves with its Gaussian."""
+RIGID_REFITS = 3
+"""Refits of each frame's rigid motion with Cauchy weights on the residuals (Gaussians that
+drift or belong to another object count less)."""
 
 FRONT_SURFACE_GAP = 0.03
 """A query on a moving Gaussian is lifted at the front surface of its pixel (the first Gaussian
@@ -148,15 +170,16 @@ def _query_rays(result: FitResult, t: int, xy_r2: np.ndarray) -> tuple[np.ndarra
         return order_n[torch.cat(best)].numpy(), front_r.numpy()
 
 
-def track_3d(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def track_3d(
+    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "gaussian"
+) -> tuple[np.ndarray, np.ndarray]:
     """World tracks of the queried surface points: (float32 [Q, T, 3], alive bool [Q, T]).
 
     The query pixel is lifted as the module says; the point then moves with its Gaussian's centre
-    (a fixed offset in world units, exact for still points). Outside the Gaussian's life it is
-    held at its first or last position (alive False there)."""
-    queries_q3 = _check_queries(result, queries_q3)
-    ids_q, surface_q3, _ = _attachments(result, queries_q3)
-    return _track_3d_of(result, queries_q3, ids_q, surface_q3)
+    (a fixed offset in world units, exact for still points), or as `motion` says. Outside the
+    Gaussian's life it is held at its first or last position (alive False there)."""
+    tracks = track_queries(result, queries_q3, motion)
+    return tracks.world_qt3, tracks.alive_qt
 
 
 def _track_3d_of(
@@ -184,10 +207,13 @@ def _track_3d_of(
     return (centres_qt3 + offset_q3[:, None]).astype(np.float32), alive_qt
 
 
-def track_2d(result: FitResult, queries_q3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def track_2d(
+    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "gaussian"
+) -> tuple[np.ndarray, np.ndarray]:
     """TAP-Vid tracks for query rows (t, y, x): (points float32 [Q, T, 2] as (x, y) pixels,
     occluded bool [Q, T])."""
-    return _project_tracks(result, *track_3d(result, queries_q3))
+    tracks = track_queries(result, queries_q3, motion)
+    return tracks.points_qt2, tracks.occluded_qt
 
 
 def _project_tracks(
@@ -217,12 +243,89 @@ class Tracks:
     moving_q: np.ndarray  # bool: the query's Gaussian is in the moving set at its query frame
 
 
-def track_queries(result: FitResult, queries_q3: np.ndarray) -> Tracks:
+def track_queries(
+    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "gaussian"
+) -> Tracks:
     """track_2d, track_3d and the moving flag of query rows (t, y, x), attaching them once.
 
     No queries give arrays with Q = 0."""
     queries_q3 = _check_queries(result, queries_q3)
     ids_q, surface_q3, moving_q = _attachments(result, queries_q3)
-    world_qt3, alive_qt = _track_3d_of(result, queries_q3, ids_q, surface_q3)
-    points_qt2, occluded_qt = _project_tracks(result, world_qt3, alive_qt)
+    carried_qt3, alive_qt = _track_3d_of(result, queries_q3, ids_q, surface_q3)
+    points_qt2, occluded_qt = _project_tracks(result, carried_qt3, alive_qt)
+    if motion == "gaussian":
+        return Tracks(points_qt2, occluded_qt, carried_qt3, alive_qt, moving_q)
+    if motion != "local_rigid":
+        raise InvalidArgumentError("motion", f"{motion!r}: use gaussian or local_rigid")
+    world_qt3 = _local_rigid_points(result, queries_q3, surface_q3, moving_q, carried_qt3)
+    points_qt2, _ = _project_tracks(result, world_qt3, alive_qt)
     return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
+
+
+def _local_rigid_points(
+    result: FitResult,
+    queries_q3: np.ndarray,
+    surface_q3: np.ndarray,
+    moving_q: np.ndarray,
+    carried_qt3: np.ndarray,
+) -> np.ndarray:
+    """World points [Q, T, 3] of the `local_rigid` motion: moving queries follow the rigid
+    motion of their neighbours (module docstring) wherever enough of them live; every other
+    point is the one `carried_qt3` by its Gaussian."""
+    points_qt3 = carried_qt3.astype(np.float64)
+    t_q = queries_q3[:, 0].astype(int)
+    for t_query in np.unique(t_q[moving_q]):
+        rows_r = np.flatnonzero(moving_q & (t_q == t_query))
+        frame = result.frames[t_query]
+        moving_m = np.flatnonzero(frame.moving_n)
+        if len(moving_m) < RIGID_MIN_NEIGHBOURS:
+            continue
+        means_m3 = frame.means_n3[moving_m].astype(np.float64)
+        tree = cKDTree(means_m3)
+        k = min(RIGID_NEIGHBOURS, len(moving_m))
+        dist_rk, near_rk = tree.query(surface_q3[rows_r], k)
+        spacing_rk = tree.query(means_m3[near_rk], 2)[0][..., 1]
+        spacing_r = np.median(spacing_rk, axis=1)
+        on_cloud_r = dist_rk[:, 0] <= RIGID_OFF_CLOUD * spacing_r
+        rows_r, near_rk = rows_r[on_cloud_r], near_rk[on_cloud_r]
+        # Inverse distance, floored at a tenth of the spacing: a Gaussian right under the
+        # point does not outweigh all others.
+        weight_rk = 1.0 / np.maximum(dist_rk[on_cloud_r], 0.1 * spacing_r[on_cloud_r, None])
+        ids_rk = frame.ids_n[moving_m[near_rk]]
+        start_rk3 = means_m3[near_rk]
+        for t, other in enumerate(result.frames):
+            if t == t_query or len(other) == 0:
+                continue
+            slot_rk = np.minimum(np.searchsorted(other.ids_n, ids_rk), len(other) - 1)
+            alive_rk = other.ids_n[slot_rk] == ids_rk
+            fits_r = alive_rk.sum(axis=1) >= RIGID_MIN_NEIGHBOURS
+            if not fits_r.any():
+                continue
+            a_rk3, alive_rk = start_rk3[fits_r], alive_rk[fits_r]
+            b_rk3 = other.means_n3[slot_rk[fits_r]].astype(np.float64)
+            prior_rk = weight_rk[fits_r] * alive_rk
+            rows = rows_r[fits_r]
+            # The first fit weighs the neighbours by how much they move like the query's own
+            # Gaussian (a halo Gaussian labelled moving beside a moving object keeps the halo's
+            # motion); the refits by their residuals.
+            own_r3 = carried_qt3[rows, t] - carried_qt3[rows, t_query]
+            unlike_rk = np.linalg.norm(b_rk3 - a_rk3 - own_r3[:, None], axis=-1)
+            R_r33, ca_r3, cb_r3 = weighted_rigid_fit(
+                a_rk3, b_rk3, prior_rk * _cauchy_rk(unlike_rk, alive_rk)
+            )
+            for _ in range(RIGID_REFITS):
+                moved_rk3 = np.einsum("rij,rkj->rki", R_r33, a_rk3 - ca_r3[:, None])
+                residual_rk = np.linalg.norm(moved_rk3 + cb_r3[:, None] - b_rk3, axis=-1)
+                R_r33, ca_r3, cb_r3 = weighted_rigid_fit(
+                    a_rk3, b_rk3, prior_rk * _cauchy_rk(residual_rk, alive_rk)
+                )
+            offset_r3 = surface_q3[rows] - ca_r3
+            points_qt3[rows, t] = np.einsum("rij,rj->ri", R_r33, offset_r3) + cb_r3
+    return points_qt3.astype(np.float32)
+
+
+def _cauchy_rk(residual_rk: np.ndarray, alive_rk: np.ndarray) -> np.ndarray:
+    """Cauchy weights of residuals [R, K] at twice each row's robust spread (1.4826 x the median
+    over its live entries): about 1 for the typical, falling off for the outlying."""
+    spread_r = 1.4826 * np.nanmedian(np.where(alive_rk, residual_rk, np.nan), axis=1)
+    return 1.0 / (1.0 + (residual_rk / (2.0 * spread_r[:, None] + 1e-12)) ** 2)

@@ -20,6 +20,7 @@ from services.common.geometry import (
 from services.common.sampling import sample_bilinear
 from services.common.store import LocalFolderStore
 from services.fit import camera
+from services.fit import tracks as tracks_module
 from services.fit.camera import optimise_pose, pnp_c2w, pose_update_44
 from services.fit.checkpoint import FolderCheckpoints, pack, unpack
 from services.fit.cluster import split_moving
@@ -656,3 +657,119 @@ def test_phase_timer_does_not_count_nested_phases_twice():
     assert set(timer.seconds) == {"optimise", "densify"}
     assert 0.1 <= timer.seconds["densify"] < 0.15
     assert 0.1 <= timer.seconds["optimise"] < 0.15  # the nested 0.1 s is densify's alone
+
+
+def _spinning_ball_result(T: int = 5) -> tuple[FitResult, np.ndarray, list[np.ndarray]]:
+    """A ball of 80 small Gaussians (radius 0.5, 4 m away) that spins 12 degrees per frame about
+    a tilted axis while it drifts right, before a big still back Gaussian. Returns the result,
+    the ball's centres [T, 3] and rotations (from frame 0)."""
+    i = np.arange(80) + 0.5
+    polar, azimuth = np.arccos(1 - 2 * i / 80), np.pi * (1 + 5**0.5) * i
+    sphere_n3 = 0.5 * np.stack(
+        [np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)], 1
+    )
+    centres_t3 = np.array([[0.05 * t, 0.0, 4.0] for t in range(T)])
+    rotations = [axis_angle_33(np.array([0.3, 1.0, 0.2]), np.deg2rad(12.0 * t)) for t in range(T)]
+    frames, depth = [], []
+    for t in range(T):
+        ball_n3 = sphere_n3 @ rotations[t].T + centres_t3[t]
+        frame = FrameGaussians(
+            means_n3=np.vstack([[0.0, 0.0, 9.0], ball_n3]).astype(np.float32),
+            quats_n4=np.tile(np.array([1, 0, 0, 0], np.float32), (81, 1)),
+            scales_n3=np.array([[6.0] * 3] + [[0.12] * 3] * 80, np.float32),
+            opacities_n=np.full(81, 0.99, np.float32),
+            colors_n3=np.full((81, 3), 0.5, np.float32),
+            moving_n=np.arange(81) > 0,
+            ids_n=np.arange(81),
+        )
+        out = render_frame(frame, np.eye(4), K_33, W, H)
+        depth.append((out.depth_hw / out.alpha_hw.clamp_min(1e-6)).numpy())
+        frames.append(frame)
+    result = FitResult(
+        c2w_t44=np.tile(np.eye(4), (T, 1, 1)),
+        K_33=K_33,
+        frames=frames,
+        psnr_t=np.zeros(T),
+        moving_share_t=np.full(T, 80 / 81),
+        depth_scale_t=np.ones(T),
+        depth_thw=np.stack(depth).astype(np.float32),
+        moving_mask_thw=np.zeros((T, H, W), bool),
+        held_back_t=np.zeros(T, np.int64),
+        seconds=0.0,
+    )
+    return result, centres_t3, rotations
+
+
+def test_local_rigid_tracks_turn_with_a_spinning_object():
+    result, centres_t3, rotations = _spinning_ball_result()
+    # Queries on the ball at frames 0 and 2 (tracked both ways) and one on the still background.
+    queries = np.array([[0, 24.0, 33.0], [2, 21.0, 30.0], [0, 5.0, 5.0]])
+    rigid = track_queries(result, queries, "local_rigid")
+    carried = track_queries(result, queries, "gaussian")
+    assert rigid.moving_q.tolist() == [True, True, False]
+    for q, t_query in enumerate([0, 2]):
+        surface_3 = rigid.world_qt3[q, t_query].astype(np.float64)
+        # The ball's own motion of the query's point: exact for the local rigid track.
+        local_3 = rotations[t_query].T @ (surface_3 - centres_t3[t_query])
+        truth_t3 = np.stack([rotations[t] @ local_3 + centres_t3[t] for t in range(5)])
+        np.testing.assert_allclose(rigid.world_qt3[q], truth_t3, atol=1e-4)
+        truth_xy_t2, _ = project_p2(K_33, np.eye(4), truth_t3)
+        np.testing.assert_allclose(rigid.points_qt2[q], truth_xy_t2, atol=1e-2)
+        # Carried at a fixed offset from one Gaussian's centre, the point does not turn.
+        assert np.abs(carried.world_qt3[q] - truth_t3).max() > 0.02
+    # A still query and every occlusion flag are the same either way.
+    np.testing.assert_array_equal(rigid.world_qt3[2], carried.world_qt3[2])
+    np.testing.assert_array_equal(rigid.occluded_qt, carried.occluded_qt)
+    np.testing.assert_array_equal(rigid.alive_qt, carried.alive_qt)
+    points, occluded = track_2d(result, queries, "local_rigid")
+    np.testing.assert_array_equal(points, rigid.points_qt2)
+    world, alive = track_3d(result, queries, "local_rigid")
+    np.testing.assert_array_equal(world, rigid.world_qt3)
+
+
+def test_local_rigid_weighs_down_gaussians_that_drift_off_the_object():
+    result, centres_t3, rotations = _spinning_ball_result()
+    queries = np.array([[0, 24.0, 33.0]])
+    dominant = attach(result, queries)[0]
+    # The two Gaussians nearest the query's own drift off the ball by 0.1 m per frame.
+    means_n3 = result.frames[0].means_n3
+    gap_n = np.linalg.norm(means_n3 - means_n3[dominant], axis=1)
+    gap_n[[0, dominant]] = np.inf
+    for t, frame in enumerate(result.frames):
+        frame.means_n3[np.argsort(gap_n)[:2]] += np.array([0.0, 0.1 * t, 0.0], np.float32)
+    world_3 = track_queries(result, queries, "local_rigid").world_qt3[0]
+    local_3 = rotations[0].T @ (world_3[0].astype(np.float64) - centres_t3[0])
+    truth_t3 = np.stack([rotations[t] @ local_3 + centres_t3[t] for t in range(5)])
+    # The refits with residual weights leave them out (one plain fit: 0.056 m off).
+    np.testing.assert_allclose(world_3, truth_t3, atol=1e-4)
+
+
+def test_local_rigid_falls_back_to_the_carried_point():
+    result, _, _ = _spinning_ball_result()
+    queries = np.array([[0, 24.0, 33.0]])
+    carried = track_queries(result, queries, "gaussian")
+    dominant = attach(result, queries)[0]
+    # In the last frame only the query's own Gaussian and two others of the ball are left:
+    # too few neighbours for a rigid fit, so the point is the carried one there.
+    last = result.frames[-1]
+    keep = (last.ids_n == 0) | (last.ids_n == dominant) | np.isin(last.ids_n, [1, 2])
+    result.frames[-1] = FrameGaussians(
+        **{f.name: getattr(last, f.name)[keep] for f in dataclasses.fields(last)}
+    )
+    rigid = track_queries(result, queries, "local_rigid")
+    np.testing.assert_array_equal(rigid.world_qt3[0, -1], carried.world_qt3[0, -1])
+    assert np.abs(rigid.world_qt3[0, 1:-1] - carried.world_qt3[0, 1:-1]).max() > 0.01
+    # A query point far off the moving cloud (its lift sank behind an outline) is carried too.
+    far_q3 = carried.world_qt3[:, 0].astype(np.float64) + np.array([0.0, 0.0, 3.0])
+    moved = tracks_module._local_rigid_points(
+        result, queries, far_q3, np.array([True]), carried.world_qt3
+    )
+    np.testing.assert_array_equal(moved, carried.world_qt3)
+
+
+def test_track_motion_is_checked():
+    result, _, _ = _spinning_ball_result(2)
+    with pytest.raises(InvalidArgumentError, match="motion"):
+        track_2d(result, np.array([[0, 24.0, 33.0]]), "affine")
+    with pytest.raises(InvalidArgumentError, match="track_motion"):
+        FitConfig(track_motion="affine")
