@@ -12,6 +12,7 @@ fills its cores; on a GPU machine use `--device cuda` (the fits then share the G
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,8 +24,17 @@ from typing import Literal
 import tyro
 
 from services.common.describe import package_versions
-from services.evaluation.fit_suite import SUITE, PriorSource, load_readout, run_clip, suite_clip
-from services.fit.config import FitRuntime, preset_with
+from services.common.errors import InvalidArgumentError
+from services.evaluation.fit_suite import (
+    SUITE,
+    PriorSource,
+    TrackReadout,
+    load_readout,
+    run_clip,
+    suite_clip,
+)
+from services.fit.config import FitRuntime, TrackMotion, preset_with
+from services.fit.tracks import track_2d
 from services.flow.config import DisPreset, FlowConfig
 from services.pipeline.config import PipelineConfig, PipelineRuntime
 
@@ -60,6 +70,22 @@ class SuiteBench:
     scores its track_2d on the same fit (other_aj, other_delta_avg, other_oa; a column "other
     AJ"), so a change of the track readout is measured apart from the fit's run-to-run
     differences on a GPU."""
+    other_motion: TrackMotion | None = None
+    """Score each row's fit also with this `track_motion` (other_aj, ... as --other-tracks): the
+    track readout's motion measured on the same fits."""
+
+
+def second_readout(bench: SuiteBench) -> TrackReadout | None:
+    """The second readout --other-tracks or --other-motion asks for (not both), if any."""
+    if bench.other_tracks is not None and bench.other_motion is not None:
+        raise InvalidArgumentError(
+            "other_motion", "give --other-tracks or --other-motion, not both"
+        )
+    if bench.other_tracks is not None:
+        return load_readout(bench.other_tracks)
+    if bench.other_motion is not None:
+        return functools.partial(track_2d, motion=bench.other_motion)
+    return None
 
 
 def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
@@ -78,7 +104,7 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         n_frames=bench.frames,
         n_tracks=bench.tracks,
         pipeline=PipelineConfig(flow=FlowConfig(dis_preset=bench.dis_preset), runtime=runtime),
-        other_readout=None if bench.other_tracks is None else load_readout(bench.other_tracks),
+        other_readout=second_readout(bench),
     )
     row.update(
         preset=preset_name,
@@ -149,8 +175,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in bench.presets:  # a wrong --set fails here, before any fit
         preset_with(name, bench.set, bench.seed)
-    if bench.other_tracks is not None:  # and a wrong --other-tracks
-        load_readout(bench.other_tracks)
+    second_readout(bench)  # and a wrong --other-tracks or --other-motion
     jobs = [
         (bench, clip, source, name)
         for clip in bench.clips

@@ -5,11 +5,13 @@ both prior sources end to end on a tiny clip."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from bench.suite_bench import SuiteBench, second_readout
 from services.common.errors import InvalidArgumentError
 from services.evaluation import metrics
 from services.evaluation.fit_suite import (
@@ -161,3 +163,34 @@ def test_a_second_track_readout_is_scored_on_the_same_fit(tmp_path):
     for path in (tmp_path / "empty.py", tmp_path / "missing.py"):
         with pytest.raises(InvalidArgumentError, match="other_tracks"):
             load_readout(path)
+
+
+def test_the_fit_configs_track_motion_makes_the_rows_tracks():
+    """The row's own figures come from the readout `track_motion` names: read both ways, the two
+    fits' figures swap places (the fits are the same on the CPU)."""
+    cfg = dataclasses.replace(preset("test"), init_points=400, max_points=800, iters=10)
+    clip = suite_clip("orbit")
+    size = dict(width=48, height=32, n_frames=4, n_tracks=32)
+    rigid = run_clip(
+        clip,
+        "exact",
+        dataclasses.replace(cfg, track_motion="local_rigid"),
+        **size,
+        other_readout=track_2d,
+    )
+    carried = run_clip(
+        clip, "exact", cfg, **size, other_readout=functools.partial(track_2d, motion="local_rigid")
+    )
+    assert rigid["aj"] != carried["aj"]
+    assert (rigid["aj"], rigid["other_aj"]) == (carried["other_aj"], carried["aj"])
+
+
+def test_suite_bench_scores_a_second_track_motion_or_a_second_tracks_module(tmp_path):
+    other = second_readout(SuiteBench(other_motion="local_rigid"))
+    assert other.func is track_2d and other.keywords == {"motion": "local_rigid"}
+    assert second_readout(SuiteBench()) is None
+    module = tmp_path / "tracks.py"
+    module.write_text("def track_2d(result, queries_q3):\n    return 'read'\n")
+    assert second_readout(SuiteBench(other_tracks=module))(None, None) == "read"
+    with pytest.raises(InvalidArgumentError, match="other_motion"):
+        second_readout(SuiteBench(other_tracks=module, other_motion="local_rigid"))
