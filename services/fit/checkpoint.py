@@ -202,9 +202,7 @@ class FitCheckpoint:
             depth_scale=[float(v) for v in arrays["depth_scale_t"]],
             depth=list(arrays["depth_thw"]),
             moving_mask=list(arrays["moving_mask_thw"]),
-            held_back=[
-                int(v) for v in arrays.get("held_back_t", np.zeros(done - first, np.int64))
-            ],
+            held_back=[int(v) for v in arrays.get("held_back_t", np.zeros(done - first, np.int64))],
             loss_terms={
                 name: [
                     float(v) for v in arrays.get(f"loss_{name}_t", np.full(done - first, np.nan))
