@@ -351,6 +351,25 @@ def flow_epe(pred_hw2: np.ndarray, gt_hw2: np.ndarray, valid_hw: np.ndarray | No
     return float(err.mean()) if err.size else float("nan")
 
 
+def flow_speed_bias(
+    pred_hw2: np.ndarray, gt_hw2: np.ndarray, valid_hw: np.ndarray | None = None
+) -> float:
+    """Mean signed error along the true motion (px) over valid moving pixels: negative where the
+    flow falls short of the motion, as chained tracks then lag behind. NaN when no valid pixel
+    moves."""
+    check_same_shape("pred_hw2", pred_hw2, gt_hw2)
+    gt_hw2 = gt_hw2.astype(np.float64)
+    speed_hw = np.linalg.norm(gt_hw2, axis=-1)
+    along_hw = ((pred_hw2.astype(np.float64) - gt_hw2) * gt_hw2).sum(-1) / np.maximum(
+        speed_hw, 1e-12
+    )
+    usable_hw = (speed_hw > 0) & np.isfinite(along_hw)
+    if valid_hw is not None:
+        check_same_shape("valid_hw", valid_hw, speed_hw)
+        usable_hw &= valid_hw.astype(bool)
+    return float(along_hw[usable_hw].mean()) if usable_hw.any() else float("nan")
+
+
 # ---------------------------------------------------------------------------------------------
 # Masks (DAVIS J and F)
 

@@ -16,6 +16,7 @@ from services.evaluation.metrics import (
     depth_metrics,
     direction_error_deg,
     flow_epe,
+    flow_speed_bias,
     mask_f,
     mask_j,
     psnr,
@@ -307,6 +308,16 @@ def test_flow_epe_hand_values():
     assert flow_epe(pred, gt) == pytest.approx(2.5)
     assert flow_epe(pred, gt, np.array([[True, False]])) == pytest.approx(5.0)
     assert math.isnan(flow_epe(pred, gt, np.zeros((1, 2), bool)))
+
+
+def test_flow_speed_bias_hand_values():
+    # True motion (2, 0), (0, 4) and none; the flow falls 0.5 short of the first, overshoots the
+    # second by 1 and adds a sideways error to both, which does not count.
+    gt = np.array([[[2.0, 0.0], [0.0, 4.0], [0.0, 0.0]]])
+    pred = np.array([[[1.5, 3.0], [-2.0, 5.0], [9.0, 9.0]]])
+    assert flow_speed_bias(pred, gt) == pytest.approx(0.25)  # a still pixel has no direction
+    assert flow_speed_bias(pred, gt, np.array([[True, False, True]])) == pytest.approx(-0.5)
+    assert math.isnan(flow_speed_bias(pred, gt, np.array([[False, False, True]])))
 
 
 # --- masks -------------------------------------------------------------------------------------
