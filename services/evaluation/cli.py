@@ -68,8 +68,8 @@ class EvalCommand:
     store: str = "file://./gflow-eval-store"
     # Where the JSON report goes.
     out: Path = Path("gflow-eval.json")
-    # Start the fit from a named preset (as `gflow run --fit-preset`); it replaces every
-    # --pipeline.fit.* flag.
+    # Start the fit from a named preset (as `gflow run --fit-preset`); --pipeline.fit.* flags
+    # that change a field from its default apply on top of it.
     fit_preset: FitPresetName | None = None
     # How every stage computes (the same flags as `gflow run`).
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

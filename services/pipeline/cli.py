@@ -50,8 +50,8 @@ class RunCommand:
     store: str = ""
     # Endpoints file written by `gflow serve`: run every stage on those services and their store.
     remote_config: Path | None = None
-    # Start the fit from a named preset (default = the original's settings, fast, test); it
-    # replaces every --pipeline.fit.* flag.
+    # Start the fit from a named preset (default = the original's settings, fast, test);
+    # --pipeline.fit.* flags that change a field from its default apply on top of it.
     fit_preset: FitPresetName | None = None
     # Points to track instead of the --track-grid grid: a CSV (optional header line) or .npy
     # file of rows t,x,y in the frames and pixels of the ingested video (fit/tracks_*.npy).

@@ -137,5 +137,16 @@ FitPresetName = Literal["default", "fast", "test"]
 
 
 def with_fit_preset(config: PipelineConfig, name: FitPresetName | None) -> PipelineConfig:
-    """`config` with its fit replaced by a named preset (services.fit.config; None: as is)."""
-    return config if name is None else dataclasses.replace(config, fit=preset(name))
+    """`config` with its fit started from a named preset (services.fit.config; None: as is): the
+    preset's values, then every field that `config.fit` sets apart from FitConfig's defaults (the
+    --pipeline.fit.* flags given with --fit-preset), so no flag is dropped. A flag that restates a
+    default cannot be told from no flag: there the preset's value stands."""
+    if name is None:
+        return config
+    default = FitConfig()
+    given = {
+        f.name: getattr(config.fit, f.name)
+        for f in dataclasses.fields(FitConfig)
+        if getattr(config.fit, f.name) != getattr(default, f.name)
+    }
+    return dataclasses.replace(config, fit=dataclasses.replace(preset(name), **given))

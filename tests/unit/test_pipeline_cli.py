@@ -1,4 +1,5 @@
-"""`gflow run --remote-config FILE`: the endpoints file and the command's flags together."""
+"""`gflow run` flags together: the endpoints file of `--remote-config FILE` with the command's
+flags, and `--fit-preset` with `--pipeline.fit.*` flags."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import tyro
 import yaml
 
 from services.common.errors import InvalidArgumentError
+from services.fit.config import preset
 from services.pipeline.cli import RunCommand, _store_and_remote
-from services.pipeline.config import PipelineConfig, RemoteConfig
+from services.pipeline.config import PipelineConfig, RemoteConfig, with_fit_preset
 
 
 def _endpoints(tmp_path: Path, remote: dict) -> Path:
@@ -78,3 +81,12 @@ def test_the_cli_and_a_remote_run_load_no_engine_and_no_torch():
         [sys.executable, "-c", _IMPORT_THE_CLI], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_fit_flags_given_with_a_preset_apply_on_top_of_it():
+    args = ["clip.mp4", "--fit-preset", "fast", "--pipeline.fit.track-motion", "local_rigid"]
+    command = tyro.cli(RunCommand, args=[*args, "--pipeline.fit.iters", "120"])
+    fit = with_fit_preset(command.pipeline, command.fit_preset).fit
+    assert fit == dataclasses.replace(preset("fast"), track_motion="local_rigid", iters=120)
+    assert with_fit_preset(PipelineConfig(), "fast").fit == preset("fast")
+    assert with_fit_preset(command.pipeline, None) is command.pipeline
