@@ -112,12 +112,12 @@ class FitConfig:
     """Below this gap between the two k-means centres (pixels of residual motion) the displacement
     carries no evidence and the masks alone decide still/moving."""
 
-    track_motion: TrackMotion = "gaussian"
-    """How a query's point moves in the tracks the fit writes: gaussian, with the centre of the
-    Gaussian under it (a fixed world offset); local_rigid, a query on a moving Gaussian with the
-    rigid motion of the 16 moving Gaussians around it, which turns with a spinning object. On the
-    accuracy suite local_rigid raises exact-prior AJ by up to 0.09 (18 of 20 figures over two fit
-    seeds on the CPU and a GPU) but lowers pipeline AJ by up to 0.01, so it is opt-in
+    track_motion: TrackMotion = "local_rigid"
+    """How a query's point moves in the tracks the fit writes: local_rigid, a query on a moving
+    Gaussian with the rigid motion of the 16 moving Gaussians around it wherever a turn explains
+    their motion (so it turns with a spinning object), else as gaussian; gaussian, with the
+    centre of the Gaussian under it (a fixed world offset), the readout before stop 28. On the
+    accuracy suite local_rigid raises exact-prior AJ by up to 0.08 and lowers no figure
     (docs/fit.md, "Tracks that turn with the object"). Occlusion flags are the same either way."""
 
     checkpoint_every: int = 5

@@ -11,12 +11,13 @@ last, and it is reported occluded there. Otherwise it is occluded when it projec
 image or lies behind the rendered surface (its camera z beyond the rendered depth by more than
 `motion.VISIBLE_DEPTH_TOLERANCE`).
 
-With `motion="local_rigid"` a query on a moving Gaussian instead moves with the rigid motion of
-the moving Gaussians around it (`RIGID_NEIGHBOURS` nearest at the query frame, weighted Kabsch
-each frame, refitted with residual weights): a fixed world offset from one Gaussian's centre does
-not turn with a spinning object, and one Gaussian's centre wanders more than a dozen's rigid
-motion. Its occlusion flags stay those of the point carried by its Gaussian (docs/fit.md, "Tracks
-that turn with the object").
+That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
+moving Gaussian instead moves with the rigid motion of the moving Gaussians around it
+(`RIGID_NEIGHBOURS` nearest at the query frame, weighted Kabsch each frame, refitted with residual
+weights) in the frames where that turn explains their motion (`RIGID_RESIDUAL_SHARE`): a fixed
+world offset from one Gaussian's centre does not turn with a spinning object. Its occlusion flags
+stay those of the point carried by its Gaussian (docs/fit.md, "Tracks that turn with the
+object").
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ neighbours would swing it far: it moves with its Gaussian."""
 RIGID_REFITS = 3
 """Refits of each frame's rigid motion with Cauchy weights on the residuals (Gaussians that
 drift or belong to another object count less)."""
+RIGID_RESIDUAL_SHARE = 0.5
+"""A frame's rigid motion carries the point only where it leaves the neighbours less than this
+share of the residual that their mean translation leaves (weighted RMS): the turn must explain
+most of their motion. Elsewhere (a neighbourhood that moves as one, or whose Gaussians wander
+too much for a turn to tell) the point is the carried one."""
 
 FRONT_SURFACE_GAP = 0.03
 """A query on a moving Gaussian is lifted at the front surface of its pixel (the first Gaussian
@@ -171,13 +177,13 @@ def _query_rays(result: FitResult, t: int, xy_r2: np.ndarray) -> tuple[np.ndarra
 
 
 def track_3d(
-    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "gaussian"
+    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_rigid"
 ) -> tuple[np.ndarray, np.ndarray]:
     """World tracks of the queried surface points: (float32 [Q, T, 3], alive bool [Q, T]).
 
-    The query pixel is lifted as the module says; the point then moves with its Gaussian's centre
-    (a fixed offset in world units, exact for still points), or as `motion` says. Outside the
-    Gaussian's life it is held at its first or last position (alive False there)."""
+    The query pixel is lifted as the module says; the point then moves as `motion` says (module
+    docstring). Outside the Gaussian's life it is held at its first or last position (alive False
+    there)."""
     tracks = track_queries(result, queries_q3, motion)
     return tracks.world_qt3, tracks.alive_qt
 
@@ -208,7 +214,7 @@ def _track_3d_of(
 
 
 def track_2d(
-    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "gaussian"
+    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_rigid"
 ) -> tuple[np.ndarray, np.ndarray]:
     """TAP-Vid tracks for query rows (t, y, x): (points float32 [Q, T, 2] as (x, y) pixels,
     occluded bool [Q, T])."""
@@ -244,7 +250,7 @@ class Tracks:
 
 
 def track_queries(
-    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "gaussian"
+    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_rigid"
 ) -> Tracks:
     """track_2d, track_3d and the moving flag of query rows (t, y, x), attaching them once.
 
@@ -310,18 +316,30 @@ def _local_rigid_points(
             # motion); the refits by their residuals.
             own_r3 = carried_qt3[rows, t] - carried_qt3[rows, t_query]
             unlike_rk = np.linalg.norm(b_rk3 - a_rk3 - own_r3[:, None], axis=-1)
-            R_r33, ca_r3, cb_r3 = weighted_rigid_fit(
-                a_rk3, b_rk3, prior_rk * _cauchy_rk(unlike_rk, alive_rk)
-            )
+            weight_fit_rk = prior_rk * _cauchy_rk(unlike_rk, alive_rk)
+            R_r33, ca_r3, cb_r3 = weighted_rigid_fit(a_rk3, b_rk3, weight_fit_rk)
             for _ in range(RIGID_REFITS):
-                moved_rk3 = np.einsum("rij,rkj->rki", R_r33, a_rk3 - ca_r3[:, None])
-                residual_rk = np.linalg.norm(moved_rk3 + cb_r3[:, None] - b_rk3, axis=-1)
-                R_r33, ca_r3, cb_r3 = weighted_rigid_fit(
-                    a_rk3, b_rk3, prior_rk * _cauchy_rk(residual_rk, alive_rk)
-                )
-            offset_r3 = surface_q3[rows] - ca_r3
-            points_qt3[rows, t] = np.einsum("rij,rj->ri", R_r33, offset_r3) + cb_r3
+                turned_rk3 = np.einsum("rij,rkj->rki", R_r33, a_rk3 - ca_r3[:, None])
+                residual_rk = np.linalg.norm(turned_rk3 + cb_r3[:, None] - b_rk3, axis=-1)
+                weight_fit_rk = prior_rk * _cauchy_rk(residual_rk, alive_rk)
+                R_r33, ca_r3, cb_r3 = weighted_rigid_fit(a_rk3, b_rk3, weight_fit_rk)
+            turned_rk3 = np.einsum("rij,rkj->rki", R_r33, a_rk3 - ca_r3[:, None])
+            turned_r = _weighted_rms_r(turned_rk3 + cb_r3[:, None] - b_rk3, weight_fit_rk)
+            shifted_r = _weighted_rms_r(
+                a_rk3 - ca_r3[:, None] + cb_r3[:, None] - b_rk3, weight_fit_rk
+            )
+            turns_r = turned_r < RIGID_RESIDUAL_SHARE * shifted_r
+            offset_r3 = surface_q3[rows[turns_r]] - ca_r3[turns_r]
+            points_qt3[rows[turns_r], t] = (
+                np.einsum("rij,rj->ri", R_r33[turns_r], offset_r3) + cb_r3[turns_r]
+            )
     return points_qt3.astype(np.float32)
+
+
+def _weighted_rms_r(misfit_rk3: np.ndarray, weight_rk: np.ndarray) -> np.ndarray:
+    """Weighted root mean square length of misfit vectors [R, K, 3], per row."""
+    squared_rk = (misfit_rk3**2).sum(axis=-1)
+    return np.sqrt((weight_rk * squared_rk).sum(axis=1) / weight_rk.sum(axis=1))
 
 
 def _cauchy_rk(residual_rk: np.ndarray, alive_rk: np.ndarray) -> np.ndarray:

@@ -659,9 +659,12 @@ def test_phase_timer_does_not_count_nested_phases_twice():
     assert 0.1 <= timer.seconds["optimise"] < 0.15  # the nested 0.1 s is densify's alone
 
 
-def _spinning_ball_result(T: int = 5) -> tuple[FitResult, np.ndarray, list[np.ndarray]]:
-    """A ball of 80 small Gaussians (radius 0.5, 4 m away) that spins 12 degrees per frame about
-    a tilted axis while it drifts right, before a big still back Gaussian. Returns the result,
+def _spinning_ball_result(
+    T: int = 5, spin_deg: float = 12.0, jitter: float = 0.0
+) -> tuple[FitResult, np.ndarray, list[np.ndarray]]:
+    """A ball of 80 small Gaussians (radius 0.5, 4 m away) that spins `spin_deg` per frame about
+    a tilted axis while it drifts right, before a big still back Gaussian; `jitter`: each ball
+    Gaussian also wanders by that standard deviation (m) per axis and frame. Returns the result,
     the ball's centres [T, 3] and rotations (from frame 0)."""
     i = np.arange(80) + 0.5
     polar, azimuth = np.arccos(1 - 2 * i / 80), np.pi * (1 + 5**0.5) * i
@@ -669,10 +672,14 @@ def _spinning_ball_result(T: int = 5) -> tuple[FitResult, np.ndarray, list[np.nd
         [np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)], 1
     )
     centres_t3 = np.array([[0.05 * t, 0.0, 4.0] for t in range(T)])
-    rotations = [axis_angle_33(np.array([0.3, 1.0, 0.2]), np.deg2rad(12.0 * t)) for t in range(T)]
+    rotations = [
+        axis_angle_33(np.array([0.3, 1.0, 0.2]), np.deg2rad(spin_deg * t)) for t in range(T)
+    ]
+    wander_tn3 = np.random.default_rng(0).normal(0.0, jitter, (T, 80, 3))
+    wander_tn3[0] = 0.0
     frames, depth = [], []
     for t in range(T):
-        ball_n3 = sphere_n3 @ rotations[t].T + centres_t3[t]
+        ball_n3 = sphere_n3 @ rotations[t].T + centres_t3[t] + wander_tn3[t]
         frame = FrameGaussians(
             means_n3=np.vstack([[0.0, 0.0, 9.0], ball_n3]).astype(np.float32),
             quats_n4=np.tile(np.array([1, 0, 0, 0], np.float32), (81, 1)),
@@ -725,6 +732,22 @@ def test_local_rigid_tracks_turn_with_a_spinning_object():
     np.testing.assert_array_equal(points, rigid.points_qt2)
     world, alive = track_3d(result, queries, "local_rigid")
     np.testing.assert_array_equal(world, rigid.world_qt3)
+
+
+def test_local_rigid_keeps_the_carried_point_where_no_turn_explains_the_motion():
+    # The ball drifts without turning, its Gaussians wandering 1 cm per axis and frame: a rigid
+    # turn explains no more of the neighbours' motion than their mean translation does.
+    result, _, _ = _spinning_ball_result(spin_deg=0.0, jitter=0.01)
+    queries = np.array([[0, 24.0, 33.0], [2, 21.0, 30.0]])
+    rigid = track_queries(result, queries, "local_rigid")
+    assert rigid.moving_q.all()
+    np.testing.assert_array_equal(
+        rigid.world_qt3, track_queries(result, queries, "gaussian").world_qt3
+    )
+    # Turning 12 degrees per frame under the same wander, the turn explains it.
+    result, _, _ = _spinning_ball_result(jitter=0.01)
+    moved = track_queries(result, queries, "local_rigid").world_qt3
+    assert np.abs(moved - track_queries(result, queries, "gaussian").world_qt3).max() > 0.02
 
 
 def test_local_rigid_weighs_down_gaussians_that_drift_off_the_object():

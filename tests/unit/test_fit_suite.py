@@ -171,16 +171,17 @@ def test_the_fit_configs_track_motion_makes_the_rows_tracks():
     cfg = dataclasses.replace(preset("test"), init_points=400, max_points=800, iters=10)
     clip = suite_clip("orbit")
     size = dict(width=48, height=32, n_frames=4, n_tracks=32)
-    rigid = run_clip(
-        clip,
-        "exact",
-        dataclasses.replace(cfg, track_motion="local_rigid"),
-        **size,
-        other_readout=track_2d,
-    )
-    carried = run_clip(
-        clip, "exact", cfg, **size, other_readout=functools.partial(track_2d, motion="local_rigid")
-    )
+    rows = {
+        motion: run_clip(
+            clip,
+            "exact",
+            dataclasses.replace(cfg, track_motion=motion),
+            **size,
+            other_readout=functools.partial(track_2d, motion=other),
+        )
+        for motion, other in (("local_rigid", "gaussian"), ("gaussian", "local_rigid"))
+    }
+    rigid, carried = rows["local_rigid"], rows["gaussian"]
     assert rigid["aj"] != carried["aj"]
     assert (rigid["aj"], rigid["other_aj"]) == (carried["other_aj"], carried["aj"])
 
