@@ -161,9 +161,8 @@ def weighted_rigid_fit(
     cb_b3 = np.einsum("bk,bkc->bc", share_bk, b_bk3)
     cov_b33 = np.einsum("bk,bki,bkj->bij", share_bk, b_bk3 - cb_b3[:, None], a_bk3 - ca_b3[:, None])
     U_b33, _, Vt_b33 = np.linalg.svd(cov_b33)
-    flip_b = np.sign(np.linalg.det(U_b33 @ Vt_b33))
     D_b33 = np.repeat(np.eye(3)[None], len(a_bk3), axis=0)
-    D_b33[:, 2, 2] = np.where(flip_b == 0, 1.0, flip_b)
+    D_b33[:, 2, 2] = np.sign(np.linalg.det(U_b33 @ Vt_b33))  # U, Vt orthogonal: det is +-1
     R_b33 = U_b33 @ D_b33 @ Vt_b33
     R_b33[empty_b] = np.eye(3)
     return R_b33, ca_b3, cb_b3

@@ -319,12 +319,13 @@ def _local_rigid_points(
             weight_fit_rk = prior_rk * _cauchy_rk(unlike_rk, alive_rk)
             R_r33, ca_r3, cb_r3 = weighted_rigid_fit(a_rk3, b_rk3, weight_fit_rk)
             for _ in range(RIGID_REFITS):
-                turned_rk3 = np.einsum("rij,rkj->rki", R_r33, a_rk3 - ca_r3[:, None])
-                residual_rk = np.linalg.norm(turned_rk3 + cb_r3[:, None] - b_rk3, axis=-1)
+                residual_rk = np.linalg.norm(
+                    _misfit_rk3(R_r33, ca_r3, cb_r3, a_rk3, b_rk3), axis=-1
+                )
                 weight_fit_rk = prior_rk * _cauchy_rk(residual_rk, alive_rk)
                 R_r33, ca_r3, cb_r3 = weighted_rigid_fit(a_rk3, b_rk3, weight_fit_rk)
-            turned_rk3 = np.einsum("rij,rkj->rki", R_r33, a_rk3 - ca_r3[:, None])
-            turned_r = _weighted_rms_r(turned_rk3 + cb_r3[:, None] - b_rk3, weight_fit_rk)
+            misfit_rk3 = _misfit_rk3(R_r33, ca_r3, cb_r3, a_rk3, b_rk3)
+            turned_r = _weighted_rms_r(misfit_rk3, weight_fit_rk)
             shifted_r = _weighted_rms_r(
                 a_rk3 - ca_r3[:, None] + cb_r3[:, None] - b_rk3, weight_fit_rk
             )
@@ -334,6 +335,14 @@ def _local_rigid_points(
                 np.einsum("rij,rj->ri", R_r33[turns_r], offset_r3) + cb_r3[turns_r]
             )
     return points_qt3.astype(np.float32)
+
+
+def _misfit_rk3(
+    R_r33: np.ndarray, ca_r3: np.ndarray, cb_r3: np.ndarray, a_rk3: np.ndarray, b_rk3: np.ndarray
+) -> np.ndarray:
+    """Where the rigid motion (R, ca, cb) of each row puts its points a, less where they are (b):
+    [R, K, 3]."""
+    return np.einsum("rij,rkj->rki", R_r33, a_rk3 - ca_r3[:, None]) + cb_r3[:, None] - b_rk3
 
 
 def _weighted_rms_r(misfit_rk3: np.ndarray, weight_rk: np.ndarray) -> np.ndarray:
