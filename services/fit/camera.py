@@ -2,10 +2,11 @@
 
 Poses are world-to-camera 4x4 matrices inside the optimiser (what the renderer takes) and
 camera-to-world in the outputs, OpenCV axes (x right, y down, z forward). A frame's pose starts
-from the still part of the previous frame: the depth prior (at the model's scale) lifts its
-reliable pixels to 3D, the forward flow says where they went, and RANSAC PnP solves for the new
-camera. Then the pose is refined by rendering only the still Gaussians against the still pixels of
-the new frame.
+from the still part of the previous frame: the depth prior (at the model's scale; with
+`camera_depth="model"` partly the model's own still depth, `lifting_depth_hw`) lifts its reliable
+pixels to 3D, the forward flow says where they went, and RANSAC PnP solves for the new camera.
+Then the pose is refined by rendering only the still Gaussians against the still pixels of the
+new frame.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ _PNP_MAX_POINTS = 4000  # correspondences fed to RANSAC (a random subset of the 
 _PNP_MIN_INLIERS = 12
 _MIN_SCALE_PIXELS = 50  # still pixels needed to re-estimate the depth prior's scale
 _SCALE_RANGE = (0.5, 2.0)
+MODEL_DEPTH_TOLERANCE = 0.05
+"""Relative departure of the scaled depth prior from the model's still depth beyond which
+`camera_depth="model"` lifts a pixel at the model's depth (within it the prior stands)."""
 
 
 def _hat_33(omega_3: torch.Tensor) -> torch.Tensor:
@@ -174,32 +178,45 @@ def flow_correspondences(
     return points_p3, xy_p2 + flow_fwd_hw2[ys, xs]
 
 
+def lifting_depth_hw(
+    prior_depth_hw: np.ndarray, model_depth_hw: np.ndarray, model_alpha_hw: np.ndarray
+) -> np.ndarray:
+    """Depth that lifts a frame's still pixels for the next camera with `camera_depth="model"`:
+    the model's still depth (rendered at the frame's pose) where the still Gaussians cover the
+    pixel and the scaled prior departs from it by more than `MODEL_DEPTH_TOLERANCE`, the prior
+    elsewhere. An estimated prior changes shape from frame to frame; the model holds one map."""
+    covered_hw = (model_alpha_hw >= COVERED_ALPHA) & (model_depth_hw > 0)
+    departs_hw = np.abs(prior_depth_hw - model_depth_hw) > MODEL_DEPTH_TOLERANCE * model_depth_hw
+    return np.where(covered_hw & departs_hw, model_depth_hw, prior_depth_hw).astype(np.float32)
+
+
 def pnp_start(
     priors: FitPriors,
     t: int,
-    prior_depth_prev_hw: np.ndarray,
+    depth_prev_hw: np.ndarray,
     c2w_prev_44: np.ndarray,
     mask_threshold: float,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Start pose of frame t: PnP on the flow correspondences of frame t-1's reliable still
-    pixels, lifted by its depth prior (at the model's scale) at its pose, from the prior pose of
-    frame t when the priors have one, else from frame t-1's. Returns (c2w_44, inlier points
-    [I, 3], their pixels [I, 2]); the guess and none when PnP finds no pose."""
+    pixels, lifted by `depth_prev_hw` (its depth prior at the model's scale, or
+    `lifting_depth_hw`; 0 = unknown) at its pose, from the prior pose of frame t when the priors
+    have one, else from frame t-1's. Returns (c2w_44, inlier points [I, 3], their pixels
+    [I, 2]); the guess and none when PnP finds no pose."""
     c2w_guess_44 = (
         c2w_prev_44 if priors.c2w_t44 is None else np.asarray(priors.c2w_t44[t], np.float64)
     )
     reliable_hw = reliable_still_hw(
         priors.flow_fwd_t1hw2[t - 1],
         None if priors.flow_bwd_t1hw2 is None else priors.flow_bwd_t1hw2[t - 1],
-        priors.depth_thw[t - 1] > 0,
+        depth_prev_hw > 0,
         np.asarray(priors.moving_thw[t - 1], np.float32),
         np.asarray(priors.moving_thw[t], np.float32),
         mask_threshold,
     )
     K_33 = np.asarray(priors.K_33, np.float64)
     points_p3, pixels_p2 = flow_correspondences(
-        prior_depth_prev_hw, reliable_hw, priors.flow_fwd_t1hw2[t - 1], K_33, c2w_prev_44
+        depth_prev_hw, reliable_hw, priors.flow_fwd_t1hw2[t - 1], K_33, c2w_prev_44
     )
     found = pnp_c2w(points_p3, pixels_p2, K_33, c2w_guess_44, rng)
     if found is None:

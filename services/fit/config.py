@@ -97,6 +97,18 @@ class FitConfig:
     the offline depth stage's global alignment): the depth term and new Gaussians then hold the
     model's scale instead of following its drift (docs/fit.md, "The depth prior's scale")."""
 
+    camera_depth: Literal["prior", "model"] = "prior"
+    """Depth at which the camera lifts frame t-1's still pixels to the world points of its PnP
+    and reprojection term: "prior" = the depth prior at the model's scale; "model" = the still
+    Gaussians' rendered depth at frame t-1's pose, after that frame's optimisation, where they
+    cover the pixel and the prior departs from it by more than `camera.MODEL_DEPTH_TOLERANCE`
+    (the prior elsewhere): the camera is tracked against the model's one map rather than each
+    frame's own estimate. Through the offline depth backend at 96x72 that brings the accuracy
+    suite's orbit camera from 4.7 % to 1.9 % of its path, but not every figure of the suite up
+    (at 256x192 on the GPU a first version cost orbit-nonrigid's and orbit-3-leaving's cameras),
+    and the PnP no longer overlaps the previous frame's optimisation: opt-in (docs/fit.md,
+    "Cameras tracked against the model's depth")."""
+
     moving_depth_from_filled_prior: bool = True
     """A moving Gaussian's camera z follows the depth prior's change along its flow also where
     the prior was filled in rather than measured (confidence below

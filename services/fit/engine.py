@@ -30,7 +30,7 @@ from services.common.errors import InvalidArgumentError, ProgressFn, no_progress
 from services.fit import checkpoint as ckpt
 from services.fit import losses
 from services.fit.adam import fused_adam_step
-from services.fit.camera import depth_prior_scale, pnp_start, refine_still_pose
+from services.fit.camera import depth_prior_scale, lifting_depth_hw, pnp_start, refine_still_pose
 from services.fit.compiled import fuse
 from services.fit.config import FitConfig, FitRuntime
 from services.fit.densify import DensifyStrategy
@@ -173,8 +173,12 @@ class _Fitter:
         with self.timer.phase("initialise"):
             self.gaussians = self.seeder.first_frame(c2w_44, self._rng(0))
         self.out.depth_scale.append(1.0)
-        self._start_pnp(1, c2w_44)
+        lift_at_model = cfg.camera_depth == "model"
+        if not lift_at_model:
+            self._start_pnp(1, c2w_44)
         self._optimise(0, c2w_44, cfg.iters_first, cfg.lr_first, densify_first=False)
+        if lift_at_model:
+            self._start_pnp(1, c2w_44)
         return c2w_44
 
     def _fit_next(self, t: int) -> np.ndarray:
@@ -188,13 +192,17 @@ class _Fitter:
         with self.timer.phase("depth_scale"):
             scale = self._depth_scale(t, c2w_44) if cfg.rescale_depth_prior else 1.0
             self.out.depth_scale.append(scale)
-        self._start_pnp(t + 1, c2w_44)
+        lift_at_model = cfg.camera_depth == "model"
+        if not lift_at_model:
+            self._start_pnp(t + 1, c2w_44)
         with self.timer.phase("split_and_move"):
             flow = self._split_and_move(t, c2w_prev, c2w_44, depth_prev_hw, alpha_prev_hw)
         anchor_n3 = self.gaussians.means_n3.clone()
         self._optimise(
             t, c2w_44, cfg.iters, cfg.lr, densify_first=True, flow=flow, anchor_n3=anchor_n3
         )
+        if lift_at_model:
+            self._start_pnp(t + 1, c2w_44)
         return c2w_44
 
     def _split_and_move(
@@ -255,16 +263,28 @@ class _Fitter:
             return np.linalg.inv(w2c_44.detach().cpu().numpy().astype(np.float64))
 
     def _start_pnp(self, t: int, c2w_prev: np.ndarray) -> None:
-        """Starts `camera.pnp_start` of frame t on the worker thread as soon as frame t-1's pose
-        and depth scale are final: it needs nothing else of frame t-1, so it runs on the CPU while
-        frame t-1's Gaussians are optimised (on CUDA that hides it; the result is the same)."""
+        """Starts `camera.pnp_start` of frame t on the worker thread. Lifting at the depth prior,
+        it starts as soon as frame t-1's pose and depth scale are final: it needs nothing else of
+        frame t-1, so it runs on the CPU while frame t-1's Gaussians are optimised (on CUDA that
+        hides it; the result is the same). With `camera_depth="model"` it starts after that
+        optimisation and lifts at the model as it then stands (what a checkpoint holds, so a
+        resumed fit repeats it)."""
         if t < self.T:
-            prior_depth_prev_hw = self._prior_depth(t - 1)
+            depth_prev_hw = self._prior_depth(t - 1)
+            if self.cfg.camera_depth == "model":
+                g = self.gaussians
+                with torch.no_grad():
+                    still_out = self._render(g, self._w2c(c2w_prev), select_n=~g.moving_n)
+                depth_prev_hw = lifting_depth_hw(
+                    depth_prev_hw,
+                    mean_depth_hw(still_out).cpu().numpy(),
+                    still_out.alpha_hw.cpu().numpy(),
+                )
             task = self.pnp_worker.submit(
                 pnp_start,
                 self.priors,
                 t,
-                prior_depth_prev_hw,
+                depth_prev_hw,
                 c2w_prev,
                 self.cfg.mask_threshold,
                 self._rng(t, 1),

@@ -189,6 +189,45 @@ def test_videos(fitted, scene):
     assert np.abs(reconstruction[:, :, :W] - reconstruction[:, :, W:]).mean() < 8.0
 
 
+def test_cameras_tracked_against_the_model_depth_hold_a_prior_that_changes_shape(scene, tmp_path):
+    """An estimated depth prior bends differently in every frame; lifting the camera's still
+    points at the model's own depth (`camera_depth="model"`) tracks the camera against one map.
+    Measured on this clip (2-core CPU): ATE 11.6 mm at the prior, 5.9 mm at the model."""
+    T, H, W = scene.depth_thw.shape
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:H, 0:W] / max(H, W)
+    waves_thw = np.stack(
+        [
+            np.sin(
+                2
+                * np.pi
+                * (xx * rng.uniform(0.5, 1.5) + yy * rng.uniform(0.5, 1.5) + rng.uniform())
+            )
+            for _ in range(T)
+        ]
+    )
+    bent = _priors(scene, depth_thw=(scene.depth_thw * (1 + 0.1 * waves_thw)).astype(np.float32))
+    cfg = dataclasses.replace(preset("test"), camera_depth="model")
+    at_prior = fit(bent, preset("test"))
+    at_model = fit(bent, cfg)
+    ate_prior = metrics.ate_rpe(at_prior.c2w_t44, scene.c2w_t44)["ate"]
+    ate_model = metrics.ate_rpe(at_model.c2w_t44, scene.c2w_t44)["ate"]
+    assert ate_model < 0.7 * ate_prior
+
+    # The PnP lifts at the model as a checkpoint holds it: a resumed fit repeats the straight one.
+    sink = FolderCheckpoints(tmp_path / "checkpoints")
+
+    def stop_after_five(done: int, total: int, message: str) -> None:
+        if done == 5:
+            raise CancelledError("stopped on purpose")
+
+    with pytest.raises(CancelledError):
+        fit(bent, cfg, progress=stop_after_five, checkpoints=sink)
+    resumed = fit(bent, cfg, checkpoints=sink)
+    assert resumed.resumed_from == 3
+    assert np.array_equal(resumed.c2w_t44, at_model.c2w_t44)
+
+
 def test_prior_poses_start_the_cameras():
     short = make_scene(SceneConfig(n_frames=3, seed=5))
     result = fit(_priors(short, c2w_t44=short.c2w_t44), preset("test"))

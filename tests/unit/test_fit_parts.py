@@ -289,6 +289,16 @@ def test_pnp_recovers_a_pose_from_exact_correspondences():
     assert len(inlier_points) == 270
 
 
+def test_the_model_depth_lifts_where_it_covers_and_the_prior_departs():
+    prior_hw = np.array([[2.0, 2.0, 2.0, 2.0]], np.float32)
+    model_hw = np.array([[2.09, 2.11, 1.0, 0.0]], np.float32)
+    alpha_hw = np.array([[1.0, 1.0, 0.4, 1.0]], np.float32)
+    # within 5 %: the prior; beyond: the model; uncovered or empty: the prior.
+    lifted_hw = camera.lifting_depth_hw(prior_hw, model_hw, alpha_hw)
+    assert np.array_equal(lifted_hw, np.array([[2.0, 2.11, 2.0, 2.0]], np.float32))
+    assert lifted_hw.dtype == np.float32
+
+
 def _wall_refinement(monkeypatch):
     """Still Gaussians on a textured wall, the frame they render at a known pose, and a camera
     refinement of them against it that counts its renders: (refine(start_w2c, iters, patience)
