@@ -3,7 +3,8 @@
 # Usage on the GPU machine, from the repo root, with wheels in .whl and stubs in gflow/:
 #   bash bench/gpu_session.sh render   # gsplat JIT build, parity test, renderer bench
 #   bash bench/gpu_session.sh jit      # the gsplat JIT build alone (its module to $OUT, as below)
-#   bash bench/gpu_session.sh fit-default | fit-fast | flow
+#   [FIT_FLAGS="..."] bash bench/gpu_session.sh fit-default | fit-fast | flow  # FIT_FLAGS: more
+#     bench/fit_bench.py flags (e.g. "--compile --repeats 2 --other-tracks path/to/tracks.py")
 #   bash bench/gpu_session.sh fit-bars   # the fit speed bars as the deploy files run the fit: both
 #     presets compiled, fit seeds 0-2 in one process each (fast on GPU 0 and default on GPU 1 at
 #     the same time where there are two, else one after the other; the first fit of a process
@@ -62,7 +63,7 @@ case "$mode" in
     ;;
   fit-default|fit-fast)
     preset=${mode#fit-}
-    python3 bench/fit_bench.py --presets "$preset" --json-out "$OUT/fit_$preset.json" 2>&1 | tee "$OUT/fit_$preset.log"
+    python3 bench/fit_bench.py --presets "$preset" ${FIT_FLAGS:-} --json-out "$OUT/fit_$preset.json" 2>&1 | tee "$OUT/fit_$preset.log"
     ;;
   fit-bars)
     bars() {  # GPU index, preset: three compiled fits in one process (about 400 s for default)
