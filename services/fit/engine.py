@@ -173,12 +173,9 @@ class _Fitter:
         with self.timer.phase("initialise"):
             self.gaussians = self.seeder.first_frame(c2w_44, self._rng(0))
         self.out.depth_scale.append(1.0)
-        lift_at_model = cfg.camera_depth == "model"
-        if not lift_at_model:
-            self._start_pnp(1, c2w_44)
+        self._start_next_pnp(1, c2w_44, optimised=False)
         self._optimise(0, c2w_44, cfg.iters_first, cfg.lr_first, densify_first=False)
-        if lift_at_model:
-            self._start_pnp(1, c2w_44)
+        self._start_next_pnp(1, c2w_44, optimised=True)
         return c2w_44
 
     def _fit_next(self, t: int) -> np.ndarray:
@@ -192,17 +189,14 @@ class _Fitter:
         with self.timer.phase("depth_scale"):
             scale = self._depth_scale(t, c2w_44) if cfg.rescale_depth_prior else 1.0
             self.out.depth_scale.append(scale)
-        lift_at_model = cfg.camera_depth == "model"
-        if not lift_at_model:
-            self._start_pnp(t + 1, c2w_44)
+        self._start_next_pnp(t + 1, c2w_44, optimised=False)
         with self.timer.phase("split_and_move"):
             flow = self._split_and_move(t, c2w_prev, c2w_44, depth_prev_hw, alpha_prev_hw)
         anchor_n3 = self.gaussians.means_n3.clone()
         self._optimise(
             t, c2w_44, cfg.iters, cfg.lr, densify_first=True, flow=flow, anchor_n3=anchor_n3
         )
-        if lift_at_model:
-            self._start_pnp(t + 1, c2w_44)
+        self._start_next_pnp(t + 1, c2w_44, optimised=True)
         return c2w_44
 
     def _split_and_move(
@@ -261,6 +255,13 @@ class _Fitter:
                 self.fused,
             )
             return np.linalg.inv(w2c_44.detach().cpu().numpy().astype(np.float64))
+
+    def _start_next_pnp(self, t: int, c2w_prev: np.ndarray, *, optimised: bool) -> None:
+        """`_start_pnp` of frame t at its moment in frame t-1's work: before frame t-1's
+        optimisation (`optimised` False) lifting at the prior, after it with
+        `camera_depth="model"`."""
+        if optimised == (self.cfg.camera_depth == "model"):
+            self._start_pnp(t, c2w_prev)
 
     def _start_pnp(self, t: int, c2w_prev: np.ndarray) -> None:
         """Starts `camera.pnp_start` of frame t on the worker thread. Lifting at the depth prior,
