@@ -8,6 +8,7 @@ relative pose of two camera-to-world poses is `geometry.relative_pose_from_c2w`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +18,8 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from services.common.errors import InvalidArgumentError
+
+logger = logging.getLogger(__name__)
 
 MIN_MATCHES = 8  # fewest correspondences worth handing to the five-point RANSAC
 
@@ -137,6 +140,55 @@ def refine_pose(
     return unpack(fit.x)
 
 
+ESSENTIAL_RETRIES = 4  # reorderings of the matches tried when OpenCV's five-point solver fails
+
+
+def essential_matrix(
+    pts_a_m2: np.ndarray,
+    pts_b_m2: np.ndarray,
+    K_33: np.ndarray,
+    threshold_px: float,
+    confidence: float,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """OpenCV's five-point RANSAC essential matrix (E, inlier mask [M, 1]), or (None, None).
+
+    OpenCV 5.1's five-point solver stops some calls with an assertion in `solvePoly` when a
+    minimal sample gives a degenerate polynomial (seen on real ScanNet pairs). Its RANSAC draws
+    the same samples on every call, so the call is repeated with the matches in another
+    (seeded) order, which draws other samples; the mask is put back in the callers' order.
+    Under OpenCV 5.0 and older the first call returns and nothing changes.
+    """
+    for attempt in range(ESSENTIAL_RETRIES + 1):
+        order = (
+            np.arange(len(pts_a_m2))
+            if attempt == 0
+            else np.random.default_rng(attempt).permutation(len(pts_a_m2))
+        )
+        try:
+            E, mask = cv2.findEssentialMat(
+                pts_a_m2[order],
+                pts_b_m2[order],
+                K_33,
+                method=cv2.RANSAC,
+                prob=confidence,
+                threshold=threshold_px,
+            )
+        except cv2.error as exc:
+            logger.warning(
+                "OpenCV %s's five-point essential-matrix solver failed (%s); retrying with the "
+                "matches reordered (%d of %d)",
+                cv2.__version__,
+                str(exc).strip().splitlines()[-1],
+                attempt + 1,
+                ESSENTIAL_RETRIES,
+            )
+            continue
+        if mask is not None:
+            mask = mask[np.argsort(order)]
+        return E, mask
+    return None, None
+
+
 def relative_pose(
     image_a: np.ndarray,
     image_b: np.ndarray,
@@ -156,14 +208,7 @@ def relative_pose(
             f"only {len(pts_a)} feature matches (need {MIN_MATCHES}): the views may "
             "not overlap or lack texture",
         )
-    E, mask = cv2.findEssentialMat(
-        pts_a,
-        pts_b,
-        K_33,
-        method=cv2.RANSAC,
-        prob=cfg.ransac_confidence,
-        threshold=cfg.ransac_threshold_px,
-    )
+    E, mask = essential_matrix(pts_a, pts_b, K_33, cfg.ransac_threshold_px, cfg.ransac_confidence)
     if E is None or E.shape[0] < 3:
         raise InvalidArgumentError("image_b", "no essential matrix fits the matches")
     E = E[:3]  # degenerate inputs stack several solutions; take the best-supported first one

@@ -15,8 +15,13 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgumentError
-from services.common.geometry import relative_pose_from_c2w, rotation_angle_deg
-from services.common.two_view import TwoViewConfig, relative_pose, sampson_px
+from services.common.geometry import relative_pose_from_c2w, rotation_33, rotation_angle_deg
+from services.common.two_view import (
+    TwoViewConfig,
+    essential_matrix,
+    relative_pose,
+    sampson_px,
+)
 from services.evaluation.metrics import direction_error_deg, rotation_error_deg
 from services.synthetic.scene import SceneConfig, make_scene
 
@@ -88,3 +93,53 @@ def test_textureless_views_are_refused():
     K = np.array([[100.0, 0, 80], [0, 100.0, 60], [0, 0, 1]])
     with pytest.raises(InvalidArgumentError, match="feature matches"):
         relative_pose(flat, flat, K)
+
+
+def _matches_with_outliers(rng: np.random.Generator):
+    """Exact matches of random points between two views, a fifth of them replaced by noise."""
+    K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    R = rotation_33("y", np.deg2rad(4.0)) @ rotation_33("x", np.deg2rad(-2.0))
+    t = np.array([0.3, -0.05, 0.1])
+    X_a = np.column_stack(
+        [rng.uniform(-2, 2, 200), rng.uniform(-1.5, 1.5, 200), rng.uniform(3, 8, 200)]
+    )
+    X_b = X_a @ R.T + t
+    pts_a = ((X_a / X_a[:, 2:]) @ K.T)[:, :2]
+    pts_b = ((X_b / X_b[:, 2:]) @ K.T)[:, :2]
+    outlier = rng.random(200) < 0.2
+    pts_b[outlier] = rng.uniform([0, 0], [320, 240], (outlier.sum(), 2))
+    return K, R, t, pts_a, pts_b, outlier
+
+
+def test_a_failing_five_point_solver_is_retried_with_the_matches_reordered(monkeypatch):
+    """OpenCV 5.1 asserts in the five-point solver on some inputs (real ScanNet pairs); the
+    retry must give a pose and an inlier mask in the callers' order."""
+    K, R, t, pts_a, pts_b, outlier = _matches_with_outliers(np.random.default_rng(0))
+    real = cv2.findEssentialMat
+    calls = []
+
+    def fails_first(*args, **kwargs):
+        calls.append(args[0].copy())
+        if len(calls) == 1:
+            raise cv2.error("solvePoly: (-215:Assertion failed) as OpenCV 5.1 raises it")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cv2, "findEssentialMat", fails_first)
+    E, mask = essential_matrix(pts_a, pts_b, K, 1.0, 0.999)
+    assert len(calls) == 2 and not np.array_equal(calls[0], calls[1])  # retried, reordered
+    np.testing.assert_array_equal(mask.ravel() > 0, ~outlier)
+    _, R_est, t_est, _ = cv2.recoverPose(E[:3], pts_a, pts_b, K, mask=mask.copy())
+    assert rotation_error_deg(R_est, R) < 0.01
+    assert direction_error_deg(t_est.ravel(), t) < 0.1
+
+
+def test_a_five_point_solver_that_always_fails_gives_a_clear_error(monkeypatch):
+    def always_fails(*args, **kwargs):
+        raise cv2.error("solvePoly: (-215:Assertion failed)")
+
+    monkeypatch.setattr(cv2, "findEssentialMat", always_fails)
+    K, _, _, pts_a, pts_b, _ = _matches_with_outliers(np.random.default_rng(1))
+    assert essential_matrix(pts_a, pts_b, K, 1.0, 0.999) == (None, None)
+    sc = make_scene(SceneConfig(height=120, width=160, n_objects=0, n_tracks=0))
+    with pytest.raises(InvalidArgumentError, match="no essential matrix"):
+        relative_pose(sc.frames_thw3[0], sc.frames_thw3[4], sc.K_33)

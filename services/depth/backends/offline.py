@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from services.common.geometry import camera_rays_p3, focal_intrinsics_33, pixel_grid_hw2
-from services.common.two_view import refine_pose, sampson_px
+from services.common.two_view import essential_matrix, refine_pose, sampson_px
 from services.depth.backends.base import WindowDepth
 from services.depth.flows import PairFlows
 from services.depth.quality import warp_to_source
@@ -139,9 +139,7 @@ def pose_from_matches(
     if len(pts_a) < MIN_MATCHES:
         return None
     cv2.setRNGSeed(0)  # RANSAC draws from OpenCV's global generator: keep results repeatable
-    E, mask = cv2.findEssentialMat(
-        pts_a, pts_b, K_33, cv2.RANSAC, RANSAC_CONFIDENCE, settings.epipolar_px
-    )
+    E, mask = essential_matrix(pts_a, pts_b, K_33, settings.epipolar_px, RANSAC_CONFIDENCE)
     if E is None or E.shape[0] < 3:
         return None
     n_good, R, t, pose_mask = cv2.recoverPose(E[:3], pts_a, pts_b, K_33, mask=mask.copy())
