@@ -175,12 +175,12 @@ def essential_matrix(
             )
         except cv2.error as exc:
             logger.warning(
-                "OpenCV %s's five-point essential-matrix solver failed (%s); retrying with the "
-                "matches reordered (%d of %d)",
+                "OpenCV %s's five-point essential-matrix solver failed on try %d of %d (%s)%s",
                 cv2.__version__,
-                str(exc).strip().splitlines()[-1],
                 attempt + 1,
-                ESSENTIAL_RETRIES,
+                ESSENTIAL_RETRIES + 1,
+                str(exc).strip().splitlines()[-1],
+                "; retrying with the matches reordered" if attempt < ESSENTIAL_RETRIES else "",
             )
             continue
         if mask is not None:
