@@ -100,7 +100,7 @@ class FitConfig:
     camera_depth: Literal["prior", "model"] = "prior"
     """Depth at which the camera lifts frame t-1's still pixels to the world points of its PnP
     and reprojection term: "prior" = the depth prior at the model's scale; "model" = the still
-    Gaussians' rendered depth at frame t-1's pose, after that frame's optimisation, where they
+    Gaussians' rendered depth at frame t-1's pose once that frame is finished, where they
     cover the pixel and the prior departs from it by more than `camera.MODEL_DEPTH_TOLERANCE`
     (the prior elsewhere): the camera is tracked against the model's one map rather than each
     frame's own estimate. Through the offline depth backend at 96x72 that brings the accuracy

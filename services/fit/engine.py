@@ -125,6 +125,7 @@ class _Fitter:
             c2w_44 = self._fit_first() if t == 0 else self._fit_next(t)
             with self.timer.phase("finish_frame"):
                 self._finish_frame(t, c2w_44)
+            self._start_next_pnp(t + 1, c2w_44, finished=True)
             self.seconds += time.perf_counter() - started
             if self.sink is not None and (
                 (t + 1) % self.cfg.checkpoint_every == 0 or t == self.T - 1
@@ -173,9 +174,8 @@ class _Fitter:
         with self.timer.phase("initialise"):
             self.gaussians = self.seeder.first_frame(c2w_44, self._rng(0))
         self.out.depth_scale.append(1.0)
-        self._start_next_pnp(1, c2w_44, optimised=False)
+        self._start_next_pnp(1, c2w_44, finished=False)
         self._optimise(0, c2w_44, cfg.iters_first, cfg.lr_first, densify_first=False)
-        self._start_next_pnp(1, c2w_44, optimised=True)
         return c2w_44
 
     def _fit_next(self, t: int) -> np.ndarray:
@@ -189,14 +189,13 @@ class _Fitter:
         with self.timer.phase("depth_scale"):
             scale = self._depth_scale(t, c2w_44) if cfg.rescale_depth_prior else 1.0
             self.out.depth_scale.append(scale)
-        self._start_next_pnp(t + 1, c2w_44, optimised=False)
+        self._start_next_pnp(t + 1, c2w_44, finished=False)
         with self.timer.phase("split_and_move"):
             flow = self._split_and_move(t, c2w_prev, c2w_44, depth_prev_hw, alpha_prev_hw)
         anchor_n3 = self.gaussians.means_n3.clone()
         self._optimise(
             t, c2w_44, cfg.iters, cfg.lr, densify_first=True, flow=flow, anchor_n3=anchor_n3
         )
-        self._start_next_pnp(t + 1, c2w_44, optimised=True)
         return c2w_44
 
     def _split_and_move(
@@ -256,20 +255,20 @@ class _Fitter:
             )
             return np.linalg.inv(w2c_44.detach().cpu().numpy().astype(np.float64))
 
-    def _start_next_pnp(self, t: int, c2w_prev: np.ndarray, *, optimised: bool) -> None:
+    def _start_next_pnp(self, t: int, c2w_prev: np.ndarray, *, finished: bool) -> None:
         """`_start_pnp` of frame t at its moment in frame t-1's work: before frame t-1's
-        optimisation (`optimised` False) lifting at the prior, after it with
-        `camera_depth="model"`."""
-        if optimised == (self.cfg.camera_depth == "model"):
+        optimisation (`finished` False) lifting at the prior, once frame t-1 is finished
+        (optimised and pruned) with `camera_depth="model"`."""
+        if finished == (self.cfg.camera_depth == "model"):
             self._start_pnp(t, c2w_prev)
 
     def _start_pnp(self, t: int, c2w_prev: np.ndarray) -> None:
         """Starts `camera.pnp_start` of frame t on the worker thread. Lifting at the depth prior,
         it starts as soon as frame t-1's pose and depth scale are final: it needs nothing else of
         frame t-1, so it runs on the CPU while frame t-1's Gaussians are optimised (on CUDA that
-        hides it; the result is the same). With `camera_depth="model"` it starts after that
-        optimisation and lifts at the model as it then stands (what a checkpoint holds, so a
-        resumed fit repeats it)."""
+        hides it; the result is the same). With `camera_depth="model"` it starts once frame t-1 is
+        finished and lifts at the model as it then stands, pruned: what a checkpoint holds, so a
+        resumed fit repeats it."""
         if t < self.T:
             depth_prev_hw = self._prior_depth(t - 1)
             if self.cfg.camera_depth == "model":
