@@ -14,7 +14,7 @@ from typing import Literal
 from services.common.config import check_choices
 from services.common.errors import InvalidArgumentError
 
-TrackMotion = Literal["gaussian", "local_rigid"]
+TrackMotion = Literal["gaussian", "local_rigid", "local_affine"]
 """How a track's point moves (services/fit/tracks.py)."""
 
 
@@ -130,7 +130,12 @@ class FitConfig:
     their motion (so it turns with a spinning object), else as gaussian; gaussian, with the
     centre of the Gaussian under it (a fixed world offset), the readout before stop 28. On the
     accuracy suite local_rigid raises exact-prior AJ by up to 0.08 and lowers no figure
-    (docs/fit.md, "Tracks that turn with the object"). Occlusion flags are the same either way."""
+    (docs/fit.md, "Tracks that turn with the object"); local_affine, as local_rigid, and in the
+    frames where one affine map of the image carries the 16 moving Gaussians around the query
+    (their centres' pixels), the query's pixel goes where that map puts it, at local_rigid's depth:
+    with exact priors exact-prior AJ +0.02-0.05 on the suite, through DIS flow a few rows lose up
+    to 0.007, so it is opt-in (docs/fit.md, "Tracks that follow the image motion around them").
+    Occlusion flags are the same in all three."""
 
     checkpoint_every: int = 5
     """Frames between checkpoints (when a checkpoint sink is given)."""

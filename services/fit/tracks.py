@@ -57,6 +57,16 @@ share of the residual that their mean translation leaves (weighted RMS): the tur
 most of their motion. Elsewhere (a neighbourhood that moves as one, or whose Gaussians wander
 too much for a turn to tell) the point is the carried one."""
 
+AFFINE_RESIDUAL_SHARE = 0.5
+"""`local_affine`: the neighbours' image motion from the query frame to another must fit one
+affine map of the image to within this share of the residual their mean shift leaves (weighted
+RMS, pixels) for the map to carry the query's pixel there: a moving object whose centres the flow
+carries coherently (exact or clean flow), not Gaussians that wander about the flow's noise."""
+AFFINE_DISTANCE_FLOOR_PX = 0.5
+"""Neighbours weigh 1 / (their distance in pixels from the query at its frame + this)."""
+AFFINE_MAX_CONDITION = 1e8
+"""Neighbours whose centres lie (nearly) on one line do not determine an affine map."""
+
 FRONT_SURFACE_GAP = 0.03
 """A query on a moving Gaussian is lifted at the front surface of its pixel (the first Gaussian
 along the ray after which less than half the light passes) where that lies at least this share
@@ -261,9 +271,13 @@ def track_queries(
     points_qt2, occluded_qt = _project_tracks(result, carried_qt3, alive_qt)
     if motion == "gaussian":
         return Tracks(points_qt2, occluded_qt, carried_qt3, alive_qt, moving_q)
-    if motion != "local_rigid":
-        raise InvalidArgumentError("motion", f"{motion!r}: use gaussian or local_rigid")
+    if motion not in ("local_rigid", "local_affine"):
+        raise InvalidArgumentError(
+            "motion", f"{motion!r}: use gaussian, local_rigid or local_affine"
+        )
     world_qt3 = _local_rigid_points(result, queries_q3, surface_q3, moving_q, carried_qt3)
+    if motion == "local_affine":
+        world_qt3 = _image_affine_points(result, queries_q3, moving_q, world_qt3)
     points_qt2, _ = _project_tracks(result, world_qt3, alive_qt)
     return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
 
@@ -337,6 +351,91 @@ def _local_rigid_points(
     return points_qt3.astype(np.float32)
 
 
+def _image_affine_points(
+    result: FitResult, queries_q3: np.ndarray, moving_q: np.ndarray, world_qt3: np.ndarray
+) -> np.ndarray:
+    """World points [Q, T, 3] of the `local_affine` motion: a moving query's pixel in frame t is
+    where the affine map of the image that carries its neighbours' centres (the `RIGID_NEIGHBOURS`
+    moving Gaussians whose centres project nearest to it at the query frame) from the query
+    frame to t puts it, wherever that map explains their image motion (`AFFINE_RESIDUAL_SHARE`);
+    the point keeps the camera z that `world_qt3` gives it there. Elsewhere `world_qt3` stands."""
+    points_qt3 = world_qt3.astype(np.float64)
+    t_q = queries_q3[:, 0].astype(int)
+    projected = [
+        project_p2(result.K_33, c2w_44, frame.means_n3.astype(np.float64))[0]
+        for frame, c2w_44 in zip(result.frames, result.c2w_t44, strict=True)
+    ]
+    for t_query in np.unique(t_q[moving_q]):
+        rows_r = np.flatnonzero(moving_q & (t_q == t_query))
+        frame = result.frames[t_query]
+        moving_m = np.flatnonzero(frame.moving_n)
+        if len(moving_m) < RIGID_MIN_NEIGHBOURS:
+            continue
+        query_r2 = queries_q3[rows_r][:, [2, 1]]
+        k = min(RIGID_NEIGHBOURS, len(moving_m))
+        dist_rk, near_rk = cKDTree(projected[t_query][moving_m]).query(query_r2, k)
+        dist_rk, near_rk = dist_rk.reshape(len(rows_r), k), near_rk.reshape(len(rows_r), k)
+        # A centre right under the query does not outweigh all others.
+        weight_rk = 1.0 / (dist_rk + AFFINE_DISTANCE_FLOOR_PX)
+        ids_rk = frame.ids_n[moving_m[near_rk]]
+        # The map in coordinates about the query pixel: its constant term is the query's pixel.
+        a_rk = np.concatenate(
+            [
+                projected[t_query][moving_m[near_rk]] - query_r2[:, None],
+                np.ones((*ids_rk.shape, 1)),
+            ],
+            axis=-1,
+        )
+        for t, other in enumerate(result.frames):
+            if t == t_query or len(other) == 0:
+                continue
+            slot_rk = np.minimum(np.searchsorted(other.ids_n, ids_rk), len(other) - 1)
+            alive_rk = other.ids_n[slot_rk] == ids_rk
+            enough_r = alive_rk.sum(axis=1) >= RIGID_MIN_NEIGHBOURS
+            if not enough_r.any():
+                continue
+            rows, alive_rk, a_rk3 = rows_r[enough_r], alive_rk[enough_r], a_rk[enough_r]
+            b_rk2 = projected[t][slot_rk[enough_r]]
+            prior_rk = weight_rk[enough_r] * alive_rk
+            map_r32, fits_r = _weighted_affine_fit(a_rk3, b_rk2, prior_rk)
+            for _ in range(RIGID_REFITS):
+                residual_rk = np.linalg.norm(
+                    np.einsum("rki,rij->rkj", a_rk3, map_r32) - b_rk2, axis=-1
+                )
+                weight_fit_rk = prior_rk * _cauchy_rk(residual_rk, alive_rk)
+                map_r32, fits_r = _weighted_affine_fit(a_rk3, b_rk2, weight_fit_rk)
+            misfit_rk2 = np.einsum("rki,rij->rkj", a_rk3, map_r32) - b_rk2
+            shift_rk2 = b_rk2 - a_rk3[..., :2]
+            mean_shift_r2 = (
+                np.einsum("rk,rkj->rj", weight_fit_rk, shift_rk2)
+                / np.maximum(weight_fit_rk.sum(axis=1), 1e-300)[:, None]
+            )
+            affine_r = _weighted_rms_r(misfit_rk2, weight_fit_rk)
+            shifted_r = _weighted_rms_r(shift_rk2 - mean_shift_r2[:, None], weight_fit_rk)
+            _, z_r = project_p2(result.K_33, result.c2w_t44[t], points_qt3[rows, t])
+            use_r = fits_r & (affine_r < AFFINE_RESIDUAL_SHARE * shifted_r) & (z_r > 0)
+            points_qt3[rows[use_r], t] = backproject_p3(
+                result.K_33, result.c2w_t44[t], map_r32[use_r, 2], z_r[use_r]
+            )
+    return points_qt3.astype(np.float32)
+
+
+def _weighted_affine_fit(
+    a_rk3: np.ndarray, b_rk2: np.ndarray, weight_rk: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the affine map [3, 2] (rows: x, y, constant) that takes the points a (homogeneous
+    pixels [R, K, 3]) nearest to b [R, K, 2] in weighted least squares, and whether the row's
+    points determine it (bool [R]; rows that do not get the zero map)."""
+    normal_r33 = np.einsum("rk,rki,rkj->rij", weight_rk, a_rk3, a_rk3)
+    rhs_r32 = np.einsum("rk,rki,rkj->rij", weight_rk, a_rk3, b_rk2)
+    fits_r = np.isfinite(normal_r33).all(axis=(1, 2))
+    fits_r[fits_r] = np.linalg.cond(normal_r33[fits_r]) < AFFINE_MAX_CONDITION
+    map_r32 = np.zeros((len(a_rk3), 3, 2))
+    if fits_r.any():
+        map_r32[fits_r] = np.linalg.solve(normal_r33[fits_r], rhs_r32[fits_r])
+    return map_r32, fits_r
+
+
 def _misfit_rk3(
     R_r33: np.ndarray, ca_r3: np.ndarray, cb_r3: np.ndarray, a_rk3: np.ndarray, b_rk3: np.ndarray
 ) -> np.ndarray:
@@ -346,7 +445,7 @@ def _misfit_rk3(
 
 
 def _weighted_rms_r(misfit_rk3: np.ndarray, weight_rk: np.ndarray) -> np.ndarray:
-    """Weighted root mean square length of misfit vectors [R, K, 3], per row."""
+    """Weighted root mean square length of misfit vectors [R, K, D], per row."""
     squared_rk = (misfit_rk3**2).sum(axis=-1)
     return np.sqrt((weight_rk * squared_rk).sum(axis=1) / weight_rk.sum(axis=1))
 

@@ -670,26 +670,43 @@ def test_phase_timer_does_not_count_nested_phases_twice():
 
 
 def _spinning_ball_result(
-    T: int = 5, spin_deg: float = 12.0, jitter: float = 0.0
+    T: int = 5,
+    spin_deg: float = 12.0,
+    jitter: float = 0.0,
+    *,
+    disc: bool = False,
+    depth_noise: float = 0.0,
 ) -> tuple[FitResult, np.ndarray, list[np.ndarray]]:
     """A ball of 80 small Gaussians (radius 0.5, 4 m away) that spins `spin_deg` per frame about
     a tilted axis while it drifts right, before a big still back Gaussian; `jitter`: each ball
-    Gaussian also wanders by that standard deviation (m) per axis and frame. Returns the result,
-    the ball's centres [T, 3] and rotations (from frame 0)."""
+    Gaussian also wanders by that standard deviation (m) per axis and frame. `disc`: the 80 lie
+    on a disc facing the camera instead and spin about the optical axis, so their image motion
+    is one similarity of the image; `depth_noise`: each one's distance from the camera is off by
+    that relative standard deviation in every frame after the first, along its ray (its pixel
+    stays). Returns the result, the object's centres [T, 3] and rotations (from frame 0)."""
     i = np.arange(80) + 0.5
-    polar, azimuth = np.arccos(1 - 2 * i / 80), np.pi * (1 + 5**0.5) * i
-    sphere_n3 = 0.5 * np.stack(
-        [np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)], 1
-    )
+    if disc:
+        radius_n, azimuth = 0.5 * np.sqrt(i / 80), np.pi * (1 + 5**0.5) * i
+        shape_n3 = np.stack([radius_n * np.cos(azimuth), radius_n * np.sin(azimuth), 0 * i], 1)
+        axis_3 = np.array([0.0, 0.0, 1.0])
+    else:
+        polar, azimuth = np.arccos(1 - 2 * i / 80), np.pi * (1 + 5**0.5) * i
+        shape_n3 = 0.5 * np.stack(
+            [np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)], 1
+        )
+        axis_3 = np.array([0.3, 1.0, 0.2])
     centres_t3 = np.array([[0.05 * t, 0.0, 4.0] for t in range(T)])
-    rotations = [
-        axis_angle_33(np.array([0.3, 1.0, 0.2]), np.deg2rad(spin_deg * t)) for t in range(T)
-    ]
-    wander_tn3 = np.random.default_rng(0).normal(0.0, jitter, (T, 80, 3))
+    rotations = [axis_angle_33(axis_3, np.deg2rad(spin_deg * t)) for t in range(T)]
+    rng = np.random.default_rng(0)
+    wander_tn3 = rng.normal(0.0, jitter, (T, 80, 3))
     wander_tn3[0] = 0.0
+    along_ray_tn = 1.0 + rng.normal(0.0, depth_noise, (T, 80))
+    along_ray_tn[0] = 1.0
     frames, depth = [], []
     for t in range(T):
-        ball_n3 = sphere_n3 @ rotations[t].T + centres_t3[t] + wander_tn3[t]
+        ball_n3 = (shape_n3 @ rotations[t].T + centres_t3[t] + wander_tn3[t]) * along_ray_tn[
+            t, :, None
+        ]
         frame = FrameGaussians(
             means_n3=np.vstack([[0.0, 0.0, 9.0], ball_n3]).astype(np.float32),
             quats_n4=np.tile(np.array([1, 0, 0, 0], np.float32), (81, 1)),
@@ -717,6 +734,17 @@ def _spinning_ball_result(
     return result, centres_t3, rotations
 
 
+def _object_truth_t3(world_3: np.ndarray, t_query: int, centres_t3, rotations) -> np.ndarray:
+    """Where the object's own motion takes the point it holds at `world_3` in frame t_query."""
+    local_3 = rotations[t_query].T @ (world_3.astype(np.float64) - centres_t3[t_query])
+    return np.stack(
+        [
+            rotation @ local_3 + centre
+            for rotation, centre in zip(rotations, centres_t3, strict=True)
+        ]
+    )
+
+
 def test_local_rigid_tracks_turn_with_a_spinning_object():
     result, centres_t3, rotations = _spinning_ball_result()
     # Queries on the ball at frames 0 and 2 (tracked both ways) and one on the still background.
@@ -725,10 +753,8 @@ def test_local_rigid_tracks_turn_with_a_spinning_object():
     carried = track_queries(result, queries, "gaussian")
     assert rigid.moving_q.tolist() == [True, True, False]
     for q, t_query in enumerate([0, 2]):
-        surface_3 = rigid.world_qt3[q, t_query].astype(np.float64)
         # The ball's own motion of the query's point: exact for the local rigid track.
-        local_3 = rotations[t_query].T @ (surface_3 - centres_t3[t_query])
-        truth_t3 = np.stack([rotations[t] @ local_3 + centres_t3[t] for t in range(5)])
+        truth_t3 = _object_truth_t3(rigid.world_qt3[q, t_query], t_query, centres_t3, rotations)
         np.testing.assert_allclose(rigid.world_qt3[q], truth_t3, atol=1e-4)
         truth_xy_t2, _ = project_p2(K_33, np.eye(4), truth_t3)
         np.testing.assert_allclose(rigid.points_qt2[q], truth_xy_t2, atol=1e-2)
@@ -771,8 +797,7 @@ def test_local_rigid_weighs_down_gaussians_that_drift_off_the_object():
     for t, frame in enumerate(result.frames):
         frame.means_n3[np.argsort(gap_n)[:2]] += np.array([0.0, 0.1 * t, 0.0], np.float32)
     world_3 = track_queries(result, queries, "local_rigid").world_qt3[0]
-    local_3 = rotations[0].T @ (world_3[0].astype(np.float64) - centres_t3[0])
-    truth_t3 = np.stack([rotations[t] @ local_3 + centres_t3[t] for t in range(5)])
+    truth_t3 = _object_truth_t3(world_3[0], 0, centres_t3, rotations)
     # The refits with residual weights leave them out (one plain fit: 0.056 m off).
     np.testing.assert_allclose(world_3, truth_t3, atol=1e-4)
 
@@ -798,6 +823,63 @@ def test_local_rigid_falls_back_to_the_carried_point():
         result, queries, far_q3, np.array([True]), carried.world_qt3
     )
     np.testing.assert_array_equal(moved, carried.world_qt3)
+
+
+def test_local_affine_tracks_follow_the_neighbours_image_motion():
+    # A disc spinning 12 degrees per frame about the optical axis: its image motion is one
+    # similarity of the image. Its Gaussians' depths are off by 5 % in every later frame (their
+    # pixels are right): the rigid fit in 3D is thrown off, the affine map of the image is not.
+    result, centres_t3, rotations = _spinning_ball_result(disc=True, depth_noise=0.05)
+    queries = np.array([[0, 24.0, 33.0], [2, 22.0, 31.0], [0, 5.0, 5.0]])
+    affine = track_queries(result, queries, "local_affine")
+    rigid = track_queries(result, queries, "local_rigid")
+    assert affine.moving_q.tolist() == [True, True, False]
+    for q, t_query in enumerate([0, 2]):
+        # The disc's point under the query pixel (the disc stays in the plane z = 4).
+        surface_3 = backproject_p3(K_33, np.eye(4), queries[q, [2, 1]][None], np.array([4.0]))[0]
+        truth_t3 = _object_truth_t3(surface_3, t_query, centres_t3, rotations)
+        truth_xy_t2, _ = project_p2(K_33, np.eye(4), truth_t3)
+        np.testing.assert_allclose(affine.points_qt2[q], truth_xy_t2, atol=1e-3)
+        assert np.abs(rigid.points_qt2[q] - truth_xy_t2).max() > 0.05
+        # The point keeps local_rigid's camera z: only its pixel moves.
+        np.testing.assert_allclose(affine.world_qt3[q, :, 2], rigid.world_qt3[q, :, 2], rtol=1e-5)
+    # The still query, the occlusion flags and the 2D tracks' projection are as before.
+    np.testing.assert_array_equal(affine.world_qt3[2], rigid.world_qt3[2])
+    np.testing.assert_array_equal(affine.occluded_qt, rigid.occluded_qt)
+    points, _ = track_2d(result, queries, "local_affine")
+    np.testing.assert_array_equal(points, affine.points_qt2)
+    world, _ = track_3d(result, queries, "local_affine")
+    np.testing.assert_array_equal(world, affine.world_qt3)
+
+
+def test_local_affine_keeps_local_rigid_where_no_map_explains_the_motion():
+    # The disc drifts without turning, its Gaussians wandering 1 cm per axis and frame: one
+    # affine map explains no more of their image motion than their mean shift does.
+    result, _, _ = _spinning_ball_result(spin_deg=0.0, jitter=0.01, disc=True)
+    queries = np.array([[0, 24.0, 33.0], [2, 22.0, 31.0]])
+    affine = track_queries(result, queries, "local_affine")
+    assert affine.moving_q.all()
+    np.testing.assert_array_equal(
+        affine.world_qt3, track_queries(result, queries, "local_rigid").world_qt3
+    )
+    # Spinning under the same wander, the map explains it.
+    result, _, _ = _spinning_ball_result(jitter=0.01, disc=True)
+    moved = track_queries(result, queries, "local_affine").world_qt3
+    assert np.abs(moved - track_queries(result, queries, "local_rigid").world_qt3).max() > 1e-3
+
+
+def test_weighted_affine_fit_recovers_a_map_and_refuses_points_on_a_line():
+    rng = np.random.default_rng(1)
+    a_k2 = rng.uniform(-5, 5, (16, 2))
+    map_32 = np.array([[0.9, 0.3], [-0.2, 1.1], [2.0, -1.5]])
+    a_rk3 = np.concatenate([a_k2, np.ones((16, 1))], axis=1)[None].repeat(2, axis=0)
+    a_rk3[1, :, 1] = 2.0 * a_rk3[1, :, 0]  # the second row's points lie on one line
+    b_rk2 = a_rk3 @ map_32
+    weight_rk = rng.uniform(0.5, 2.0, (2, 16))
+    fitted_r32, fits_r = tracks_module._weighted_affine_fit(a_rk3, b_rk2, weight_rk)
+    assert fits_r.tolist() == [True, False]
+    np.testing.assert_allclose(fitted_r32[0], map_32, atol=1e-9)
+    np.testing.assert_array_equal(fitted_r32[1], np.zeros((3, 2)))
 
 
 def test_track_motion_is_checked():
