@@ -293,13 +293,7 @@ def _local_rigid_points(
     motion of their neighbours (module docstring) wherever enough of them live; every other
     point is the one `carried_qt3` by its Gaussian."""
     points_qt3 = carried_qt3.astype(np.float64)
-    t_q = queries_q3[:, 0].astype(int)
-    for t_query in np.unique(t_q[moving_q]):
-        rows_r = np.flatnonzero(moving_q & (t_q == t_query))
-        frame = result.frames[t_query]
-        moving_m = np.flatnonzero(frame.moving_n)
-        if len(moving_m) < RIGID_MIN_NEIGHBOURS:
-            continue
+    for t_query, rows_r, frame, moving_m in _moving_queries_by_frame(result, queries_q3, moving_q):
         means_m3 = frame.means_n3[moving_m].astype(np.float64)
         tree = cKDTree(means_m3)
         k = min(RIGID_NEIGHBOURS, len(moving_m))
@@ -313,14 +307,7 @@ def _local_rigid_points(
         weight_rk = 1.0 / np.maximum(dist_rk[on_cloud_r], 0.1 * spacing_r[on_cloud_r, None])
         ids_rk = frame.ids_n[moving_m[near_rk]]
         start_rk3 = means_m3[near_rk]
-        for t, other in enumerate(result.frames):
-            if t == t_query or len(other) == 0:
-                continue
-            slot_rk = np.minimum(np.searchsorted(other.ids_n, ids_rk), len(other) - 1)
-            alive_rk = other.ids_n[slot_rk] == ids_rk
-            fits_r = alive_rk.sum(axis=1) >= RIGID_MIN_NEIGHBOURS
-            if not fits_r.any():
-                continue
+        for t, other, slot_rk, alive_rk, fits_r in _frames_with_neighbours(result, t_query, ids_rk):
             a_rk3, alive_rk = start_rk3[fits_r], alive_rk[fits_r]
             b_rk3 = other.means_n3[slot_rk[fits_r]].astype(np.float64)
             prior_rk = weight_rk[fits_r] * alive_rk
@@ -351,6 +338,31 @@ def _local_rigid_points(
     return points_qt3.astype(np.float32)
 
 
+def _moving_queries_by_frame(result: FitResult, queries_q3: np.ndarray, moving_q: np.ndarray):
+    """Per query frame with moving queries and enough moving Gaussians to move them with:
+    (t_query, the rows of those queries [R], the frame's Gaussians, indices of its moving ones)."""
+    t_q = queries_q3[:, 0].astype(int)
+    for t_query in np.unique(t_q[moving_q]):
+        frame = result.frames[t_query]
+        moving_m = np.flatnonzero(frame.moving_n)
+        if len(moving_m) >= RIGID_MIN_NEIGHBOURS:
+            yield t_query, np.flatnonzero(moving_q & (t_q == t_query)), frame, moving_m
+
+
+def _frames_with_neighbours(result: FitResult, t_query: int, ids_rk: np.ndarray):
+    """Per frame other than t_query where some row's neighbours (ids [R, K]) live: (t, the frame's
+    Gaussians, the neighbours' slots in them [R, K], which of them live there [R, K], which rows
+    have at least `RIGID_MIN_NEIGHBOURS` alive [R])."""
+    for t, other in enumerate(result.frames):
+        if t == t_query or len(other) == 0:
+            continue
+        slot_rk = np.minimum(np.searchsorted(other.ids_n, ids_rk), len(other) - 1)
+        alive_rk = other.ids_n[slot_rk] == ids_rk
+        enough_r = alive_rk.sum(axis=1) >= RIGID_MIN_NEIGHBOURS
+        if enough_r.any():
+            yield t, other, slot_rk, alive_rk, enough_r
+
+
 def _image_affine_points(
     result: FitResult, queries_q3: np.ndarray, moving_q: np.ndarray, world_qt3: np.ndarray
 ) -> np.ndarray:
@@ -360,17 +372,11 @@ def _image_affine_points(
     frame to t puts it, wherever that map explains their image motion (`AFFINE_RESIDUAL_SHARE`);
     the point keeps the camera z that `world_qt3` gives it there. Elsewhere `world_qt3` stands."""
     points_qt3 = world_qt3.astype(np.float64)
-    t_q = queries_q3[:, 0].astype(int)
     projected = [
         project_p2(result.K_33, c2w_44, frame.means_n3.astype(np.float64))[0]
         for frame, c2w_44 in zip(result.frames, result.c2w_t44, strict=True)
     ]
-    for t_query in np.unique(t_q[moving_q]):
-        rows_r = np.flatnonzero(moving_q & (t_q == t_query))
-        frame = result.frames[t_query]
-        moving_m = np.flatnonzero(frame.moving_n)
-        if len(moving_m) < RIGID_MIN_NEIGHBOURS:
-            continue
+    for t_query, rows_r, frame, moving_m in _moving_queries_by_frame(result, queries_q3, moving_q):
         query_r2 = queries_q3[rows_r][:, [2, 1]]
         k = min(RIGID_NEIGHBOURS, len(moving_m))
         dist_rk, near_rk = cKDTree(projected[t_query][moving_m]).query(query_r2, k)
@@ -386,14 +392,7 @@ def _image_affine_points(
             ],
             axis=-1,
         )
-        for t, other in enumerate(result.frames):
-            if t == t_query or len(other) == 0:
-                continue
-            slot_rk = np.minimum(np.searchsorted(other.ids_n, ids_rk), len(other) - 1)
-            alive_rk = other.ids_n[slot_rk] == ids_rk
-            enough_r = alive_rk.sum(axis=1) >= RIGID_MIN_NEIGHBOURS
-            if not enough_r.any():
-                continue
+        for t, _, slot_rk, alive_rk, enough_r in _frames_with_neighbours(result, t_query, ids_rk):
             rows, alive_rk, a_rk3 = rows_r[enough_r], alive_rk[enough_r], a_rk[enough_r]
             b_rk2 = projected[t][slot_rk[enough_r]]
             prior_rk = weight_rk[enough_r] * alive_rk

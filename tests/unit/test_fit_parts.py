@@ -745,6 +745,16 @@ def _object_truth_t3(world_3: np.ndarray, t_query: int, centres_t3, rotations) -
     )
 
 
+def _assert_2d_and_3d_readouts_agree(result, queries, motion, tracks) -> None:
+    """track_2d and track_3d give what track_queries gave."""
+    points, occluded = track_2d(result, queries, motion)
+    np.testing.assert_array_equal(points, tracks.points_qt2)
+    np.testing.assert_array_equal(occluded, tracks.occluded_qt)
+    world, alive = track_3d(result, queries, motion)
+    np.testing.assert_array_equal(world, tracks.world_qt3)
+    np.testing.assert_array_equal(alive, tracks.alive_qt)
+
+
 def test_local_rigid_tracks_turn_with_a_spinning_object():
     result, centres_t3, rotations = _spinning_ball_result()
     # Queries on the ball at frames 0 and 2 (tracked both ways) and one on the still background.
@@ -764,10 +774,7 @@ def test_local_rigid_tracks_turn_with_a_spinning_object():
     np.testing.assert_array_equal(rigid.world_qt3[2], carried.world_qt3[2])
     np.testing.assert_array_equal(rigid.occluded_qt, carried.occluded_qt)
     np.testing.assert_array_equal(rigid.alive_qt, carried.alive_qt)
-    points, occluded = track_2d(result, queries, "local_rigid")
-    np.testing.assert_array_equal(points, rigid.points_qt2)
-    world, alive = track_3d(result, queries, "local_rigid")
-    np.testing.assert_array_equal(world, rigid.world_qt3)
+    _assert_2d_and_3d_readouts_agree(result, queries, "local_rigid", rigid)
 
 
 def test_local_rigid_keeps_the_carried_point_where_no_turn_explains_the_motion():
@@ -846,10 +853,7 @@ def test_local_affine_tracks_follow_the_neighbours_image_motion():
     # The still query, the occlusion flags and the 2D tracks' projection are as before.
     np.testing.assert_array_equal(affine.world_qt3[2], rigid.world_qt3[2])
     np.testing.assert_array_equal(affine.occluded_qt, rigid.occluded_qt)
-    points, _ = track_2d(result, queries, "local_affine")
-    np.testing.assert_array_equal(points, affine.points_qt2)
-    world, _ = track_3d(result, queries, "local_affine")
-    np.testing.assert_array_equal(world, affine.world_qt3)
+    _assert_2d_and_3d_readouts_agree(result, queries, "local_affine", affine)
 
 
 def test_local_affine_keeps_local_rigid_where_no_map_explains_the_motion():
