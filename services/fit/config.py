@@ -133,8 +133,8 @@ class FitConfig:
     (docs/fit.md, "Tracks that turn with the object"); local_affine, as local_rigid, and in the
     frames where one affine map of the image carries the 16 moving Gaussians around the query
     (their centres' pixels), the query's pixel goes where that map puts it, at local_rigid's depth:
-    with exact priors exact-prior AJ +0.02-0.05 on the suite, through DIS flow a few rows lose up
-    to 0.007, so it is opt-in (docs/fit.md, "Tracks that follow the image motion around them").
+    with exact priors AJ +0.02-0.05 on every clip of the suite, through DIS flow a few rows lose
+    up to 0.007, so it is opt-in (docs/fit.md, "Tracks that follow the image motion around them").
     Occlusion flags are the same in all three."""
 
     checkpoint_every: int = 5

@@ -18,6 +18,13 @@ weights) in the frames where that turn explains their motion (`RIGID_RESIDUAL_SH
 world offset from one Gaussian's centre does not turn with a spinning object. Its occlusion flags
 stay those of the point carried by its Gaussian (docs/fit.md, "Tracks that turn with the
 object").
+
+With `motion="local_affine"` (opt-in) a moving query's pixel also follows the image motion of the
+moving Gaussians around it: in the frames where one affine map of the image carries their
+centres' pixels (`AFFINE_RESIDUAL_SHARE`), the point goes to where that map puts the query pixel,
+at the camera z local_rigid gives it. With exact priors that raises AJ on every clip of the
+accuracy suite; through DIS flow it costs some rows a little (docs/fit.md, "Tracks that follow
+the image motion around them").
 """
 
 from __future__ import annotations
