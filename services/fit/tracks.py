@@ -379,14 +379,15 @@ def _image_affine_points(
     frame to t puts it, wherever that map explains their image motion (`AFFINE_RESIDUAL_SHARE`);
     the point keeps the camera z that `world_qt3` gives it there. Elsewhere `world_qt3` stands."""
     points_qt3 = world_qt3.astype(np.float64)
-    projected = [
-        project_p2(result.K_33, c2w_44, frame.means_n3.astype(np.float64))[0]
-        for frame, c2w_44 in zip(result.frames, result.c2w_t44, strict=True)
-    ]
+
+    def pixels_at(t: int, means_p3: np.ndarray) -> np.ndarray:
+        return project_p2(result.K_33, result.c2w_t44[t], means_p3.astype(np.float64))[0]
+
     for t_query, rows_r, frame, moving_m in _moving_queries_by_frame(result, queries_q3, moving_q):
         query_r2 = queries_q3[rows_r][:, [2, 1]]
         k = min(RIGID_NEIGHBOURS, len(moving_m))
-        dist_rk, near_rk = cKDTree(projected[t_query][moving_m]).query(query_r2, k)
+        moving_m2 = pixels_at(t_query, frame.means_n3[moving_m])
+        dist_rk, near_rk = cKDTree(moving_m2).query(query_r2, k)
         dist_rk, near_rk = dist_rk.reshape(len(rows_r), k), near_rk.reshape(len(rows_r), k)
         # A centre right under the query does not outweigh all others.
         weight_rk = 1.0 / (dist_rk + AFFINE_DISTANCE_FLOOR_PX)
@@ -394,14 +395,17 @@ def _image_affine_points(
         # The map in coordinates about the query pixel: its constant term is the query's pixel.
         a_rk = np.concatenate(
             [
-                projected[t_query][moving_m[near_rk]] - query_r2[:, None],
+                moving_m2[near_rk] - query_r2[:, None],
                 np.ones((*ids_rk.shape, 1)),
             ],
             axis=-1,
         )
-        for t, _, slot_rk, alive_rk, enough_r in _frames_with_neighbours(result, t_query, ids_rk):
+        for t, other, slot_rk, alive_rk, enough_r in _frames_with_neighbours(
+            result, t_query, ids_rk
+        ):
             rows, alive_rk, a_rk3 = rows_r[enough_r], alive_rk[enough_r], a_rk[enough_r]
-            b_rk2 = projected[t][slot_rk[enough_r]]
+            slot_ek = slot_rk[enough_r]
+            b_rk2 = pixels_at(t, other.means_n3[slot_ek.reshape(-1)]).reshape(*slot_ek.shape, 2)
             prior_rk = weight_rk[enough_r] * alive_rk
             map_r32, fits_r = _weighted_affine_fit(a_rk3, b_rk2, prior_rk)
             for _ in range(RIGID_REFITS):
