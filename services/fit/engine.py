@@ -272,9 +272,7 @@ class _Fitter:
         if t < self.T:
             depth_prev_hw = self._prior_depth(t - 1)
             if self.cfg.camera_depth == "model":
-                g = self.gaussians
-                with torch.no_grad():
-                    still_out = self._render(g, self._w2c(c2w_prev), select_n=~g.moving_n)
+                still_out = self._render_still(c2w_prev)
                 depth_prev_hw = lifting_depth_hw(
                     depth_prev_hw,
                     mean_depth_hw(still_out).cpu().numpy(),
@@ -293,12 +291,12 @@ class _Fitter:
 
     def _depth_scale(self, t: int, c2w_44: np.ndarray) -> float:
         """`camera.depth_prior_scale` of frame t at its new pose."""
-        g, cfg = self.gaussians, self.cfg
-        with torch.no_grad():
-            still_out = self._render(g, self._w2c(c2w_44), select_n=~g.moving_n)
-        usable_hw = self.depth_valid_thw[t] & (self.moving_thw[t] < cfg.mask_threshold)
+        usable_hw = self.depth_valid_thw[t] & (self.moving_thw[t] < self.cfg.mask_threshold)
         return depth_prior_scale(
-            still_out, self.priors.depth_thw[t], usable_hw, self.out.depth_scale[t - 1]
+            self._render_still(c2w_44),
+            self.priors.depth_thw[t],
+            usable_hw,
+            self.out.depth_scale[t - 1],
         )
 
     # -- optimisation ---------------------------------------------------------------------
@@ -413,6 +411,12 @@ class _Fitter:
 
     def _render(self, g: Gaussians, w2c_44: torch.Tensor, **options) -> RenderOutput:
         return g.render(w2c_44, self.K_t, self.W, self.H, backend=self.renderer, **options)
+
+    def _render_still(self, c2w_44: np.ndarray) -> RenderOutput:
+        """The still Gaussians alone at a camera pose, without gradients."""
+        g = self.gaussians
+        with torch.no_grad():
+            return self._render(g, self._w2c(c2w_44), select_n=~g.moving_n)
 
     def _rng(self, *keys: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, *keys])
