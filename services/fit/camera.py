@@ -38,7 +38,9 @@ logger = logging.getLogger(__name__)
 _PNP_MAX_POINTS = 4000  # correspondences fed to RANSAC (a random subset of the still pixels)
 _PNP_MIN_INLIERS = 12
 _MIN_SCALE_PIXELS = 50  # still pixels needed to re-estimate the depth prior's scale
-_SCALE_RANGE = (0.5, 2.0)
+DEPTH_SCALE_RANGE = (0.5, 2.0)
+"""Bounds of a frame's depth-prior scale (`depth_prior_scale`): a prior that drifts further
+against the model is clipped, so its depth there is off by the rest (`scale_clipped_t`)."""
 MODEL_DEPTH_TOLERANCE = 0.05
 """Relative departure of the scaled depth prior from the model's still depth beyond which
 `camera_depth="model"` lifts a pixel at the model's depth (within it the prior stands)."""
@@ -269,15 +271,22 @@ def depth_prior_scale(
 ) -> float:
     """Scale that maps a frame's depth prior onto the model: the median ratio of the still
     Gaussians' rendered depth (`still_out`, at the frame's pose) to the prior over the covered
-    `usable_hw` pixels (known prior, still mask), clipped to 0.5..2; `fallback` (the previous
-    frame's scale) when fewer than 50 pixels qualify. 1 for a metric-consistent prior; it absorbs
-    per-frame scale drift otherwise."""
+    `usable_hw` pixels (known prior, still mask), clipped to `DEPTH_SCALE_RANGE`; `fallback`
+    (the previous frame's scale) when fewer than 50 pixels qualify. 1 for a metric-consistent
+    prior; it absorbs per-frame scale drift otherwise."""
     model_hw = mean_depth_hw(still_out).cpu().numpy()
     usable_hw = (still_out.alpha_hw.cpu().numpy() >= COVERED_ALPHA) & usable_hw
     if usable_hw.sum() < _MIN_SCALE_PIXELS:
         return fallback
     ratio = float(np.median(model_hw[usable_hw] / prior_depth_hw[usable_hw]))
-    return float(np.clip(ratio, *_SCALE_RANGE))
+    return float(np.clip(ratio, *DEPTH_SCALE_RANGE))
+
+
+def scale_clipped_t(depth_scale_t: np.ndarray) -> np.ndarray:
+    """Bool [T]: frames whose depth-prior scale sits at a bound of `DEPTH_SCALE_RANGE` (clipped
+    there, or taken over from a clipped frame): their prior drifted beyond what the fit absorbs,
+    so its depth and the Gaussians it seeds sit at the wrong distance."""
+    return np.isin(np.asarray(depth_scale_t, np.float64), DEPTH_SCALE_RANGE)
 
 
 def optimise_pose(

@@ -30,7 +30,14 @@ from services.common.errors import InvalidArgumentError, ProgressFn, no_progress
 from services.fit import checkpoint as ckpt
 from services.fit import losses
 from services.fit.adam import fused_adam_step
-from services.fit.camera import depth_prior_scale, lifting_depth_hw, pnp_start, refine_still_pose
+from services.fit.camera import (
+    DEPTH_SCALE_RANGE,
+    depth_prior_scale,
+    lifting_depth_hw,
+    pnp_start,
+    refine_still_pose,
+    scale_clipped_t,
+)
 from services.fit.compiled import fuse
 from services.fit.config import FitConfig, FitRuntime
 from services.fit.densify import DensifyStrategy
@@ -188,6 +195,15 @@ class _Fitter:
         c2w_44 = self._camera(t, c2w_prev)
         with self.timer.phase("depth_scale"):
             scale = self._depth_scale(t, c2w_44) if cfg.rescale_depth_prior else 1.0
+            if scale_clipped_t([scale])[0] and not scale_clipped_t(self.out.depth_scale).any():
+                logger.warning(
+                    "frame %d: the depth prior's scale against the model left %s and was "
+                    "clipped at %g; from here its depth is off by the rest (the depth stage's "
+                    "scale drifts: see its scale_drift figure)",
+                    t,
+                    DEPTH_SCALE_RANGE,
+                    scale,
+                )
             self.out.depth_scale.append(scale)
         self._start_next_pnp(t + 1, c2w_44, finished=False)
         with self.timer.phase("split_and_move"):

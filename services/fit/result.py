@@ -27,7 +27,8 @@ class FitResult:
     psnr_t: np.ndarray  # float64 [T] reconstruction PSNR (dB) of each frame
     moving_share_t: np.ndarray  # float64 [T] share of the Gaussians in the moving set
     # float64 [T] factor each frame's depth prior was scaled by to meet the model (1 on frame 0
-    # and for a prior consistent with it; clipped to 0.5..2): a drifting prior shows here
+    # and for a prior consistent with it; clipped to camera.DEPTH_SCALE_RANGE): a drifting prior
+    # shows here
     depth_scale_t: np.ndarray
     depth_thw: np.ndarray  # float32 [T, H, W] rendered depth (0 where nothing is rendered)
     moving_mask_thw: np.ndarray  # bool [T, H, W] pixels the moving set dominates

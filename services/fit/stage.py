@@ -22,6 +22,7 @@ from services.common.stage import (
 )
 from services.common.store import ObjectStore
 from services.common.video import frames_sha256, load_frames
+from services.fit.camera import scale_clipped_t
 from services.fit.checkpoint import checkpoint_frame, checkpoint_name
 from services.fit.config import FitConfig, FitRuntime, TrackMotion
 from services.fit.engine import FitPriors, FitResult, fit
@@ -116,6 +117,10 @@ def _write_outputs(
     out.figure("moving_share_mean", float(np.mean(result.moving_share_t)))
     out.figure("gaussians_last_frame", len(result.frames[-1].means_n3))
     out.figure("frames_short_of_gaussians", int(np.count_nonzero(result.held_back_t)))
+    out.figure(
+        "depth_prior_scale_clipped_frames",
+        int(np.count_nonzero(scale_clipped_t(result.depth_scale_t))),
+    )
     out.figure("seconds_per_frame", result.seconds / result.n_frames, "s")
     out.report(
         {

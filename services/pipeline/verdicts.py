@@ -184,6 +184,18 @@ RULES = (
     ),
     Rule(
         stage="fit",
+        figure="depth_prior_scale_clipped_frames",
+        worse="higher",
+        warn=1,
+        fail=math.inf,
+        good="the depth prior's scale stayed within 0.5-2x of the model's on every frame",
+        bad="{value:.0f} frame(s): the depth prior drifted beyond 0.5-2x of the model's scale "
+        "and was clipped there; its depth and the Gaussians it seeds sit at the wrong distance",
+        fix="check the depth verdicts (scale_drift); a depth backend with one scale over the "
+        "clip (--pipeline.depth.backend mast3r) avoids it",
+    ),
+    Rule(
+        stage="fit",
         figure="moving_share_mean",
         worse="higher",
         warn=0.5,

@@ -123,6 +123,7 @@ def synthetic_run(
     fit.figure("moving_share_mean", float(scene.moving_thw.mean()))
     fit.figure("gaussians_last_frame", len(gaussians))
     fit.figure("frames_short_of_gaussians", 0)
+    fit.figure("depth_prior_scale_clipped_frames", 0)
     fit.figure("seconds_per_frame", 0.0, "s")
     fit.report(
         {

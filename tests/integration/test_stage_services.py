@@ -473,6 +473,7 @@ def test_fit_streams_frames_stores_cameras_and_gaussians(served, fit):
     depth_scale = report_series["depth_prior_scale"]
     assert len(depth_scale) == T and depth_scale[0] == 1.0
     assert all(0.5 <= v <= 2.0 for v in depth_scale)
+    assert figures["depth_prior_scale_clipped_frames"] == sum(v in (0.5, 2.0) for v in depth_scale)
     c2w = served.artifacts.get_array(_artifact(call.result, "c2w"), layout="TIJ")
     assert c2w.shape == (T, 4, 4) and np.all(np.isfinite(c2w))
     assert _array(served, call.result, "depth").shape == (T, H, W)

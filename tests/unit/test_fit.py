@@ -17,6 +17,7 @@ import pytest
 from services.common.errors import CancelledError
 from services.evaluation import metrics
 from services.evaluation.fit_suite import exact_priors
+from services.fit.camera import DEPTH_SCALE_RANGE, scale_clipped_t
 from services.fit.checkpoint import FolderCheckpoints, unpack
 from services.fit.config import preset
 from services.fit.engine import FitPriors, FitResult, fit
@@ -238,6 +239,23 @@ def test_prior_poses_start_the_cameras():
     assert np.allclose(result.c2w_t44[0], short.c2w_t44[0])
     # Within 3 cm at 3-7 m depth: about 0.4 px at this resolution.
     assert np.abs(result.c2w_t44[:, :3, 3] - short.c2w_t44[:, :3, 3]).max() < 0.03
+
+
+def test_a_depth_prior_that_drifts_past_the_scale_range_is_flagged(caplog):
+    """A prior whose scale shrinks to 0.6x per frame needs 1 / 0.6^t against the model: within
+    DEPTH_SCALE_RANGE (2) up to frame 1, clipped from frame 2 on, which scale_clipped_t (the fit
+    stage's figure depth_prior_scale_clipped_frames) and one log warning say."""
+    short = make_scene(SceneConfig(n_frames=4, seed=5))
+    shrink_t = 0.6 ** np.arange(4)
+    drifting = _priors(short, depth_thw=(short.depth_thw * shrink_t[:, None, None]).astype("f4"))
+    with caplog.at_level("WARNING", logger="services.fit.engine"):
+        result = fit(drifting, preset("test"))
+    assert result.depth_scale_t[1] == pytest.approx(1 / 0.6, rel=0.05)
+    assert scale_clipped_t(result.depth_scale_t).tolist() == [False, False, True, True]
+    assert result.depth_scale_t[2:].tolist() == [DEPTH_SCALE_RANGE[1]] * 2
+    warned = [r.getMessage() for r in caplog.records if "depth prior's scale" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("frame 2:")
+    assert not scale_clipped_t(fit(_priors(short), preset("test")).depth_scale_t).any()
 
 
 def test_the_flow_weights_of_camera_and_moving_gaussians_are_apart(scene):

@@ -50,6 +50,8 @@ from tests.conftest import PROJECT_ROOT
         ("fit", "psnr_min", 15.0, "fail"),
         ("fit", "frames_short_of_gaussians", 0, "pass"),
         ("fit", "frames_short_of_gaussians", 3, "warn"),
+        ("fit", "depth_prior_scale_clipped_frames", 0, "pass"),
+        ("fit", "depth_prior_scale_clipped_frames", 2, "warn"),
         ("fit", "moving_share_mean", 0.2, "pass"),
         ("fit", "moving_share_mean", 0.6, "warn"),
         ("fit", "moving_share_mean", 0.9, "fail"),
