@@ -11,7 +11,7 @@ last, and it is reported occluded there. Otherwise it is occluded when it projec
 image or lies behind the rendered surface (its camera z beyond the rendered depth by more than
 `motion.VISIBLE_DEPTH_TOLERANCE`).
 
-That is `motion="gaussian"`. With `motion="local_rigid"` a query on a
+That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
 moving Gaussian instead moves with the rigid motion of the moving Gaussians around it
 (`RIGID_NEIGHBOURS` nearest at the query frame, weighted Kabsch each frame, refitted with residual
 weights) in the frames where that turn explains their motion (`RIGID_RESIDUAL_SHARE`): a fixed
@@ -19,12 +19,12 @@ world offset from one Gaussian's centre does not turn with a spinning object. It
 stay those of the point carried by its Gaussian (docs/fit.md, "Tracks that turn with the
 object").
 
-With `motion="local_affine"` (FitConfig's default) a moving query at least `AFFINE_INSIDE_PX`
-inside the fit's moving mask also follows the image motion of the moving Gaussians around it: in
-the frames where one affine map of the image carries their centres' pixels
-(`AFFINE_RESIDUAL_SHARE`), the point goes to where that map puts the query pixel, at the camera z
-local_rigid gives it; nearer the outline, where DIS smears the flow, local_rigid's point stands
-(docs/fit.md, "Tracks that follow the image motion around them").
+With `motion="local_affine"` (opt-in) a moving query's pixel also follows the image motion of the
+moving Gaussians around it: in the frames where one affine map of the image carries their
+centres' pixels (`AFFINE_RESIDUAL_SHARE`), the point goes to where that map puts the query pixel,
+at the camera z local_rigid gives it. With exact priors that raises AJ on every clip of the
+accuracy suite; through DIS flow it costs some rows a little (docs/fit.md, "Tracks that follow
+the image motion around them").
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
 from scipy.spatial import cKDTree
 
 from services.common.errors import InvalidArgumentError
@@ -70,11 +69,6 @@ AFFINE_RESIDUAL_SHARE = 0.5
 affine map of the image to within this share of the residual their mean shift leaves (weighted
 RMS, pixels) for the map to carry the query's pixel there: a moving object whose centres the flow
 carries coherently (exact or clean flow), not Gaussians that wander about the flow's noise."""
-AFFINE_INSIDE_PX = 4.0
-"""`local_affine` moves only queries at least this far (pixels) inside the fit's moving mask at
-their frame: near an object's outline DIS smears the flow over a band of a few pixels, the
-Gaussians there follow the smear, and a map of their motion carries a query off both the object
-and the background (docs/fit.md, "Tracks that follow the image motion around them")."""
 AFFINE_DISTANCE_FLOOR_PX = 0.5
 """Neighbours weigh 1 / (their distance in pixels from the query at its frame + this)."""
 AFFINE_MAX_CONDITION = 1e8
@@ -200,7 +194,7 @@ def _query_rays(result: FitResult, t: int, xy_r2: np.ndarray) -> tuple[np.ndarra
 
 
 def track_3d(
-    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_affine"
+    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_rigid"
 ) -> tuple[np.ndarray, np.ndarray]:
     """World tracks of the queried surface points: (float32 [Q, T, 3], alive bool [Q, T]).
 
@@ -237,7 +231,7 @@ def _track_3d_of(
 
 
 def track_2d(
-    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_affine"
+    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_rigid"
 ) -> tuple[np.ndarray, np.ndarray]:
     """TAP-Vid tracks for query rows (t, y, x): (points float32 [Q, T, 2] as (x, y) pixels,
     occluded bool [Q, T])."""
@@ -273,7 +267,7 @@ class Tracks:
 
 
 def track_queries(
-    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_affine"
+    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_rigid"
 ) -> Tracks:
     """track_2d, track_3d and the moving flag of query rows (t, y, x), attaching them once.
 
@@ -379,24 +373,18 @@ def _frames_with_neighbours(result: FitResult, t_query: int, ids_rk: np.ndarray)
 def _image_affine_points(
     result: FitResult, queries_q3: np.ndarray, moving_q: np.ndarray, world_qt3: np.ndarray
 ) -> np.ndarray:
-    """World points [Q, T, 3] of the `local_affine` motion: the pixel in frame t of a moving query
-    at least `AFFINE_INSIDE_PX` inside the fit's moving mask at its frame is where the affine map
-    of the image that carries its neighbours' centres (the `RIGID_NEIGHBOURS` moving Gaussians
-    whose centres project nearest to it at the query frame) from the query frame to t puts it,
-    wherever that map explains their image motion (`AFFINE_RESIDUAL_SHARE`); the point keeps the
-    camera z that `world_qt3` gives it there. Elsewhere `world_qt3` stands."""
+    """World points [Q, T, 3] of the `local_affine` motion: a moving query's pixel in frame t is
+    where the affine map of the image that carries its neighbours' centres (the `RIGID_NEIGHBOURS`
+    moving Gaussians whose centres project nearest to it at the query frame) from the query
+    frame to t puts it, wherever that map explains their image motion (`AFFINE_RESIDUAL_SHARE`);
+    the point keeps the camera z that `world_qt3` gives it there. Elsewhere `world_qt3` stands."""
     points_qt3 = world_qt3.astype(np.float64)
 
     def pixels_at(t: int, means_p3: np.ndarray) -> np.ndarray:
         return project_p2(result.K_33, result.c2w_t44[t], means_p3.astype(np.float64))[0]
 
     for t_query, rows_r, frame, moving_m in _moving_queries_by_frame(result, queries_q3, moving_q):
-        inside_hw = distance_transform_edt(result.moving_mask_thw[t_query])
         query_r2 = queries_q3[rows_r][:, [2, 1]]
-        inside_r = sample_bilinear(inside_hw[..., None], query_r2)[:, 0] >= AFFINE_INSIDE_PX
-        rows_r, query_r2 = rows_r[inside_r], query_r2[inside_r]
-        if len(rows_r) == 0:
-            continue
         k = min(RIGID_NEIGHBOURS, len(moving_m))
         moving_m2 = pixels_at(t_query, frame.means_n3[moving_m])
         dist_rk, near_rk = cKDTree(moving_m2).query(query_r2, k)
