@@ -240,6 +240,24 @@ def floor_row(
     return tapvid_row(queries, points_qt2, occluded_qt, image_hw)
 
 
+FIT_FIGURES: dict[str, bool] = {
+    "aj": True,
+    "delta_avg": True,
+    "oa": True,
+    "ate_share": False,
+    "ate_depths": False,
+    "rpe_trans": False,
+    "rpe_rot_deg": False,
+    "depth_abs_rel": False,
+    "mask_j": True,
+    "psnr": True,
+}
+"""The fit's figures in a `score` row, each with True where higher is better: what a change
+must not lower (bench/suite_diff.py). `ate` is left out: `ate_depths` is it over a constant."""
+FLOOR_FIGURES = ("naive_aj", "naive_delta_avg", "naive_oa")
+"""The floor's figures in a row: equal before and after unless the flow changed."""
+
+
 def score(scene: SyntheticScene, queries: metrics.TapvidQueries, out: ClipOutputs) -> dict:
     """Every figure of a fitted clip against the scene's ground truth."""
     image_hw = scene.frames_thw3.shape[1:3]
