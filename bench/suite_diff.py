@@ -131,7 +131,7 @@ def parse_tolerances(items: tuple[str, ...]) -> dict[str, float]:
 def _value(figure: str, value: float, signed: bool = False) -> str:
     sign = "+" if signed else ""
     if figure in _PERCENT:
-        return f"{100 * value:{sign}.3f} %"
+        return f"{100 * value:{sign}.4f} %"
     return f"{value:{sign}.2f}" if figure == "psnr" else f"{value:{sign}.4f}"
 
 
