@@ -414,6 +414,7 @@ def estimate_depth(
             min_parallax_px=max(
                 cfg.min_parallax_px * max(work_hw) / PARALLAX_REFERENCE_SIDE, PARALLAX_FLOOR_PX
             ),
+            bundle_adjust=cfg.offline_bundle_adjust,
         ),
         pair_flows=None if flow is None else resize_pair_flows(flow, work_hw),
         model=backend,

@@ -17,7 +17,11 @@ Per window of frames (docs/depth.md has the figures):
    `prior_far` at the top row to `prior_near` at the bottom, confidence PRIOR_CONFIDENCE.
 6. Scales are chained frame to frame along the flow t -> t+1 (`chain_scale`, robust least
    squares on the 3D points of both frames), bounded by the ratio of the depth levels; the
-   camera poses follow from the same chain. Frame 0's median depth is 1.
+   camera poses follow from the same chain.
+7. Bundle adjustment (services/depth/bundle.py; opt-in, `bundle_adjust`): the chained poses and
+   a sample of each frame's still triangulated points are fitted together to the flow of every
+   pair, and each frame is triangulated again with the adjusted poses, which share one scale.
+   Frame 0's median depth is 1.
 """
 
 from __future__ import annotations
@@ -28,9 +32,15 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from services.common.geometry import camera_rays_p3, focal_intrinsics_33, pixel_grid_hw2
+from services.common.geometry import (
+    camera_rays_p3,
+    focal_intrinsics_33,
+    pixel_grid_hw2,
+    relative_pose_from_c2w,
+)
 from services.common.two_view import essential_matrix, refine_pose, sampson_px
 from services.depth.backends.base import WindowDepth
+from services.depth.bundle import bundle_adjust, collect_observations
 from services.depth.flows import PairFlows
 from services.depth.quality import warp_to_source
 from services.depth.repair import fill_bad_depth
@@ -63,6 +73,7 @@ class OfflineSettings:
     max_matches: int = 3000  # flow correspondences sampled for each essential matrix
     prior_near: float = 1.0  # prior depth at the bottom row (relative units)
     prior_far: float = 3.0  # prior depth at the top row (relative units)
+    bundle_adjust: bool = False  # DepthConfig.offline_bundle_adjust (services/depth/bundle.py)
 
 
 @dataclass
@@ -366,45 +377,58 @@ def _frame_depth(
     return depth, conf.astype(np.float32), valid, ""
 
 
-def run_window(
-    frames_thw3: np.ndarray,
-    pair_flows: PairFlows,
-    settings: OfflineSettings,
-    moving_thw: np.ndarray | None = None,
-) -> WindowDepth:
-    """Depth, confidence, intrinsics and poses of one window (uint8 frames at the working size)
-    from the flow of its frame pairs (numbered from the window's first frame, at the same size):
-    every consecutive pair, plus the pairs `flow_stride` apart that fit in the window."""
-    n, height, width = frames_thw3.shape[:3]
-    K_33 = focal_intrinsics_33(height, width, settings.focal_px)
-    static_thw = np.ones((n, height, width), bool) if moving_thw is None else ~moving_thw
-    flows, consecutive = _directed_flows(pair_flows, n, settings)
-    poses = {}
-    for a, b in flows:
-        if a < b:
-            (fwd, fwd_ok), (bwd, bwd_ok) = flows[(a, b)], flows[(b, a)]
-            pose = pair_pose(
-                fwd, fwd_ok & static_thw[a], bwd, bwd_ok & static_thw[b], K_33, settings
-            )
-            poses[(a, b)], poses[(b, a)] = pose, inverse_pose(pose)
+@dataclass
+class _Window:
+    """What every step of a window reads: its frames at the working size, the directed flows
+    {(a, b): (flow a->b, consistent_a)}, the still pixels, the intrinsics and the settings."""
+
+    frames_thw3: np.ndarray
+    flows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]
+    static_thw: np.ndarray
+    K_33: np.ndarray
+    settings: OfflineSettings
+
+
+def _triangulate_frames(
+    window: _Window, poses: dict[tuple[int, int], TwoViewGeometry | None]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(depth, confidence, triangulated [n, h, w], why each prior frame got the prior) of every
+    frame with the given pair poses (`_frame_depth`)."""
+    n, height, width = window.static_thw.shape
     depth = np.zeros((n, height, width), np.float32)
     conf = np.zeros((n, height, width), np.float32)
-    prior_t = np.zeros(n, bool)
     triangulated_thw = np.zeros((n, height, width), bool)
-    notes = []
+    whys = []
     for t in range(n):
-        guide = guide_from_rgb(frames_thw3[t])
         depth[t], conf[t], triangulated_thw[t], why = _frame_depth(
-            t, flows, poses, static_thw[t], K_33, guide, settings
+            t,
+            window.flows,
+            poses,
+            window.static_thw[t],
+            window.K_33,
+            guide_from_rgb(window.frames_thw3[t]),
+            window.settings,
         )
-        prior_t[t] = not triangulated_thw[t].any()
-        if prior_t[t]:
-            notes.append(f"frame {t}: camera barely translates ({why}); smooth prior used")
+        whys.append(why)
+    return depth, conf, triangulated_thw, whys
+
+
+def _chain(
+    window: _Window,
+    depth: np.ndarray,
+    poses: dict[tuple[int, int], TwoViewGeometry | None],
+    triangulated_thw: np.ndarray,
+    notes: list[str],
+) -> tuple[np.ndarray, bool]:
+    """Scales each frame's depth (in place) to the frame before along the flow, and the camera
+    poses [n, 4, 4] that the same chain gives; False where a link had no credible geometry (the
+    poses are then only a starting point)."""
+    n = len(depth)
     c2w = np.tile(np.eye(4), (n, 1, 1))
-    poses_ok = not prior_t.any()
+    poses_ok = not (~triangulated_thw.any(axis=(1, 2))).any()
     for t in range(n - 1):
-        flow, consistent = flows[(t, t + 1)]
-        usable = consistent & static_thw[t]
+        flow, consistent = window.flows[(t, t + 1)]
+        usable = consistent & window.static_thw[t]
         if triangulated_thw[t].any():
             usable &= triangulated_thw[t]
         if triangulated_thw[t + 1].any():  # compare with measured depth, not filled depth
@@ -418,21 +442,96 @@ def run_window(
             levels = fit_scale_shift(depth[t], depth[t + 1])
         pose = poses[(t, t + 1)]
         if pose is None:
-            pose = rotation_from_flow(flow, usable, K_33, settings)
+            pose = rotation_from_flow(flow, usable, window.K_33, window.settings)
             poses_ok = False
         b, s, used = (levels.scale, 0.0, 0)
         if pose is not None:
-            b, s, used = chain_scale(depth[t], depth[t + 1], flow, usable, K_33, pose)
+            b, s, used = chain_scale(depth[t], depth[t + 1], flow, usable, window.K_33, pose)
         if used == 0 or b <= 0 or abs(np.log(b / levels.scale)) > np.log1p(MAX_LINK_CHANGE):
             notes.append(
                 f"frames {t}-{t + 1}: the geometry gave no credible scale; chained by depth levels"
             )
-            b, poses_ok = levels.scale, False
+            b, s, poses_ok = levels.scale, 0.0, False
         depth[t + 1] *= b
-        if poses_ok:
-            step = np.eye(4)
+        step = np.eye(4)
+        if pose is not None:
             step[:3, :3], step[:3, 3] = pose.R_33, s * pose.t_3
-            c2w[t + 1] = c2w[t] @ np.linalg.inv(step)
+        c2w[t + 1] = c2w[t] @ np.linalg.inv(step)
+    return c2w, poses_ok
+
+
+def _bundle_adjusted(
+    window: _Window,
+    depth: np.ndarray,
+    c2w: np.ndarray,
+    poses: dict[tuple[int, int], TwoViewGeometry | None],
+    triangulated_thw: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(depth, confidence, c2w): every frame triangulated again with the poses of one
+    bundle adjustment (which share one scale, so no chain is needed); None where the adjustment
+    had too few points or did not lower the median reprojection error."""
+    obs = collect_observations(window.flows, triangulated_thw & window.static_thw, depth)
+    if len(obs.point_o) < MIN_MATCHES:
+        return None
+    adjusted = bundle_adjust(c2w, window.K_33, obs, window.settings.epipolar_px)
+    if not adjusted.residual_px_after < adjusted.residual_px_before:
+        return None
+    relative = {}
+    for (a, b), pose in poses.items():
+        if pose is not None:
+            R_33, t_3 = relative_pose_from_c2w(adjusted.c2w_t44[a], adjusted.c2w_t44[b])
+            relative[(a, b)] = replace(pose, R_33=R_33, t_3=t_3)
+    depth, conf, _, _ = _triangulate_frames(window, relative)
+    log.info(
+        "bundle adjustment of %d points (%d flow correspondences): median reprojection error "
+        "%.2f -> %.2f px",
+        adjusted.n_points,
+        adjusted.n_observations,
+        adjusted.residual_px_before,
+        adjusted.residual_px_after,
+    )
+    return depth, conf, adjusted.c2w_t44
+
+
+def run_window(
+    frames_thw3: np.ndarray,
+    pair_flows: PairFlows,
+    settings: OfflineSettings,
+    moving_thw: np.ndarray | None = None,
+) -> WindowDepth:
+    """Depth, confidence, intrinsics and poses of one window (uint8 frames at the working size)
+    from the flow of its frame pairs (numbered from the window's first frame, at the same size):
+    every consecutive pair, plus the pairs `flow_stride` apart that fit in the window."""
+    n, height, width = frames_thw3.shape[:3]
+    K_33 = focal_intrinsics_33(height, width, settings.focal_px)
+    static_thw = np.ones((n, height, width), bool) if moving_thw is None else ~moving_thw
+    flows, consecutive = _directed_flows(pair_flows, n, settings)
+    window = _Window(frames_thw3, flows, static_thw, K_33, settings)
+    poses = {}
+    for a, b in flows:
+        if a < b:
+            (fwd, fwd_ok), (bwd, bwd_ok) = flows[(a, b)], flows[(b, a)]
+            pose = pair_pose(
+                fwd, fwd_ok & static_thw[a], bwd, bwd_ok & static_thw[b], K_33, settings
+            )
+            poses[(a, b)], poses[(b, a)] = pose, inverse_pose(pose)
+    depth, conf, triangulated_thw, whys = _triangulate_frames(window, poses)
+    prior_t = ~triangulated_thw.any(axis=(1, 2))
+    notes = [
+        f"frame {t}: camera barely translates ({whys[t]}); smooth prior used"
+        for t in np.flatnonzero(prior_t)
+    ]
+    c2w, poses_ok = _chain(window, depth, poses, triangulated_thw, notes)
+    if settings.bundle_adjust and not prior_t.any() and n >= 3:
+        adjusted = _bundle_adjusted(window, depth, c2w, poses, triangulated_thw)
+        if adjusted is None:
+            notes.append(
+                "bundle adjustment found too few points or no lower reprojection error; "
+                "chained poses kept"
+            )
+        else:
+            depth, conf, c2w = adjusted
+            poses_ok = True
     unit = float(np.median(depth[0]))
     depth /= unit
     c2w[:, :3, 3] /= unit
