@@ -9,7 +9,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from services.common.geometry import focal_intrinsics_33, pixel_grid_hw2, rigid_flow_hw2
+from services.common.geometry import (
+    axis_angle_33,
+    focal_intrinsics_33,
+    pixel_grid_hw2,
+    rigid_flow_hw2,
+    rotation_33,
+)
 from services.depth import bundle
 from services.depth.backends.offline import OfflineSettings, run_window
 from services.evaluation.metrics import ate_rpe
@@ -23,9 +29,7 @@ def _cameras(n: int) -> np.ndarray:
     """c2w [n, 4, 4]: a camera sliding sideways and turning a little, as an orbit does."""
     c2w = np.tile(np.eye(4), (n, 1, 1))
     for t in range(n):
-        angle = np.deg2rad(-1.0 * t)
-        c, s = np.cos(angle), np.sin(angle)
-        c2w[t, :3, :3] = [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]
+        c2w[t, :3, :3] = rotation_33("y", np.deg2rad(-1.0 * t))
         c2w[t, :3, 3] = [0.1 * t, 0.01 * t, 0.0]
     return c2w
 
@@ -72,13 +76,8 @@ def _perturbed(c2w: np.ndarray, obs: bundle.Observations) -> tuple[np.ndarray, b
     rng = np.random.default_rng(1)
     start = c2w.copy()
     for t in range(1, len(c2w)):
-        axis = rng.normal(size=3)
-        angle = np.deg2rad(0.5)
-        k = axis / np.linalg.norm(axis)
-        kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-        start[t, :3, :3] = (np.eye(3) + np.sin(angle) * kx + (1 - np.cos(angle)) * kx @ kx) @ (
-            c2w[t, :3, :3]
-        )
+        turn = axis_angle_33(rng.normal(size=3), np.deg2rad(0.5))
+        start[t, :3, :3] = turn @ c2w[t, :3, :3]
         start[t, :3, 3] += rng.normal(scale=0.02, size=3)
     inverse = obs.inverse_depth_p * rng.uniform(0.9, 1.1, len(obs.inverse_depth_p))
     return start, replace(obs, inverse_depth_p=inverse)
