@@ -425,7 +425,7 @@ def _chain(
     poses are then only a starting point)."""
     n = len(depth)
     c2w = np.tile(np.eye(4), (n, 1, 1))
-    poses_ok = not (~triangulated_thw.any(axis=(1, 2))).any()
+    poses_ok = True
     for t in range(n - 1):
         flow, consistent = window.flows[(t, t + 1)]
         usable = consistent & window.static_thw[t]
@@ -521,7 +521,8 @@ def run_window(
         f"frame {t}: camera barely translates ({whys[t]}); smooth prior used"
         for t in np.flatnonzero(prior_t)
     ]
-    c2w, poses_ok = _chain(window, depth, poses, triangulated_thw, notes)
+    c2w, links_ok = _chain(window, depth, poses, triangulated_thw, notes)
+    poses_ok = links_ok and not prior_t.any()
     if settings.bundle_adjust and not prior_t.any() and n >= 3:
         adjusted = _bundle_adjusted(window, depth, c2w, poses, triangulated_thw)
         if adjusted is None:
