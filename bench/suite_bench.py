@@ -23,8 +23,10 @@ from typing import Literal
 
 import tyro
 
+from services.common.config import with_settings
 from services.common.describe import package_versions
 from services.common.errors import InvalidArgumentError
+from services.depth.config import DepthConfig
 from services.evaluation.fit_suite import (
     SUITE,
     PriorSource,
@@ -60,6 +62,9 @@ class SuiteBench:
     set: tuple[str, ...] = ()
     """FitConfig fields to change in every preset, as name=value (e.g. keep_adam_state=true), to
     measure a change before it is made; the rows record them."""
+    depth_set: tuple[str, ...] = ()
+    """DepthConfig fields to change for the pipeline rows, as name=value (e.g.
+    offline_bundle_adjust=true); the rows record them."""
     device: Literal["cpu", "cuda"] = "cpu"
     jobs: int = 1
     """Rows fitted at once, each in its own process."""
@@ -88,6 +93,11 @@ def second_readout(bench: SuiteBench) -> TrackReadout | None:
     return None
 
 
+def depth_config(bench: SuiteBench) -> DepthConfig:
+    """The pipeline rows' depth stage configuration: the default with --depth-set applied."""
+    return with_settings(DepthConfig(), bench.depth_set, "depth_set")
+
+
 def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
     bench, clip, source, preset_name = job
     if bench.device == "cpu":
@@ -103,7 +113,9 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         height=bench.height,
         n_frames=bench.frames,
         n_tracks=bench.tracks,
-        pipeline=PipelineConfig(flow=FlowConfig(dis_preset=bench.dis_preset), runtime=runtime),
+        pipeline=PipelineConfig(
+            flow=FlowConfig(dis_preset=bench.dis_preset), depth=depth_config(bench), runtime=runtime
+        ),
         other_readout=second_readout(bench),
     )
     row.update(
@@ -111,6 +123,7 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         dis_preset=bench.dis_preset,
         seed=bench.seed,
         settings=list(bench.set),
+        depth_settings=list(bench.depth_set),
         # CPU figures move with library versions and OpenBLAS's kernels (docs/fit.md)
         versions=package_versions(),
         openblas_env={k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
@@ -175,6 +188,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in bench.presets:  # a wrong --set fails here, before any fit
         preset_with(name, bench.set, bench.seed)
+    depth_config(bench)  # a wrong --depth-set too
     second_readout(bench)  # and a wrong --other-tracks or --other-motion
     jobs = [
         (bench, clip, source, name)
@@ -191,6 +205,8 @@ def main() -> None:
     print(f"suite at {bench.width}x{bench.height}x{bench.frames}, {bench.tracks} tracks per clip")
     if bench.set:
         print(f"every preset with {' '.join(bench.set)}")
+    if bench.depth_set:
+        print(f"the pipeline's depth stage with {' '.join(bench.depth_set)}")
     print(table(rows))
     if bench.json_out is not None:
         bench.json_out.write_text(json.dumps(rows, indent=2))

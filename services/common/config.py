@@ -93,6 +93,29 @@ def check_choices(config: Any) -> None:
             )
 
 
+_BOOLS = {"true": True, "false": False}
+
+
+def with_settings(config: T, settings: tuple[str, ...], flag: str) -> T:
+    """`config` with the name=value `settings` applied, each value converted to the type of the
+    field's current value (the benches' --set flags, to measure a change before it is made);
+    InvalidArgumentError names `flag` and the setting that names no such field or does not
+    convert."""
+    changes: dict[str, object] = {}
+    for setting in settings:
+        field, sep, value = setting.partition("=")
+        if not sep or field not in {f.name for f in dataclasses.fields(config)}:
+            raise InvalidArgumentError(
+                flag, f"{setting!r} is not name=value of a {type(config).__name__} field"
+            )
+        kind = type(getattr(config, field))
+        try:
+            changes[field] = _BOOLS[value.lower()] if kind is bool else kind(value)
+        except (KeyError, ValueError, TypeError):
+            raise InvalidArgumentError(flag, f"{setting!r}: {field} is {kind.__name__}") from None
+    return dataclasses.replace(config, **changes)
+
+
 def check_device(value: str, field: str = "device") -> None:
     """Refuse a torch device name other than auto, cpu, cuda or cuda:N, naming the field."""
     if value not in ("auto", "cpu") and not value.startswith("cuda"):

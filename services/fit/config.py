@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from services.common.config import check_choices
+from services.common.config import check_choices, with_settings
 from services.common.errors import InvalidArgumentError
 
 TrackMotion = Literal["gaussian", "local_rigid", "local_affine"]
@@ -108,6 +108,14 @@ class FitConfig:
     (at 256x192 on the GPU a first version cost orbit-nonrigid's and orbit-3-leaving's cameras),
     and the PnP no longer overlaps the previous frame's optimisation: opt-in (docs/fit.md,
     "Cameras tracked against the model's depth")."""
+
+    camera_from_prior_poses: bool = False
+    """Take the priors' camera poses (the depth stage's `c2w`) as the fit's cameras, frame for
+    frame, instead of the PnP start and the photometric refinement; where the priors hold no
+    poses the fit finds its own as usual. For a depth stage whose poses are better than the
+    fit's tracking: the offline backend's bundle adjustment (`offline_bundle_adjust`), whose
+    poses the refinement walks away from (docs/fit.md, "Keeping a bundle-adjusted depth stage's
+    cameras"). Its chained poses without the adjustment are worse than the fit's own."""
 
     moving_depth_from_filled_prior: bool = True
     """A moving Gaussian's camera z follows the depth prior's change along its flow also where
@@ -226,21 +234,7 @@ def preset(name: str) -> FitConfig:
     return dataclasses.replace(PRESETS[name])
 
 
-_BOOLS = {"true": True, "false": False}
-
-
 def preset_with(name: str, settings: tuple[str, ...], seed: int) -> FitConfig:
-    """The named preset with the name=value `settings` applied (each value converted to its
-    field's type) and the fit seed; InvalidArgumentError names a field that does not exist."""
-    fit_cfg = preset(name)
-    changes: dict[str, object] = {"seed": seed}
-    for setting in settings:
-        field, sep, value = setting.partition("=")
-        if not sep or not hasattr(fit_cfg, field):
-            raise InvalidArgumentError("set", f"{setting!r} is not name=value of a FitConfig field")
-        kind = type(getattr(fit_cfg, field))
-        try:
-            changes[field] = _BOOLS[value.lower()] if kind is bool else kind(value)
-        except (KeyError, ValueError):
-            raise InvalidArgumentError("set", f"{setting!r}: {field} is {kind.__name__}") from None
-    return dataclasses.replace(fit_cfg, **changes)
+    """The named preset with the name=value `settings` applied (`with_settings`, flag "set")
+    and the fit seed."""
+    return dataclasses.replace(with_settings(preset(name), settings, "set"), seed=seed)

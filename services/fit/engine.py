@@ -5,6 +5,7 @@ then optimised on the frame. Each later frame t:
 1. camera: a RANSAC PnP start from flow correspondences on the still part of frame t-1 (or the
    prior pose when the depth stage gave one), refined photometrically against the still pixels
    (`camera.py`); the PnP runs on a worker thread while frame t-1's Gaussians are optimised;
+   with `camera_from_prior_poses` the depth stage's pose is taken as it is;
 2. still/moving split of the Gaussians visible at t-1 (2-means on residual motion, mask prior),
    and the moving ones follow the flow, lifted by the depth prior (`motion.py`);
 3. pixel-wise densification where frame t is uncovered or badly rendered (`densify.py`);
@@ -249,7 +250,10 @@ class _Fitter:
 
     def _camera(self, t: int, c2w_prev: np.ndarray) -> np.ndarray:
         """Pose of frame t: RANSAC PnP on still flow correspondences (from the prior pose, else the
-        previous one; that guess stands when PnP fails), refined against the still part."""
+        previous one; that guess stands when PnP fails), refined against the still part; the
+        prior pose itself with `camera_from_prior_poses`."""
+        if self._keeps_prior_poses():
+            return np.asarray(self.priors.c2w_t44[t], np.float64)
         with self.timer.phase("camera_pnp"):
             if self.pnp_ahead is None or self.pnp_ahead[0] != t:  # the first frame after a resume
                 self._start_pnp(t, c2w_prev)
@@ -285,7 +289,7 @@ class _Fitter:
         hides it; the result is the same). With `camera_depth="model"` it starts once frame t-1 is
         finished and lifts at the model as it then stands, pruned: what a checkpoint holds, so a
         resumed fit repeats it."""
-        if t < self.T:
+        if t < self.T and not self._keeps_prior_poses():
             depth_prev_hw = self._prior_depth(t - 1)
             if self.cfg.camera_depth == "model":
                 still_out = self._render_still(c2w_prev)
@@ -304,6 +308,9 @@ class _Fitter:
                 self._rng(t, 1),
             )
             self.pnp_ahead = (t, task)
+
+    def _keeps_prior_poses(self) -> bool:
+        return self.cfg.camera_from_prior_poses and self.priors.c2w_t44 is not None
 
     def _depth_scale(self, t: int, c2w_44: np.ndarray) -> float:
         """`camera.depth_prior_scale` of frame t at its new pose."""

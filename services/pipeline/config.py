@@ -4,6 +4,7 @@ this process (`PipelineRuntime`), and where each stage runs."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,6 +19,8 @@ from services.fit.queries import DEFAULT_TRACK_GRID
 from services.flow.config import FlowConfig, FlowRuntime
 from services.pipeline.ingest import IngestConfig
 from services.segment.config import SegmentConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,6 +114,14 @@ class PipelineConfig:
                 "flow.extra_stride",
                 f"{self.flow.extra_stride}, but depth triangulates frames {stride} apart "
                 f"(depth.flow_stride): leave it at 0 or set it to {stride}",
+            )
+        chained = self.depth.backend == "offline" and not self.depth.offline_bundle_adjust
+        if self.fit.camera_from_prior_poses and chained:
+            logger.warning(
+                "fit.camera_from_prior_poses keeps the offline depth backend's poses, which "
+                "without its bundle adjustment are chained pair by pair and drift further than "
+                "the fit's own cameras: set depth.offline_bundle_adjust too "
+                "(--pipeline.depth.offline-bundle-adjust)"
             )
         for stage in (item.name for item in dataclasses.fields(PipelineRuntime)):
             stage_runtime = getattr(self.runtime, stage)

@@ -241,6 +241,24 @@ def test_prior_poses_start_the_cameras():
     assert np.abs(result.c2w_t44[:, :3, 3] - short.c2w_t44[:, :3, 3]).max() < 0.03
 
 
+def test_prior_poses_kept_as_the_cameras_only_when_asked(fitted, scene):
+    """camera_from_prior_poses takes the priors' poses as they are, a 10 cm error included, where
+    the fit's own tracking (PnP and refinement from them) comes back to the true path; without
+    prior poses it leaves the fit as it was."""
+    short = make_scene(SceneConfig(n_frames=3, seed=5))
+    off_c2w_t44 = short.c2w_t44.copy()
+    off_c2w_t44[1:, :3, 3] += [0.1, -0.1, 0.0]
+    keeping = dataclasses.replace(preset("test"), camera_from_prior_poses=True)
+    kept = fit(_priors(short, c2w_t44=off_c2w_t44), keeping)
+    assert np.array_equal(kept.c2w_t44, off_c2w_t44)
+    tracked = fit(_priors(short, c2w_t44=off_c2w_t44), preset("test"))
+    off_m = np.abs(off_c2w_t44[1:, :3, 3] - short.c2w_t44[1:, :3, 3]).max()
+    tracked_m = np.abs(tracked.c2w_t44[1:, :3, 3] - short.c2w_t44[1:, :3, 3]).max()
+    assert tracked_m < off_m / 2
+    without_poses = fit(_priors(scene), keeping)
+    assert np.array_equal(without_poses.c2w_t44, fitted.c2w_t44)
+
+
 def test_a_depth_prior_that_drifts_past_the_scale_range_is_flagged(caplog):
     """A prior whose scale shrinks to 0.6x per frame needs 1 / 0.6^t against the model: within
     DEPTH_SCALE_RANGE (2) up to frame 1, clipped from frame 2 on, which scale_clipped_t (the fit

@@ -1,8 +1,11 @@
-"""config.preset_with (the benches' --set): preset fields changed by name=value, typed."""
+"""config.preset_with and with_settings (the benches' --set and --depth-set): config fields
+changed by name=value, typed."""
 
 import pytest
 
+from services.common.config import with_settings
 from services.common.errors import InvalidArgumentError
+from services.depth.config import DepthConfig
 from services.fit.config import preset, preset_with
 
 
@@ -22,3 +25,11 @@ def test_settings_change_only_the_named_fields_with_their_types():
 def test_a_wrong_setting_is_refused(setting):
     with pytest.raises(InvalidArgumentError):
         preset_with("fast", (setting,), seed=0)
+
+
+def test_depth_settings_change_the_depth_config_and_name_their_flag():
+    cfg = with_settings(DepthConfig(), ("offline_bundle_adjust=true", "flow_stride=2"), "depth_set")
+    assert cfg.offline_bundle_adjust is True and cfg.flow_stride == 2
+    with pytest.raises(InvalidArgumentError) as caught:
+        with_settings(DepthConfig(), ("bundle_adjust=true",), "depth_set")
+    assert caught.value.field == "depth_set" and "DepthConfig" in caught.value.description

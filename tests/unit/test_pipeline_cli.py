@@ -13,7 +13,8 @@ import tyro
 import yaml
 
 from services.common.errors import InvalidArgumentError
-from services.fit.config import preset
+from services.depth.config import DepthConfig
+from services.fit.config import FitConfig, preset
 from services.pipeline.cli import RunCommand, _store_and_remote
 from services.pipeline.config import PipelineConfig, RemoteConfig, with_fit_preset
 
@@ -90,3 +91,12 @@ def test_fit_flags_given_with_a_preset_apply_on_top_of_it():
     assert fit == dataclasses.replace(preset("fast"), track_motion="local_rigid", iters=120)
     assert with_fit_preset(PipelineConfig(), "fast").fit == preset("fast")
     assert with_fit_preset(command.pipeline, None) is command.pipeline
+
+
+def test_keeping_the_offline_chained_poses_as_cameras_is_warned_about(caplog):
+    keep = FitConfig(camera_from_prior_poses=True)
+    PipelineConfig(fit=keep, depth=DepthConfig(offline_bundle_adjust=True))
+    PipelineConfig(fit=keep, depth=DepthConfig(backend="mast3r"))
+    assert "offline-bundle-adjust" not in caplog.text
+    PipelineConfig(fit=keep)
+    assert "--pipeline.depth.offline-bundle-adjust" in caplog.text
