@@ -310,6 +310,7 @@ class _Fitter:
             self.pnp_ahead = (t, task)
 
     def _keeps_prior_poses(self) -> bool:
+        """Whether the cameras are the priors' poses (`camera_from_prior_poses`, poses given)."""
         return self.cfg.camera_from_prior_poses and self.priors.c2w_t44 is not None
 
     def _depth_scale(self, t: int, c2w_44: np.ndarray) -> float:

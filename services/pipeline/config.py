@@ -4,7 +4,6 @@ this process (`PipelineRuntime`), and where each stage runs."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,8 +18,6 @@ from services.fit.queries import DEFAULT_TRACK_GRID
 from services.flow.config import FlowConfig, FlowRuntime
 from services.pipeline.ingest import IngestConfig
 from services.segment.config import SegmentConfig
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,14 +112,6 @@ class PipelineConfig:
                 f"{self.flow.extra_stride}, but depth triangulates frames {stride} apart "
                 f"(depth.flow_stride): leave it at 0 or set it to {stride}",
             )
-        chained = self.depth.backend == "offline" and not self.depth.offline_bundle_adjust
-        if self.fit.camera_from_prior_poses and chained:
-            logger.warning(
-                "fit.camera_from_prior_poses keeps the offline depth backend's poses, which "
-                "without its bundle adjustment are chained pair by pair and drift further than "
-                "the fit's own cameras: set depth.offline_bundle_adjust too "
-                "(--pipeline.depth.offline-bundle-adjust)"
-            )
         for stage in (item.name for item in dataclasses.fields(PipelineRuntime)):
             stage_runtime = getattr(self.runtime, stage)
             target = getattr(self.remote, stage)
@@ -136,6 +125,20 @@ class PipelineConfig:
                     f"device and budgets ({env} in its environment): leave runtime.{stage} at "
                     "its defaults",
                 )
+
+    def warnings(self) -> list[str]:
+        """Combinations of stage settings that run but work against each other (a run logs
+        them before its first stage)."""
+        found = []
+        chained = self.depth.backend == "offline" and not self.depth.offline_bundle_adjust
+        if self.fit.camera_from_prior_poses and chained:
+            found.append(
+                "fit.camera_from_prior_poses keeps the offline depth backend's poses, which "
+                "without its bundle adjustment are chained pair by pair and drift further than "
+                "the fit's own cameras: set depth.offline_bundle_adjust too "
+                "(--pipeline.depth.offline-bundle-adjust)"
+            )
+        return found
 
     def flow_config(self, n_frames: int) -> FlowConfig:
         """The flow stage's config for a clip of `n_frames`: `flow` plus the wider pairs depth

@@ -222,6 +222,8 @@ def run_pipeline(
 ) -> pipeline_pb2.PipelineResult:
     """Every stage in order on an ingested video, then the HTML report. The fit tracks
     `track_queries` (a float32 [Q, 3] array of (t, y, x)), or else `config.track_grid`'s grid."""
+    for warning in config.warnings():
+        log.warning("%s", warning)
     if track_queries is None and config.track_grid:
         grid_q3 = grid_queries_q3(video.height, video.width, config.track_grid)
         track_queries = put_queries(artifacts, grid_q3)

@@ -93,10 +93,10 @@ def test_fit_flags_given_with_a_preset_apply_on_top_of_it():
     assert with_fit_preset(command.pipeline, None) is command.pipeline
 
 
-def test_keeping_the_offline_chained_poses_as_cameras_is_warned_about(caplog):
+def test_keeping_the_offline_chained_poses_as_cameras_is_warned_about():
     keep = FitConfig(camera_from_prior_poses=True)
-    PipelineConfig(fit=keep, depth=DepthConfig(offline_bundle_adjust=True))
-    PipelineConfig(fit=keep, depth=DepthConfig(backend="mast3r"))
-    assert "offline-bundle-adjust" not in caplog.text
-    PipelineConfig(fit=keep)
-    assert "--pipeline.depth.offline-bundle-adjust" in caplog.text
+    assert PipelineConfig(fit=keep, depth=DepthConfig(offline_bundle_adjust=True)).warnings() == []
+    assert PipelineConfig(fit=keep, depth=DepthConfig(backend="mast3r")).warnings() == []
+    assert PipelineConfig().warnings() == []
+    (warning,) = PipelineConfig(fit=keep).warnings()
+    assert "--pipeline.depth.offline-bundle-adjust" in warning
