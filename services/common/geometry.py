@@ -123,6 +123,14 @@ def relative_pose_from_c2w(
     return rel_44[:3, :3], rel_44[:3, 3]
 
 
+def skew_33(v_3: np.ndarray) -> np.ndarray:
+    """The matrix [v]x with [v]x p = v x p; batched over leading axes ([..., 3] -> [..., 3, 3])."""
+    x, y, z = np.moveaxis(np.asarray(v_3), -1, 0)
+    zero = np.zeros_like(x)
+    rows = (np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1), np.stack([-y, x, zero], -1))
+    return np.stack(rows, -2)
+
+
 def rotation_33(axis: str, angle_rad: float) -> np.ndarray:
     """Right-handed rotation about a coordinate axis ('x', 'y' or 'z')."""
     c, s = np.cos(angle_rad), np.sin(angle_rad)

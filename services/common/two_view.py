@@ -18,6 +18,7 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from services.common.errors import InvalidArgumentError
+from services.common.geometry import skew_33
 
 logger = logging.getLogger(__name__)
 
@@ -96,16 +97,12 @@ def match_features(
     return pts_a, pts_b
 
 
-def _skew_33(v_3: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v_3[2], v_3[1]], [v_3[2], 0.0, -v_3[0]], [-v_3[1], v_3[0], 0.0]])
-
-
 def sampson_px(
     R_33: np.ndarray, t_3: np.ndarray, pts_a_m2: np.ndarray, pts_b_m2: np.ndarray, K_33: np.ndarray
 ) -> np.ndarray:
     """First-order distance (pixels) of each match from the epipolar geometry of (R, t)."""
     K_inv = np.linalg.inv(K_33)
-    F_33 = K_inv.T @ _skew_33(t_3) @ R_33 @ K_inv
+    F_33 = K_inv.T @ skew_33(t_3) @ R_33 @ K_inv
     xa = np.concatenate([pts_a_m2, np.ones((len(pts_a_m2), 1))], axis=1)
     xb = np.concatenate([pts_b_m2, np.ones((len(pts_b_m2), 1))], axis=1)
     Fxa, Ftxb = xa @ F_33.T, xb @ F_33

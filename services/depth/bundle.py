@@ -18,7 +18,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.spatial.transform import Rotation
 
-from services.common.geometry import camera_rays_p3, pixel_grid_hw2
+from services.common.geometry import camera_rays_p3, pixel_grid_hw2, skew_33
 
 POINTS_PER_FRAME = 400  # still points anchored in each frame (spread over its usable pixels)
 MAX_ITERATIONS = 200  # Levenberg-Marquardt steps at most (it stops earlier once the cost stalls)
@@ -101,14 +101,6 @@ def collect_observations(
     )
 
 
-def _skew_o33(v_o3: np.ndarray) -> np.ndarray:
-    zero = np.zeros(len(v_o3))
-    x, y, z = v_o3.T
-    return np.stack(
-        [np.stack([zero, -z, y], 1), np.stack([z, zero, -x], 1), np.stack([-y, x, zero], 1)], 1
-    )
-
-
 @dataclass
 class _Linearised:
     residual_o2: np.ndarray  # projected minus observed pixel
@@ -140,9 +132,9 @@ def _linearise(
     d_proj[:, 1, 1], d_proj[:, 1, 2] = fy / z, -fy * y / z**2
     Rba = Rb_T @ R_t33[a]
     blocks = {
-        "anchor_rotation": -Rba @ _skew_o33(camera_a_o3),
+        "anchor_rotation": -Rba @ skew_33(camera_a_o3),
         "anchor_centre": Rb_T,
-        "seen_rotation": _skew_o33(camera_b_o3),
+        "seen_rotation": skew_33(camera_b_o3),
         "seen_centre": -Rb_T,
     }
     rows = np.repeat(np.arange(2 * n_obs).reshape(n_obs, 2, 1), 3, axis=2)
