@@ -39,6 +39,7 @@ from services.fit.config import FitRuntime, TrackMotion, preset_with
 from services.fit.tracks import track_2d
 from services.flow.config import DisPreset, FlowConfig
 from services.pipeline.config import PipelineConfig, PipelineRuntime
+from services.segment.config import SegmentConfig
 
 
 @dataclass
@@ -65,6 +66,9 @@ class SuiteBench:
     depth_set: tuple[str, ...] = ()
     """DepthConfig fields to change for the pipeline rows, as name=value (e.g.
     offline_bundle_adjust=true); the rows record them."""
+    segment_set: tuple[str, ...] = ()
+    """SegmentConfig fields to change for the pipeline rows, as name=value (e.g.
+    measured_depth_only=true); the rows record them."""
     device: Literal["cpu", "cuda"] = "cpu"
     jobs: int = 1
     """Rows fitted at once, each in its own process."""
@@ -93,9 +97,14 @@ def second_readout(bench: SuiteBench) -> TrackReadout | None:
     return None
 
 
-def depth_config(bench: SuiteBench) -> DepthConfig:
-    """The pipeline rows' depth stage configuration: the default with --depth-set applied."""
-    return with_settings(DepthConfig(), bench.depth_set, "depth_set")
+def pipeline_config(bench: SuiteBench, runtime: PipelineRuntime) -> PipelineConfig:
+    """The pipeline rows' stages: the defaults with --dis-preset, --depth-set and --segment-set."""
+    return PipelineConfig(
+        flow=FlowConfig(dis_preset=bench.dis_preset),
+        depth=with_settings(DepthConfig(), bench.depth_set, "depth_set"),
+        segment=with_settings(SegmentConfig(), bench.segment_set, "segment_set"),
+        runtime=runtime,
+    )
 
 
 def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
@@ -113,9 +122,7 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         height=bench.height,
         n_frames=bench.frames,
         n_tracks=bench.tracks,
-        pipeline=PipelineConfig(
-            flow=FlowConfig(dis_preset=bench.dis_preset), depth=depth_config(bench), runtime=runtime
-        ),
+        pipeline=pipeline_config(bench, runtime),
         other_readout=second_readout(bench),
     )
     row.update(
@@ -124,6 +131,7 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         seed=bench.seed,
         settings=list(bench.set),
         depth_settings=list(bench.depth_set),
+        segment_settings=list(bench.segment_set),
         # CPU figures move with library versions and OpenBLAS's kernels (docs/fit.md)
         versions=package_versions(),
         openblas_env={k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
@@ -188,7 +196,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in bench.presets:  # a wrong --set fails here, before any fit
         preset_with(name, bench.set, bench.seed)
-    depth_config(bench)  # a wrong --depth-set too
+    pipeline_config(bench, PipelineRuntime())  # a wrong --depth-set or --segment-set too
     second_readout(bench)  # and a wrong --other-tracks or --other-motion
     jobs = [
         (bench, clip, source, name)
@@ -207,6 +215,8 @@ def main() -> None:
         print(f"every preset with {' '.join(bench.set)}")
     if bench.depth_set:
         print(f"the pipeline's depth stage with {' '.join(bench.depth_set)}")
+    if bench.segment_set:
+        print(f"the pipeline's segment stage with {' '.join(bench.segment_set)}")
     print(table(rows))
     if bench.json_out is not None:
         bench.json_out.write_text(json.dumps(rows, indent=2))

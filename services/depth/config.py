@@ -15,6 +15,11 @@ from services.common.errors import InvalidArgumentError
 from services.depth.planner import MIN_WINDOW
 
 MIN_SIDE_PX = 16  # smallest frame side (and offline working long side) depth works at
+MEASURED_DEPTH_CONFIDENCE = 0.1
+"""Depth-prior confidence from which a pixel's depth counts as measured. The offline depth
+backend gives pixels it filled from their surroundings 0.05 (every moving object among them: it
+has no parallax to measure there) and frames on its smooth prior 0.02; MASt3R's confidence
+(1 - 1/conf) passes from a raw confidence of 1.11 up."""
 
 
 @dataclass

@@ -184,6 +184,7 @@ def pipeline_priors(scene: SyntheticScene, config: PipelineConfig) -> FitPriors:
         config.segment,
         depth_thw=depth.depth_thw,
         frames_thw3=frames_thw3,
+        depth_confidence_thw=depth.confidence_thw,
     )
     fx, fy, cx, cy = depth.intrinsics
     return FitPriors(

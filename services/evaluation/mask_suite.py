@@ -73,11 +73,21 @@ def clip_masks(
     cfg = cfg or SegmentConfig()
     if source == "pipeline":
         fwd, bwd, depth = pipeline_flow_and_depth(scene.frames_thw3, PipelineConfig())
-        depth_thw = depth.depth_thw
+        depth_thw, confidence_thw = depth.depth_thw, depth.confidence_thw
     else:
         fwd, bwd, depth_thw = scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2, scene.depth_thw
-    naive = segment_motion(fwd, bwd, cfg, depth_thw)  # no frames: no refinement
-    refined = segment_motion(fwd, bwd, cfg, depth_thw, frames_thw3=scene.frames_thw3)
+        confidence_thw = None
+    naive = segment_motion(  # no frames: no refinement
+        fwd, bwd, cfg, depth_thw, depth_confidence_thw=confidence_thw
+    )
+    refined = segment_motion(
+        fwd,
+        bwd,
+        cfg,
+        depth_thw,
+        frames_thw3=scene.frames_thw3,
+        depth_confidence_thw=confidence_thw,
+    )
     return ClipMasks(naive.masks_thw, refined.masks_thw, scene.moving_thw)
 
 

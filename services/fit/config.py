@@ -119,8 +119,8 @@ class FitConfig:
 
     moving_depth_from_filled_prior: bool = True
     """A moving Gaussian's camera z follows the depth prior's change along its flow also where
-    the prior was filled in rather than measured (confidence below
-    `priors.MEASURED_DEPTH_CONFIDENCE`: the offline depth backend fills every moving object from
+    the prior was filled in rather than measured (confidence below `MEASURED_DEPTH_CONFIDENCE`
+    of services/depth/config.py: the offline depth backend fills every moving object from
     its surroundings). False keeps such a Gaussian at the z its unmoved centre has in the new
     camera. Through the offline backend that raises occlusion accuracy and PSNR on moving-camera
     clips but not every figure of the accuracy suite, so it is opt-in (docs/fit.md, "Moving depth

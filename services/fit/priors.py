@@ -11,12 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
-
-MEASURED_DEPTH_CONFIDENCE = 0.1
-"""Depth-prior confidence from which a pixel's depth counts as measured. The offline depth
-backend gives pixels it filled from their surroundings 0.05 (every moving object among them: it
-has no parallax to measure there) and frames on its smooth prior 0.02; MASt3R's confidence
-(1 - 1/conf) passes from a raw confidence of 1.11 up."""
+from services.depth.config import MEASURED_DEPTH_CONFIDENCE
 
 
 @dataclass

@@ -40,6 +40,13 @@ class SegmentConfig:
     """Radius of the opening that removes specks (0: off)."""
     morph_close_px: int = 2
     """Radius of the closing that fills small holes (0: off)."""
+    measured_depth_only: bool = False
+    """Skip the depth parallax check on frames without measured depth (the depth stage's
+    confidence below `MEASURED_DEPTH_CONFIDENCE`, services/depth/config.py: the offline
+    backend's smooth prior where the camera barely translates). Checked against that made-up
+    depth, still background scores as moving (pan / static clips of the accuracy suite,
+    256x192x24: J of the scores 0.52 / 0.51, 0.92 / 0.96 with this). Opt-in: the fit's figures
+    move both ways by a few thousandths (docs/segment.md, "Depth the depth stage assumed")."""
     temporal_smoothing: bool = True
     """Majority vote of each pixel with the previous and next masks warped by flow; scores take
     the median of the three."""

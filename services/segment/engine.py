@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from services.common.errors import InvalidArgumentError, ProgressFn, no_progress
+from services.depth.config import MEASURED_DEPTH_CONFIDENCE
 from services.flow.consistency import forward_backward_consistency, warp_image
 from services.segment.config import SegmentConfig
 from services.segment.refine import check_refine_config, refine_masks
@@ -88,14 +89,20 @@ def segment_motion(
     depth_thw: np.ndarray | None = None,
     progress: ProgressFn = no_progress,
     frames_thw3: np.ndarray | None = None,
+    depth_confidence_thw: np.ndarray | None = None,
 ) -> SegmentResult:
     """Masks and scores for T frames from T-1 forward/backward flow pairs.
 
     Frame t < T-1 is scored by its forward flow (t -> t+1), the last frame by the backward flow
     of the last pair. `depth_thw` (optional, any scale, non-positive / non-finite = unknown) adds
-    the parallax check. `frames_thw3` (optional, uint8 RGB [T, H, W, 3]) lets `cfg.refine`
-    tighten the masks to the object; where it changes a pixel's decision, the score becomes
-    0 or 1 accordingly.
+    the parallax check. `depth_confidence_thw` (optional, the depth stage's confidence) lets
+    `cfg.measured_depth_only` skip the check on frames without measured depth
+    (`MEASURED_DEPTH_CONFIDENCE`): a smooth prior, assumed where the camera barely translates,
+    is made-up parallax, and a camera fitted to it marks still pixels moving. Depth filled in
+    from measured surroundings (every moving object, in the offline backend) is kept: such an
+    object then stands out. `frames_thw3` (optional, uint8 RGB [T, H, W, 3]) lets `cfg.refine`
+    tighten the masks to the object; where it changes a pixel's decision, the score becomes 0
+    or 1 accordingly.
     """
     _check_config(cfg)
     flow_fwd_t1hw2 = _check_flow("flow_fwd", flow_fwd_t1hw2)
@@ -109,14 +116,26 @@ def segment_motion(
     n_pairs, height, width, _ = flow_fwd_t1hw2.shape
     n_frames = n_pairs + 1
     if depth_thw is not None:
-        depth_thw = _check_depth(depth_thw, n_frames, height, width)
+        depth_thw = _check_per_pixel("depth", depth_thw, n_frames, height, width)
+    measured_thw = None
+    if depth_confidence_thw is not None:
+        if depth_thw is None:
+            raise InvalidArgumentError(
+                "depth_confidence", "given without depth: pass the depth it belongs to, or neither"
+            )
+        confidence_thw = _check_per_pixel(
+            "depth_confidence", depth_confidence_thw, n_frames, height, width
+        )
+        if cfg.measured_depth_only:
+            measured_thw = confidence_thw >= MEASURED_DEPTH_CONFIDENCE
 
     flows = _directed_flows(flow_fwd_t1hw2, flow_bwd_t1hw2, cfg.fb_threshold_px)
     evidence = []
     for t in range(n_frames):
         flow_hw2, consistent_hw = flows[(t, t + 1) if t < n_pairs else (t, t - 1)]
         depth_hw = None if depth_thw is None else depth_thw[t]
-        evidence.append(_segment_frame(flow_hw2, consistent_hw, depth_hw, cfg, t))
+        measured_hw = None if measured_thw is None else measured_thw[t]
+        evidence.append(_segment_frame(flow_hw2, consistent_hw, depth_hw, measured_hw, cfg, t))
         progress(t + 1, n_frames, f"segmented frame {t + 1}/{n_frames}")
 
     masks_thw, scores_thw = _temporal(evidence, flows, cfg)
@@ -233,17 +252,19 @@ def _check_flow(field: str, flow: ArrayLike) -> np.ndarray:
     return flow
 
 
-def _check_depth(depth_thw: ArrayLike, n_frames: int, height: int, width: int) -> np.ndarray:
-    depth_thw = np.asarray(depth_thw)
-    if depth_thw.shape != (n_frames, height, width):
+def _check_per_pixel(
+    field: str, values_thw: ArrayLike, n_frames: int, height: int, width: int
+) -> np.ndarray:
+    values_thw = np.asarray(values_thw)
+    if values_thw.shape != (n_frames, height, width):
         raise InvalidArgumentError(
-            "depth", f"shape {depth_thw.shape}, expected (T, H, W) = {(n_frames, height, width)}"
+            field, f"shape {values_thw.shape}, expected (T, H, W) = {(n_frames, height, width)}"
         )
     if not (
-        np.issubdtype(depth_thw.dtype, np.floating) or np.issubdtype(depth_thw.dtype, np.integer)
+        np.issubdtype(values_thw.dtype, np.floating) or np.issubdtype(values_thw.dtype, np.integer)
     ):
-        raise InvalidArgumentError("depth", f"dtype {depth_thw.dtype} is not numeric")
-    return depth_thw.astype(np.float64)
+        raise InvalidArgumentError(field, f"dtype {values_thw.dtype} is not numeric")
+    return values_thw.astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +291,7 @@ def _segment_frame(
     flow_hw2: np.ndarray,
     usable_hw: np.ndarray,
     depth_hw: np.ndarray | None,
+    measured_hw: np.ndarray | None,
     cfg: SegmentConfig,
     t: int,
 ) -> _FrameEvidence:
@@ -319,7 +341,7 @@ def _segment_frame(
 
     depth_checked = False
     if depth_hw is not None:
-        depth_score_hw = _depth_parallax_score(flow_hw2, depth_hw, usable_hw, cfg, rng)
+        depth_score_hw = _depth_parallax_score(flow_hw2, depth_hw, measured_hw, usable_hw, cfg, rng)
         if depth_score_hw is not None:
             score_hw = np.maximum(score_hw, depth_score_hw)
             depth_checked = True
@@ -416,20 +438,26 @@ def _transfer_error(projected_3p: list[np.ndarray] | np.ndarray, x1_p2: np.ndarr
 def _depth_parallax_score(
     flow_hw2: np.ndarray,
     depth_hw: np.ndarray,
+    measured_hw: np.ndarray | None,
     usable_hw: np.ndarray,
     cfg: SegmentConfig,
     rng: np.random.Generator,
 ) -> np.ndarray | None:
-    """Score from the transfer error of x1 ~ P (x, y, 1, 1/Z), fitted robustly to the flow.
+    """Score from the transfer error of x1 ~ P (x, y, 1, 1/Z), fitted robustly to the flow; None
+    (no check) where the frame's depth is not measured (`measured_hw`, None: taken as measured).
 
     A still point at depth Z maps as x1 ~ K R K^-1 x + K t / Z: linear in (x, y, 1, 1/Z), with no
     intrinsics needed and the depth scale absorbed into the last column. None when too few pixels
-    have a known depth.
+    can be fitted.
     """
     height, width, _ = flow_hw2.shape
     known_hw = np.isfinite(depth_hw) & (depth_hw > 0)
     idx_flat = np.flatnonzero(usable_hw & known_hw)
     if len(idx_flat) < _MIN_FIT_POINTS:
+        return None
+    if measured_hw is not None and np.count_nonzero(usable_hw & known_hw & measured_hw) < (
+        _MIN_FIT_POINTS
+    ):
         return None
     if len(idx_flat) > cfg.max_fit_points:
         idx_flat = np.sort(rng.choice(idx_flat, cfg.max_fit_points, replace=False))

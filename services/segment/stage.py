@@ -12,7 +12,7 @@ from services.common.image_metrics import mask_j
 from services.common.preview import encode_png, overlay_mask, strip
 from services.common.stage import (
     StageOutputs,
-    artifact,
+    optional_artifact,
     run_cached,
     upstream_array,
     upstream_result,
@@ -71,10 +71,16 @@ def run_segment(
             def flow(name: str) -> np.ndarray:
                 return upstream_array(artifacts, flow_result, name, "THWC", hw, "flow")
 
-            depth_thw = None
+            depth_thw = confidence_thw = None
             if depth_result is not None:
-                ref = artifact(depth_result, "depth", "depth")
-                depth_thw = artifacts.get_array(ref, layout="THW", expect_hw=hw, field="depth")
+                depth_thw = upstream_array(artifacts, depth_result, "depth", "THW", hw, "depth")
+                # The depth stage's confidence says which depth was measured; a depth result
+                # without one (written by other means) counts as measured throughout.
+                confidence = optional_artifact(depth_result, "confidence")
+                if confidence is not None:
+                    confidence_thw = artifacts.get_array(
+                        confidence, layout="THW", expect_hw=hw, field="depth.confidence"
+                    )
             result = segment_motion(
                 flow("flow_forward"),
                 flow("flow_backward"),
@@ -82,6 +88,7 @@ def run_segment(
                 depth_thw=depth_thw,
                 progress=progress,
                 frames_thw3=frames_thw3,
+                depth_confidence_thw=confidence_thw,
             )
             masks_thw, scores_thw, stats = result.masks_thw, result.scores_thw, result.stats
             source = "flow+depth" if depth_result is not None else "flow"

@@ -19,6 +19,7 @@ from services.common.geometry import (
 )
 from services.common.sampling import sample_bilinear
 from services.common.store import LocalFolderStore
+from services.depth.config import MEASURED_DEPTH_CONFIDENCE
 from services.fit import camera
 from services.fit import tracks as tracks_module
 from services.fit.camera import optimise_pose, pnp_c2w, pose_update_44
@@ -40,7 +41,6 @@ from services.fit.motion import (
     lift_moving,
     spread_displacement,
 )
-from services.fit.priors import MEASURED_DEPTH_CONFIDENCE
 from services.fit.stage import StoreCheckpoints
 from services.fit.timing import PhaseTimer
 from services.fit.tracks import FRONT_SURFACE_GAP, attach, track_2d, track_3d, track_queries

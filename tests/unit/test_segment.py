@@ -13,8 +13,11 @@ import pytest
 
 from services.common.errors import InvalidArgumentError
 from services.common.geometry import rigid_flow_hw2
+from services.depth.config import MEASURED_DEPTH_CONFIDENCE
+from services.evaluation.fit_suite import pipeline_flow_and_depth, suite_clip
 from services.evaluation.metrics import mask_f, mask_j
 from services.flow.engine import FlowConfig, compute_flow
+from services.pipeline.config import PipelineConfig
 from services.segment.engine import SegmentConfig, segment_motion, validate_user_masks
 from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 
@@ -94,6 +97,60 @@ def test_depth_resolves_motion_along_epipolar_lines(scenes):
     flat_j, _ = j_and_f(flat.masks_thw[:-1], scene.moving_thw[:-1])
     deep_j, _ = j_and_f(deep.masks_thw[:-1], scene.moving_thw[:-1])
     assert flat_j < 0.05 and deep_j > 0.9, (flat_j, deep_j)
+
+
+def test_depth_the_depth_stage_assumed_is_not_checked():
+    """The accuracy suite's pan clip (rotation only) through DIS flow and the offline depth
+    stage, 96x72x12: the camera does not translate, so every frame's depth is the stage's smooth
+    prior, not measured. Checked for parallax, that made-up depth scores still background
+    moving (J of the scores the fit takes, at 0.5: 0.437); with `measured_depth_only` the check
+    is skipped and the scores are those without depth (J 0.690, docs/segment.md)."""
+    scene = make_scene(suite_clip("pan").scene_config(96, 72, 12, 16))
+    fwd, bwd, depth = pipeline_flow_and_depth(scene.frames_thw3, PipelineConfig())
+    assert not (depth.confidence_thw >= MEASURED_DEPTH_CONFIDENCE).any()
+    cfg, frames_thw3 = SegmentConfig(measured_depth_only=True), scene.frames_thw3
+    guarded = segment_motion(
+        fwd,
+        bwd,
+        cfg,
+        depth_thw=depth.depth_thw,
+        frames_thw3=frames_thw3,
+        depth_confidence_thw=depth.confidence_thw,
+    )
+    without_depth = segment_motion(fwd, bwd, cfg, frames_thw3=frames_thw3)
+    unguarded = segment_motion(  # the default: the confidence given, but not asked to be used
+        fwd,
+        bwd,
+        SegmentConfig(),
+        depth_thw=depth.depth_thw,
+        frames_thw3=frames_thw3,
+        depth_confidence_thw=depth.confidence_thw,
+    )
+    assert np.array_equal(guarded.scores_thw, without_depth.scores_thw)
+    assert not any(s.depth_checked for s in guarded.stats)
+    guarded_j, _ = j_and_f(guarded.scores_thw >= 0.5, scene.moving_thw)
+    unguarded_j, _ = j_and_f(unguarded.scores_thw >= 0.5, scene.moving_thw)
+    assert guarded_j > 0.65 and unguarded_j < 0.5, (guarded_j, unguarded_j)
+
+
+def test_measured_depth_keeps_the_parallax_check(scenes):
+    """With `measured_depth_only`, depth the confidence calls measured is checked as depth
+    without a confidence is, and only the frames without measured depth lose the check."""
+    scene = scenes["moving"]
+    fwd, bwd = scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2
+    cfg = SegmentConfig(measured_depth_only=True)
+    confidence_thw = np.full(scene.depth_thw.shape, MEASURED_DEPTH_CONFIDENCE, np.float32)
+    plain = segment_motion(fwd, bwd, SegmentConfig(), depth_thw=scene.depth_thw)
+    measured = segment_motion(
+        fwd, bwd, cfg, depth_thw=scene.depth_thw, depth_confidence_thw=confidence_thw
+    )
+    assert np.array_equal(plain.scores_thw, measured.scores_thw)
+    assert all(s.depth_checked for s in measured.stats)
+    confidence_thw[2] = 0.5 * MEASURED_DEPTH_CONFIDENCE  # frame 2's depth assumed
+    partly = segment_motion(
+        fwd, bwd, cfg, depth_thw=scene.depth_thw, depth_confidence_thw=confidence_thw
+    )
+    assert [s.depth_checked for s in partly.stats] == [t != 2 for t in range(T)]
 
 
 def test_scores_cross_half_at_the_threshold(scenes):
@@ -250,6 +307,11 @@ def test_bad_inputs_name_the_field():
         (dict(flow_bwd_t1hw2=np.zeros((2, 8, 9, 2), np.float32)), "flow_bwd"),
         (dict(flow_bwd_t1hw2=np.zeros((2, 8, 8, 2), object)), "flow_bwd"),
         (dict(depth_thw=np.ones((2, 8, 8))), "depth"),
+        (dict(depth_confidence_thw=np.ones((3, 8, 8))), "depth_confidence"),
+        (
+            dict(depth_thw=np.ones((3, 8, 8)), depth_confidence_thw=np.ones((3, 8, 9))),
+            "depth_confidence",
+        ),
         (dict(cfg=SegmentConfig(threshold=0.0)), "threshold"),
         (dict(cfg=SegmentConfig(fb_threshold_px=float("nan"))), "fb_threshold_px"),
         (dict(cfg=SegmentConfig(morph_open_px=-1)), "morph_open_px"),
