@@ -145,7 +145,8 @@ def fit_clip(
     where given, on the same fit: a change of the track readout alone, measured without the
     fit's run-to-run differences on a GPU)."""
     result = fit(priors, cfg, runtime)
-    points_qt2, occluded_qt = track_2d(result, queries_q3, cfg.track_motion)
+    frames_thw3 = priors.frames_thw3 if cfg.occlusion_from_frames else None
+    points_qt2, occluded_qt = track_2d(result, queries_q3, cfg.track_motion, frames_thw3)
     return ClipOutputs(
         c2w_t44=result.c2w_t44,
         depth_thw=result.depth_thw,

@@ -24,7 +24,7 @@ from services.common.store import ObjectStore
 from services.common.video import frames_sha256, load_frames
 from services.fit.camera import scale_clipped_t
 from services.fit.checkpoint import checkpoint_frame, checkpoint_name
-from services.fit.config import FitConfig, FitRuntime, TrackMotion
+from services.fit.config import FitConfig, FitRuntime
 from services.fit.engine import FitPriors, FitResult, fit
 from services.fit.export import intrinsics_33, intrinsics_json, ply_bytes, write_tum
 from services.fit.tracks import track_queries
@@ -92,7 +92,7 @@ def _write_outputs(
     priors: FitPriors,
     fps: float,
     queries_q3: np.ndarray | None,
-    track_motion: TrackMotion,
+    cfg: FitConfig,
 ) -> None:
     out.array("c2w", result.c2w_t44, "TIJ")
     out.json("intrinsics", intrinsics_json(result.K_33))
@@ -105,7 +105,8 @@ def _write_outputs(
         out.file(f"gaussians_{t:04d}", ply_bytes(frame), "application/x-ply", ".ply")
     # No queries give empty track arrays and a trajectories video without tracks.
     queries_q3 = np.zeros((0, 3)) if queries_q3 is None else queries_q3
-    tracks = track_queries(result, queries_q3, track_motion)
+    frames_thw3 = priors.frames_thw3 if cfg.occlusion_from_frames else None
+    tracks = track_queries(result, queries_q3, cfg.track_motion, frames_thw3)
     out.array("tracks_2d", tracks.points_qt2.astype(np.float32), "NTC")
     out.array("tracks_occluded", tracks.occluded_qt, "NT")
     out.array("tracks_3d", tracks.world_qt3.astype(np.float32), "NTC")
@@ -184,9 +185,7 @@ def run_fit(
         )
         checkpoints = StoreCheckpoints(artifacts.store, f"{out.key}/checkpoints")
         result = fit(priors, config, runtime, progress, checkpoints)
-        _write_outputs(
-            out, result, priors, request.video.fps or 10.0, queries_q3, config.track_motion
-        )
+        _write_outputs(out, result, priors, request.video.fps or 10.0, queries_q3, config)
 
     result = run_cached(artifacts, STAGE, "gflow", config, video_sha256, inputs, produce)
     # The checkpoints let a killed fit resume; once its result is committed they are only bytes

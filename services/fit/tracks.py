@@ -9,7 +9,9 @@ point carried by its Gaussian's centre through time: in 3D as is, in 2D projecte
 camera. Before the Gaussian is born it is held at its first position, after it is pruned at its
 last, and it is reported occluded there. Otherwise it is occluded when it projects outside the
 image or lies behind the rendered surface (its camera z beyond the rendered depth by more than
-`motion.VISIBLE_DEPTH_TOLERANCE`).
+`motion.VISIBLE_DEPTH_TOLERANCE`); given the clip's frames (FitConfig's opt-in
+`occlusion_from_frames`), a point the surface hides counts as visible where the frame shows the
+query's colours there (`APPEARANCE_MATCH_LEVELS`).
 
 That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
 moving Gaussian instead moves with the rigid motion of the moving Gaussians around it
@@ -40,7 +42,7 @@ from services.common.geometry import backproject_p3, project_p2, weighted_rigid_
 from services.common.sampling import sample_bilinear
 from services.fit.config import TrackMotion
 from services.fit.engine import FitResult
-from services.fit.motion import visible_n
+from services.fit.motion import inside_image, visible_n
 from services.fit.projection import project_gaussians
 from services.fit.rasterizer_torch import gaussian_alpha
 
@@ -73,6 +75,18 @@ AFFINE_DISTANCE_FLOOR_PX = 0.5
 """Neighbours weigh 1 / (their distance in pixels from the query at its frame + this)."""
 AFFINE_MAX_CONDITION = 1e8
 """Neighbours whose centres lie (nearly) on one line do not determine an affine map."""
+
+APPEARANCE_MATCH_LEVELS = 16.0
+"""With the frames given, a track point the model reports hidden (behind or off its rendered
+surface) counts as visible where the frame shows the query's colours there: the mean absolute
+RGB difference (0-255) between the 3x3 patch around the point and the one around the query in
+its frame is at most this. What renders in front of such points is often a Gaussian born later
+from another frame's depth prior, or a moving one, not what the image shows (docs/fit.md,
+"Occlusion flags the frames confirm")."""
+APPEARANCE_PATCH_OFFSETS_P2 = np.array(
+    [(dx, dy) for dy in (-1.0, 0.0, 1.0) for dx in (-1.0, 0.0, 1.0)]
+)
+"""The 3x3 patch compared, as (x, y) offsets in pixels."""
 
 FRONT_SURFACE_GAP = 0.03
 """A query on a moving Gaussian is lifted at the front surface of its pixel (the first Gaussian
@@ -231,28 +245,60 @@ def _track_3d_of(
 
 
 def track_2d(
-    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_rigid"
+    result: FitResult,
+    queries_q3: np.ndarray,
+    motion: TrackMotion = "local_rigid",
+    frames_thw3: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """TAP-Vid tracks for query rows (t, y, x): (points float32 [Q, T, 2] as (x, y) pixels,
-    occluded bool [Q, T])."""
-    tracks = track_queries(result, queries_q3, motion)
+    occluded bool [Q, T]; `frames_thw3` as track_queries)."""
+    tracks = track_queries(result, queries_q3, motion, frames_thw3)
     return tracks.points_qt2, tracks.occluded_qt
 
 
 def _project_tracks(
     result: FitResult, points_qt3: np.ndarray, alive_qt: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """World tracks seen by each frame's camera: (x, y) pixels [Q, T, 2], occluded [Q, T]."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World tracks seen by each frame's camera: (x, y) pixels [Q, T, 2], occluded [Q, T], and
+    in view [Q, T] (alive, in front of the camera and inside the image: hidden, if occluded, by
+    the rendered surface alone)."""
     Q, T = alive_qt.shape
     points_qt2 = np.zeros((Q, T, 2), np.float32)
     occluded_qt = np.ones((Q, T), bool)
+    in_view_qt = np.zeros((Q, T), bool)
     for t in range(T):
         xy_q2, z_q = project_p2(result.K_33, result.c2w_t44[t], points_qt3[:, t].astype(np.float64))
         depth_hw = result.depth_thw[t].astype(np.float64)
         seen_q = visible_n(xy_q2, z_q, depth_hw, (depth_hw > 0).astype(np.float64))
         points_qt2[:, t] = xy_q2
         occluded_qt[:, t] = ~(seen_q & alive_qt[:, t])
-    return points_qt2, occluded_qt
+        in_view_qt[:, t] = alive_qt[:, t] & (z_q > 0) & inside_image(xy_q2, *depth_hw.shape)
+    return points_qt2, occluded_qt, in_view_qt
+
+
+def _shows_the_query(
+    frames_thw3: np.ndarray, queries_q3: np.ndarray, points_qt2: np.ndarray
+) -> np.ndarray:
+    """Bool [Q, T]: the frame's 3x3 patch at each track point matches the query's patch in its
+    own frame (`APPEARANCE_MATCH_LEVELS`)."""
+    T = len(frames_thw3)
+    Q, P = len(queries_q3), len(APPEARANCE_PATCH_OFFSETS_P2)
+    frames_thw3 = frames_thw3.astype(np.float32)
+
+    def patches(t: int, xy_n2: np.ndarray) -> np.ndarray:  # [N, P, 3]
+        at_n2 = (xy_n2[:, None, :] + APPEARANCE_PATCH_OFFSETS_P2[None]).reshape(-1, 2)
+        return sample_bilinear(frames_thw3[t], at_n2).reshape(len(xy_n2), P, 3)
+
+    query_qp3 = np.empty((Q, P, 3), np.float32)
+    t_q = queries_q3[:, 0].astype(int)
+    for t in np.unique(t_q):
+        mine = t_q == t
+        query_qp3[mine] = patches(t, queries_q3[mine][:, [2, 1]])
+    shows_qt = np.zeros((Q, T), bool)
+    for t in range(T):
+        difference_q = np.abs(patches(t, points_qt2[:, t].astype(np.float64)) - query_qp3)
+        shows_qt[:, t] = difference_q.mean(axis=(1, 2)) <= APPEARANCE_MATCH_LEVELS
+    return shows_qt
 
 
 @dataclass
@@ -267,25 +313,42 @@ class Tracks:
 
 
 def track_queries(
-    result: FitResult, queries_q3: np.ndarray, motion: TrackMotion = "local_rigid"
+    result: FitResult,
+    queries_q3: np.ndarray,
+    motion: TrackMotion = "local_rigid",
+    frames_thw3: np.ndarray | None = None,
 ) -> Tracks:
     """track_2d, track_3d and the moving flag of query rows (t, y, x), attaching them once.
+    `frames_thw3` (the fitted clip's uint8 RGB frames [T, H, W, 3]) lets the frames confirm
+    points the model hides (`APPEARANCE_MATCH_LEVELS`); None: the model's flags as they are.
 
     No queries give arrays with Q = 0."""
     queries_q3 = _check_queries(result, queries_q3)
+    if frames_thw3 is not None and frames_thw3.shape[:3] != (
+        result.n_frames,
+        result.height,
+        result.width,
+    ):
+        raise InvalidArgumentError(
+            "frames_thw3",
+            f"shape {frames_thw3.shape}: pass the fitted clip's frames "
+            f"({result.n_frames}, {result.height}, {result.width}, 3)",
+        )
     ids_q, surface_q3, moving_q = _attachments(result, queries_q3)
     carried_qt3, alive_qt = _track_3d_of(result, queries_q3, ids_q, surface_q3)
-    points_qt2, occluded_qt = _project_tracks(result, carried_qt3, alive_qt)
-    if motion == "gaussian":
-        return Tracks(points_qt2, occluded_qt, carried_qt3, alive_qt, moving_q)
-    if motion not in ("local_rigid", "local_affine"):
-        raise InvalidArgumentError(
-            "motion", f"{motion!r}: use gaussian, local_rigid or local_affine"
-        )
-    world_qt3 = _local_rigid_points(result, queries_q3, surface_q3, moving_q, carried_qt3)
-    if motion == "local_affine":
-        world_qt3 = _image_affine_points(result, queries_q3, moving_q, world_qt3)
-    points_qt2, _ = _project_tracks(result, world_qt3, alive_qt)
+    points_qt2, occluded_qt, in_view_qt = _project_tracks(result, carried_qt3, alive_qt)
+    world_qt3 = carried_qt3
+    if motion != "gaussian":
+        if motion not in ("local_rigid", "local_affine"):
+            raise InvalidArgumentError(
+                "motion", f"{motion!r}: use gaussian, local_rigid or local_affine"
+            )
+        world_qt3 = _local_rigid_points(result, queries_q3, surface_q3, moving_q, carried_qt3)
+        if motion == "local_affine":
+            world_qt3 = _image_affine_points(result, queries_q3, moving_q, world_qt3)
+        points_qt2, _, in_view_qt = _project_tracks(result, world_qt3, alive_qt)
+    if frames_thw3 is not None:
+        occluded_qt &= ~(in_view_qt & _shows_the_query(frames_thw3, queries_q3, points_qt2))
     return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
 
 

@@ -1,6 +1,6 @@
-"""The fit stage writes the tracks its config's `track_motion` asks for (docs/fit.md, "Tracks that
-turn with the object"): a different fit key, the readout called with that motion, and what it
-returned stored."""
+"""The fit stage writes the tracks its config's `track_motion` (and `occlusion_from_frames`) asks
+for (docs/fit.md, "Tracks that turn with the object"): a different fit key, the readout called
+with that motion (and the clip's frames), and what it returned stored."""
 
 from __future__ import annotations
 
@@ -24,25 +24,34 @@ def test_the_fit_stage_writes_the_tracks_of_its_track_motion(local_store, monkey
     video = store_frames(artifacts, scene.frames_thw3, 10.0)
     read = []
 
-    def recorded(result, queries_q3, motion):
-        tracks = track_queries(result, queries_q3, motion)
-        read.append((motion, tracks))
+    def recorded(result, queries_q3, motion, frames_thw3):
+        tracks = track_queries(result, queries_q3, motion, frames_thw3)
+        read.append((motion, tracks, frames_thw3))
         return tracks
 
     track_queries = fit_stage.track_queries
     monkeypatch.setattr(fit_stage, "track_queries", recorded)
     fit_cfg = dataclasses.replace(preset("test"), iters=10)
+    settings = [("gaussian", False), ("local_rigid", False), ("local_rigid", True)]
     runs = [
         run_pipeline(
             artifacts,
             video,
-            PipelineConfig(fit=dataclasses.replace(fit_cfg, track_motion=motion), track_grid=8),
+            PipelineConfig(
+                fit=dataclasses.replace(
+                    fit_cfg, track_motion=motion, occlusion_from_frames=from_frames
+                ),
+                track_grid=8,
+            ),
         )
-        for motion in ("gaussian", "local_rigid")
+        for motion, from_frames in settings
     ]
-    assert runs[0].fit.key != runs[1].fit.key  # the tracks are part of the fit's result
-    assert [motion for motion, _ in read] == ["gaussian", "local_rigid"]
-    for run, (_, tracks) in zip(runs, read, strict=True):
+    assert len({run.fit.key for run in runs}) == 3  # the tracks are part of the fit's result
+    assert [motion for motion, _, _ in read] == [motion for motion, _ in settings]
+    # The frames reach the readout only when occlusion_from_frames asks for them.
+    assert read[0][2] is None and read[1][2] is None
+    np.testing.assert_array_equal(read[2][2], scene.frames_thw3)
+    for run, (_, tracks, _) in zip(runs, read, strict=True):
         stored = {
             name: artifacts.get_array(artifact(run.fit, name, "fit"))
             for name in ("tracks_2d", "tracks_occluded", "tracks_3d", "tracks_3d_alive")

@@ -43,7 +43,14 @@ from services.fit.motion import (
 )
 from services.fit.stage import StoreCheckpoints
 from services.fit.timing import PhaseTimer
-from services.fit.tracks import FRONT_SURFACE_GAP, attach, track_2d, track_3d, track_queries
+from services.fit.tracks import (
+    APPEARANCE_MATCH_LEVELS,
+    FRONT_SURFACE_GAP,
+    attach,
+    track_2d,
+    track_3d,
+    track_queries,
+)
 from services.fit.videos import draw_trajectories, trajectory_frames
 
 H, W = 48, 64
@@ -536,6 +543,27 @@ def test_track_behind_the_surface_is_occluded():
     assert attach(result, back_query).tolist() == [3]
     _, occluded = track_2d(result, back_query)
     assert occluded[0].tolist() == [False, False, False, True]
+
+
+def test_the_frames_confirm_a_hidden_point_only_where_they_show_the_query():
+    """The point of the test above, hidden by the model at frame 3: with frames that show the
+    query's colours there it is reported visible; with frames that differ there by more than
+    APPEARANCE_MATCH_LEVELS it stays hidden. Points the model sees keep their flags."""
+    result = _two_layer_result()
+    xy3, _ = project_p2(K_33, np.eye(4), np.array([[0.9, 0.0, 3.0]]))
+    back_query = np.array([[0, 23.5, xy3[0, 0]]])
+    frames_thw3 = np.full((result.n_frames, result.height, result.width, 3), 100, np.uint8)
+    _, occluded = track_2d(result, back_query, frames_thw3=frames_thw3)
+    assert occluded[0].tolist() == [False, False, False, False]
+    frames_thw3[3] += int(APPEARANCE_MATCH_LEVELS) + 1
+    _, occluded = track_2d(result, back_query, frames_thw3=frames_thw3)
+    assert occluded[0].tolist() == [False, False, False, True]
+    frames_thw3[3] -= 2  # within the tolerance again
+    _, occluded = track_2d(result, back_query, frames_thw3=frames_thw3)
+    assert occluded[0].tolist() == [False, False, False, False]
+    with pytest.raises(InvalidArgumentError) as caught:
+        track_2d(result, back_query, frames_thw3=frames_thw3[:2])
+    assert caught.value.field == "frames_thw3"
 
 
 def test_track_queries_gives_both_tracks_and_the_moving_flag():
