@@ -46,7 +46,8 @@ class SegmentConfig:
     backend's smooth prior where the camera barely translates). Checked against that made-up
     depth, still background scores as moving (pan / static clips of the accuracy suite,
     256x192x24: J of the scores 0.52 / 0.51, 0.92 / 0.96 with this). Opt-in: the fit's figures
-    move both ways by a few thousandths (docs/segment.md, "Depth the depth stage assumed")."""
+    move both ways by a few thousandths (docs/segment.md, Limits, "The parallax check on a still
+    camera flags whole rows")."""
     temporal_smoothing: bool = True
     """Majority vote of each pixel with the previous and next masks warped by flow; scores take
     the median of the three."""

@@ -76,7 +76,11 @@ def run_segment(
                 depth_thw = upstream_array(artifacts, depth_result, "depth", "THW", hw, "depth")
                 # The depth stage's confidence says which depth was measured; a depth result
                 # without one (written by other means) counts as measured throughout.
-                confidence = optional_artifact(depth_result, "confidence")
+                confidence = (
+                    optional_artifact(depth_result, "confidence")
+                    if config.measured_depth_only
+                    else None
+                )
                 if confidence is not None:
                     confidence_thw = artifacts.get_array(
                         confidence, layout="THW", expect_hw=hw, field="depth.confidence"
