@@ -283,11 +283,12 @@ def _shows_the_query(
     own frame (`APPEARANCE_MATCH_LEVELS`)."""
     T = len(frames_thw3)
     Q, P = len(queries_q3), len(APPEARANCE_PATCH_OFFSETS_P2)
-    frames_thw3 = frames_thw3.astype(np.float32)
 
     def patches(t: int, xy_n2: np.ndarray) -> np.ndarray:  # [N, P, 3]
         at_n2 = (xy_n2[:, None, :] + APPEARANCE_PATCH_OFFSETS_P2[None]).reshape(-1, 2)
-        return sample_bilinear(frames_thw3[t], at_n2).reshape(len(xy_n2), P, 3)
+        # One frame in float at a time: a whole clip in float32 is 4x the uint8 frames.
+        frame_hw3 = frames_thw3[t].astype(np.float32)
+        return sample_bilinear(frame_hw3, at_n2).reshape(len(xy_n2), P, 3)
 
     query_qp3 = np.empty((Q, P, 3), np.float32)
     t_q = queries_q3[:, 0].astype(int)

@@ -127,15 +127,18 @@ def segment_motion(
             "depth_confidence", depth_confidence_thw, n_frames, height, width
         )
         if cfg.measured_depth_only:
-            measured_thw = confidence_thw >= MEASURED_DEPTH_CONFIDENCE
+            measured_thw = (confidence_thw >= MEASURED_DEPTH_CONFIDENCE) & _known_depth(depth_thw)
 
     flows = _directed_flows(flow_fwd_t1hw2, flow_bwd_t1hw2, cfg.fb_threshold_px)
     evidence = []
     for t in range(n_frames):
         flow_hw2, consistent_hw = flows[(t, t + 1) if t < n_pairs else (t, t - 1)]
         depth_hw = None if depth_thw is None else depth_thw[t]
-        measured_hw = None if measured_thw is None else measured_thw[t]
-        evidence.append(_segment_frame(flow_hw2, consistent_hw, depth_hw, measured_hw, cfg, t))
+        if measured_thw is not None and (
+            np.count_nonzero(consistent_hw & measured_thw[t]) < _MIN_FIT_POINTS
+        ):
+            depth_hw = None  # too little measured depth to fit the parallax check to
+        evidence.append(_segment_frame(flow_hw2, consistent_hw, depth_hw, cfg, t))
         progress(t + 1, n_frames, f"segmented frame {t + 1}/{n_frames}")
 
     masks_thw, scores_thw = _temporal(evidence, flows, cfg)
@@ -291,7 +294,6 @@ def _segment_frame(
     flow_hw2: np.ndarray,
     usable_hw: np.ndarray,
     depth_hw: np.ndarray | None,
-    measured_hw: np.ndarray | None,
     cfg: SegmentConfig,
     t: int,
 ) -> _FrameEvidence:
@@ -341,7 +343,7 @@ def _segment_frame(
 
     depth_checked = False
     if depth_hw is not None:
-        depth_score_hw = _depth_parallax_score(flow_hw2, depth_hw, measured_hw, usable_hw, cfg, rng)
+        depth_score_hw = _depth_parallax_score(flow_hw2, depth_hw, usable_hw, cfg, rng)
         if depth_score_hw is not None:
             score_hw = np.maximum(score_hw, depth_score_hw)
             depth_checked = True
@@ -438,26 +440,20 @@ def _transfer_error(projected_3p: list[np.ndarray] | np.ndarray, x1_p2: np.ndarr
 def _depth_parallax_score(
     flow_hw2: np.ndarray,
     depth_hw: np.ndarray,
-    measured_hw: np.ndarray | None,
     usable_hw: np.ndarray,
     cfg: SegmentConfig,
     rng: np.random.Generator,
 ) -> np.ndarray | None:
-    """Score from the transfer error of x1 ~ P (x, y, 1, 1/Z), fitted robustly to the flow; None
-    (no check) where the frame's depth is not measured (`measured_hw`, None: taken as measured).
+    """Score from the transfer error of x1 ~ P (x, y, 1, 1/Z), fitted robustly to the flow.
 
     A still point at depth Z maps as x1 ~ K R K^-1 x + K t / Z: linear in (x, y, 1, 1/Z), with no
     intrinsics needed and the depth scale absorbed into the last column. None when too few pixels
-    can be fitted.
+    have a known depth.
     """
     height, width, _ = flow_hw2.shape
-    known_hw = np.isfinite(depth_hw) & (depth_hw > 0)
+    known_hw = _known_depth(depth_hw)
     idx_flat = np.flatnonzero(usable_hw & known_hw)
     if len(idx_flat) < _MIN_FIT_POINTS:
-        return None
-    if measured_hw is not None and np.count_nonzero(usable_hw & known_hw & measured_hw) < (
-        _MIN_FIT_POINTS
-    ):
         return None
     if len(idx_flat) > cfg.max_fit_points:
         idx_flat = np.sort(rng.choice(idx_flat, cfg.max_fit_points, replace=False))
@@ -473,6 +469,11 @@ def _depth_parallax_score(
     residual_p = _transfer_error((X_p4 @ P_34.T).T, grid_p2 + flow_hw2.reshape(-1, 2))
     score_p = np.where(known_hw.reshape(-1), _score(np.nan_to_num(residual_p, nan=0.0), tau), 0.0)
     return score_p.reshape(height, width)
+
+
+def _known_depth(depth: np.ndarray) -> np.ndarray:
+    """Bool, same shape: pixels whose depth is known (finite and positive)."""
+    return np.isfinite(depth) & (depth > 0)
 
 
 def _homogeneous_points(xy_p2: np.ndarray, inv_depth_p: np.ndarray) -> np.ndarray:
