@@ -254,9 +254,7 @@ def bundle_adjust(
     residual = _linearise(R, centre, inverse, K_33, obs).residual_o2
     before = float(np.median(np.linalg.norm(residual, axis=1)))
     for round_ in range(OUTLIER_ROUNDS + 1):
-        R, centre, inverse, residual = _levenberg_marquardt(
-            R, centre, inverse, K_33, obs, scale_px
-        )
+        R, centre, inverse, residual = _levenberg_marquardt(R, centre, inverse, K_33, obs, scale_px)
         if round_ == OUTLIER_ROUNDS:
             break
         worst_p = np.zeros(len(inverse))
