@@ -6,10 +6,13 @@ have a residual near 0. Two centres (still, moving) start from the mask split; e
 adds the mask score as a prior: a score of 1 moves the boundary from the midpoint between the
 centres a quarter of the gap towards the still centre, a score of 0 as far towards the moving
 one. When the centres stay closer than `cluster_min_motion_px` the motion says nothing and the
-masks alone decide.
+masks alone decide. Where asked (`mask_keeps`), a Gaussian whose mask score is high enough stays
+moving whatever the motion says.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -18,9 +21,22 @@ _MASK_PRIOR_WEIGHT = 0.5  # a mask score of 1 (0) moves the decision boundary a 
 
 
 def split_moving(
+    residual_n: np.ndarray,
+    mask_score_n: np.ndarray,
+    mask_threshold: float,
+    min_motion_px: float,
+    mask_keeps: float = math.inf,
+) -> np.ndarray:
+    """Bool [N]: which Gaussians are moving. residual_n in pixels, mask_score_n in [0, 1];
+    a score at or above `mask_keeps` is moving whatever the motion says."""
+    return _split_by_motion(residual_n, mask_score_n, mask_threshold, min_motion_px) | (
+        np.asarray(mask_score_n) >= mask_keeps
+    )
+
+
+def _split_by_motion(
     residual_n: np.ndarray, mask_score_n: np.ndarray, mask_threshold: float, min_motion_px: float
 ) -> np.ndarray:
-    """Bool [N]: which Gaussians are moving. residual_n in pixels, mask_score_n in [0, 1]."""
     residual_n = np.asarray(residual_n, np.float64)
     mask_score_n = np.asarray(mask_score_n, np.float64)
     by_mask_n = mask_score_n >= mask_threshold

@@ -131,6 +131,15 @@ class FitConfig:
     cluster_min_motion_px: float = 0.5
     """Below this gap between the two k-means centres (pixels of residual motion) the displacement
     carries no evidence and the masks alone decide still/moving."""
+    cluster_mask_keeps: float = 0.75
+    """With the cameras kept from the priors' poses (`camera_from_prior_poses`, poses given): the
+    mask score (mean of a Gaussian's pixel in the previous frame and where the flow puts it) from
+    which a Gaussian stays in the moving set whatever its residual motion, so the motion may add
+    moving Gaussians the masks missed but not overrule them. Kept cameras come with the depth
+    stage's filled-in depth on moving objects, at which their residual motion shrinks towards the
+    still part's (orbit-nonrigid: 0.4-1.2 px against 0.1-0.2 px); the split then dropped most of a
+    deforming object (docs/fit.md, "Masks the kept cameras' split keeps"). Above 1: never. Fits
+    that track their own cameras do not use it."""
 
     track_motion: TrackMotion = "local_rigid"
     """How a query's point moves in the tracks the fit writes: local_rigid, a query on a moving
@@ -171,6 +180,10 @@ class FitConfig:
         for name in ("texture_share", "ssim_share", "mask_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidArgumentError(name, f"{getattr(self, name)} is outside 0..1")
+        if not self.cluster_mask_keeps >= 0.0:  # NaN too
+            raise InvalidArgumentError(
+                "cluster_mask_keeps", f"{self.cluster_mask_keeps} must be >= 0 (above 1: never)"
+            )
         if not 0.0 < self.init_opacity < 1.0:
             raise InvalidArgumentError("init_opacity", f"{self.init_opacity} is outside (0, 1)")
         for name in ("lr_first", "lr", "camera_lr"):

@@ -21,6 +21,7 @@ uninterrupted one exactly on CPU.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -240,6 +241,7 @@ class _Fitter:
             trusted_prev_hw=self._depth_trusted_hw(t - 1),
             trusted_next_hw=self._depth_trusted_hw(t),
             cfg=self.cfg,
+            mask_keeps=self.cfg.cluster_mask_keeps if self._keeps_prior_poses() else math.inf,
         )
         g.means_n3 = torch.as_tensor(update.means_n3, dtype=torch.float32, device=self.device)
         g.moving_n = torch.as_tensor(update.moving_n, device=self.device)

@@ -9,6 +9,7 @@ that no pixel sees takes the mean displacement of its nearest visible moving nei
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,6 +165,7 @@ def split_and_move(
     trusted_prev_hw: np.ndarray,
     trusted_next_hw: np.ndarray,
     cfg: FitConfig,
+    mask_keeps: float = math.inf,
 ) -> MotionUpdate:
     """Relabels the Gaussians seen in frame t-1 still/moving (2-means on residual motion, the
     priors' mask scores as prior) and moves the moving ones to frame t: seen ones by the flow and
@@ -171,7 +173,8 @@ def split_and_move(
 
     depth_prev_hw / alpha_prev_hw: the model rendered at frame t-1; prior_depth_*_hw: the depth
     priors of frames t-1 and t at the model's scale; trusted_*_hw: where their change may be
-    followed (see `lift_moving`)."""
+    followed (see `lift_moving`); mask_keeps: as `cluster.split_moving` (the engine passes
+    `cluster_mask_keeps` where the cameras are kept from the priors' poses)."""
     K_33 = np.asarray(priors.K_33, np.float64)
     flow_fwd_hw2 = priors.flow_fwd_t1hw2[t - 1]
     moving_prev_hw = np.asarray(priors.moving_thw[t - 1], np.float32)
@@ -189,6 +192,7 @@ def split_and_move(
         mask_score_n(moving_prev_hw, moving_next_hw, xy_prev_n2[seen_n], target_s2),
         mask_threshold,
         cfg.cluster_min_motion_px,
+        mask_keeps,
     )
     seen_moving_n = seen_n & moving_n
     target_m2 = target_s2[moving_n[seen_n]]

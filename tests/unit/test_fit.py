@@ -259,6 +259,25 @@ def test_prior_poses_kept_as_the_cameras_only_when_asked(fitted, scene):
     assert np.array_equal(without_poses.c2w_t44, fitted.c2w_t44)
 
 
+def test_kept_cameras_keep_what_the_masks_are_sure_of(scene):
+    """With the cameras kept from the priors' poses, Gaussians the masks score moving stay in the
+    moving set (`cluster_mask_keeps`) where the motion would relabel them still: a band of still
+    background the masks call moving stays moving only then; a fit tracking its own cameras
+    ignores the field."""
+    short = make_scene(SceneConfig(n_frames=3, seed=5))
+    band_thw = short.moving_thw.astype(np.float32)
+    band_thw[:, :8] = 1.0  # the top rows are still background
+    priors = _priors(short, moving_thw=band_thw, c2w_t44=short.c2w_t44)
+    keeping = dataclasses.replace(preset("test"), camera_from_prior_poses=True)
+    overruled = dataclasses.replace(keeping, cluster_mask_keeps=1.5)
+    band_moving = [fit(priors, cfg).moving_mask_thw[1:, :8].mean() for cfg in (keeping, overruled)]
+    assert band_moving[0] > 0.6 and band_moving[1] < 0.4  # measured 0.78 and 0.26
+    tracking = [dataclasses.replace(preset("test"), cluster_mask_keeps=v) for v in (0.75, 1.5)]
+    own_priors = dataclasses.replace(priors, c2w_t44=None)
+    own = [fit(own_priors, cfg).moving_mask_thw for cfg in tracking]
+    assert np.array_equal(own[0], own[1])
+
+
 def test_a_depth_prior_that_drifts_past_the_scale_range_is_flagged(caplog):
     """A prior whose scale shrinks to 0.6x per frame needs 1 / 0.6^t against the model: within
     DEPTH_SCALE_RANGE (2) up to frame 1, clipped from frame 2 on, which scale_clipped_t (the fit

@@ -457,6 +457,26 @@ def test_split_moving_uses_motion_and_mask_prior():
     assert np.array_equal(split_moving(residual, np.ones(140), 0.5, 0.5), truth)
 
 
+def test_split_moving_keeps_what_the_masks_are_sure_of_only_when_asked():
+    """A masked object whose residual motion is slow (0.5 px, beside still points at 0.1 and a
+    fast object at 3 px) falls to the still side of the 2-means; with `mask_keeps` its Gaussians
+    stay moving where their score reaches it, and motion still decides below."""
+    rng = np.random.default_rng(1)
+    residual = np.concatenate(
+        [rng.normal(0.1, 0.03, 100), rng.normal(3.0, 0.3, 40), rng.normal(0.5, 0.05, 30)]
+    )
+    mask = np.concatenate([np.zeros(100), np.ones(40), np.full(20, 0.9), np.full(10, 0.6)])
+    by_motion = split_moving(residual, mask, 0.5, 0.5)
+    assert not by_motion[140:].any() and by_motion[100:140].all() and not by_motion[:100].any()
+    kept = split_moving(residual, mask, 0.5, 0.5, mask_keeps=0.75)
+    assert np.array_equal(kept, by_motion | (mask >= 0.75))
+    assert kept[140:160].all() and not kept[160:].any()
+    assert np.array_equal(split_moving(residual, mask, 0.5, 0.5, mask_keeps=1.5), by_motion)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="cluster_mask_keeps"):
+            FitConfig(cluster_mask_keeps=bad)
+
+
 # -- tracks on a hand-made result -------------------------------------------------------------
 
 
