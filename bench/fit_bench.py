@@ -36,7 +36,7 @@ from services.evaluation.fit_suite import exact_priors, load_readout, tapvid_row
 from services.fit.config import FitRuntime, preset_with
 from services.fit.engine import fit, resolve_device
 from services.fit.losses import term_weights
-from services.fit.tracks import track_2d
+from services.fit.tracks import configured_tracks
 from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 
 
@@ -133,7 +133,8 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
         costs = {name: count - before[name] for name, count in one_time_costs(device).items()}
         image_hw = (cfg.height, cfg.width)
-        tapvid = tapvid_row(queries, *track_2d(result, query_rows, fit_cfg.track_motion), image_hw)
+        tracks = configured_tracks(result, query_rows, fit_cfg, priors.frames_thw3)
+        tapvid = tapvid_row(queries, tracks.points_qt2, tracks.occluded_qt, image_hw)
         other = {}
         if other_readout is not None:
             other_tapvid = tapvid_row(queries, *other_readout(result, query_rows), image_hw)

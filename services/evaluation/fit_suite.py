@@ -29,7 +29,7 @@ from services.evaluation import metrics
 from services.evaluation.naive_tracker import chained_flow_tracks
 from services.fit.config import FitConfig, FitRuntime
 from services.fit.engine import FitPriors, FitResult, fit
-from services.fit.tracks import track_2d
+from services.fit.tracks import configured_tracks
 from services.flow.engine import compute_flow
 from services.pipeline.config import PipelineConfig
 from services.segment.engine import segment_motion
@@ -145,15 +145,14 @@ def fit_clip(
     where given, on the same fit: a change of the track readout alone, measured without the
     fit's run-to-run differences on a GPU)."""
     result = fit(priors, cfg, runtime)
-    frames_thw3 = priors.frames_thw3 if cfg.occlusion_from_frames else None
-    points_qt2, occluded_qt = track_2d(result, queries_q3, cfg.track_motion, frames_thw3)
+    tracks = configured_tracks(result, queries_q3, cfg, priors.frames_thw3)
     return ClipOutputs(
         c2w_t44=result.c2w_t44,
         depth_thw=result.depth_thw,
         moving_mask_thw=result.moving_mask_thw,
         psnr_t=result.psnr_t,
-        points_qt2=points_qt2,
-        occluded_qt=occluded_qt,
+        points_qt2=tracks.points_qt2,
+        occluded_qt=tracks.occluded_qt,
         flow_fwd_t1hw2=priors.flow_fwd_t1hw2,
         flow_bwd_t1hw2=priors.flow_bwd_t1hw2,
         other_tracks=None if other_readout is None else other_readout(result, queries_q3),

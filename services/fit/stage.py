@@ -27,7 +27,7 @@ from services.fit.checkpoint import checkpoint_frame, checkpoint_name
 from services.fit.config import FitConfig, FitRuntime
 from services.fit.engine import FitPriors, FitResult, fit
 from services.fit.export import intrinsics_33, intrinsics_json, ply_bytes, write_tum
-from services.fit.tracks import track_queries
+from services.fit.tracks import configured_tracks
 from services.fit.videos import render_videos
 
 STAGE = "fit"
@@ -105,8 +105,7 @@ def _write_outputs(
         out.file(f"gaussians_{t:04d}", ply_bytes(frame), "application/x-ply", ".ply")
     # No queries give empty track arrays and a trajectories video without tracks.
     queries_q3 = np.zeros((0, 3)) if queries_q3 is None else queries_q3
-    frames_thw3 = priors.frames_thw3 if cfg.occlusion_from_frames else None
-    tracks = track_queries(result, queries_q3, cfg.track_motion, frames_thw3)
+    tracks = configured_tracks(result, queries_q3, cfg, priors.frames_thw3)
     out.array("tracks_2d", tracks.points_qt2.astype(np.float32), "NTC")
     out.array("tracks_occluded", tracks.occluded_qt, "NT")
     out.array("tracks_3d", tracks.world_qt3.astype(np.float32), "NTC")

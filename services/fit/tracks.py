@@ -40,7 +40,7 @@ from scipy.spatial import cKDTree
 from services.common.errors import InvalidArgumentError
 from services.common.geometry import backproject_p3, project_p2, weighted_rigid_fit
 from services.common.sampling import sample_bilinear
-from services.fit.config import TrackMotion
+from services.fit.config import FitConfig, TrackMotion
 from services.fit.engine import FitResult
 from services.fit.motion import inside_image, visible_n
 from services.fit.projection import project_gaussians
@@ -351,6 +351,16 @@ def track_queries(
     if frames_thw3 is not None:
         occluded_qt &= ~(in_view_qt & _shows_the_query(frames_thw3, queries_q3, points_qt2))
     return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
+
+
+def configured_tracks(
+    result: FitResult, queries_q3: np.ndarray, cfg: FitConfig, frames_thw3: np.ndarray
+) -> Tracks:
+    """track_queries as a fit configured by `cfg` reads its tracks: with its `track_motion`, and
+    with the clip's frames (uint8 [T, H, W, 3]) only where `occlusion_from_frames` asks."""
+    return track_queries(
+        result, queries_q3, cfg.track_motion, frames_thw3 if cfg.occlusion_from_frames else None
+    )
 
 
 def _local_rigid_points(

@@ -11,7 +11,7 @@ import numpy as np
 from services.common.artifacts import Artifacts
 from services.common.stage import artifact
 from services.common.video import store_frames
-from services.fit import stage as fit_stage
+from services.fit import tracks as fit_tracks
 from services.fit.config import preset
 from services.pipeline.config import PipelineConfig
 from services.pipeline.engine import run_pipeline
@@ -29,8 +29,9 @@ def test_the_fit_stage_writes_the_tracks_of_its_track_motion(local_store, monkey
         read.append((motion, tracks, frames_thw3))
         return tracks
 
-    track_queries = fit_stage.track_queries
-    monkeypatch.setattr(fit_stage, "track_queries", recorded)
+    track_queries = fit_tracks.track_queries
+    # The stage reads its tracks through tracks.configured_tracks, which calls this.
+    monkeypatch.setattr(fit_tracks, "track_queries", recorded)
     fit_cfg = dataclasses.replace(preset("test"), iters=10)
     settings = [("gaussian", False), ("local_rigid", False), ("local_rigid", True)]
     runs = [

@@ -47,6 +47,7 @@ from services.fit.tracks import (
     APPEARANCE_MATCH_LEVELS,
     FRONT_SURFACE_GAP,
     attach,
+    configured_tracks,
     track_2d,
     track_3d,
     track_queries,
@@ -584,6 +585,10 @@ def test_the_frames_confirm_a_hidden_point_only_where_they_show_the_query():
     with pytest.raises(InvalidArgumentError) as caught:
         track_2d(result, back_query, frames_thw3=frames_thw3[:2])
     assert caught.value.field == "frames_thw3"
+    # A fit's own readout (stage, suite, fit_bench) hands the frames on only with the flag.
+    for flag, expected in ((False, True), (True, False)):
+        cfg = FitConfig(occlusion_from_frames=flag)
+        assert configured_tracks(result, back_query, cfg, frames_thw3).occluded_qt[0, 3] == expected
 
 
 def test_track_queries_gives_both_tracks_and_the_moving_flag():
