@@ -45,6 +45,7 @@ browser:
 
 lint: setup
 	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
 
 demo: setup
 	$(BIN)/gflow demo

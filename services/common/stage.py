@@ -75,13 +75,17 @@ def run_cached(
     video_sha256: str,
     inputs: Sequence[str],
     produce: Callable[[StageOutputs], None],
+    *,
+    code: str,
 ) -> common_pb2.StageResult:
     """The stored result for this work if there is one, else `produce` it and commit it.
 
     The key derives from `video_sha256` (the stored frames' checksum, see
     `services.common.video.frames_sha256`) and `inputs`, which the caller must also have checked
-    against the store: a client's word never chooses where a result is cached."""
-    key = content_key(stage, backend, params, [video_sha256, *inputs])
+    against the store: a client's word never chooses where a result is cached. `code` is the
+    stage module's `source_digest`: a result stored by other code (an older release, an edited
+    engine) is computed anew, never returned as this code's."""
+    key = content_key(stage, backend, params, [video_sha256, *inputs], code)
     cached = stored_result(artifacts, key)
     if cached is not None:  # answered even while the worker is busy
         return _from_store(cached, stage)

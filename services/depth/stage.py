@@ -11,7 +11,7 @@ from gflow.v1 import common_pb2, depth_pb2
 from services.common.artifacts import Artifacts
 from services.common.config import parse_request_config, refuse_server_fields, with_env_weights
 from services.common.errors import ProgressFn, no_progress
-from services.common.keys import with_weights_digest
+from services.common.keys import source_digest, with_weights_digest
 from services.common.preview import colorize, encode_png, strip
 from services.common.stage import (
     StageOutputs,
@@ -135,7 +135,16 @@ def run_depth(
 
     inputs = [flow_result.key if flow_result is not None else ""]
     params = with_weights_digest(config, WEIGHTS_FIELD)
-    return run_cached(artifacts, STAGE, config.backend, params, video_sha256, inputs, produce)
+    return run_cached(
+        artifacts,
+        STAGE,
+        config.backend,
+        params,
+        video_sha256,
+        inputs,
+        produce,
+        code=source_digest(__name__),
+    )
 
 
 def depth_from_request(

@@ -12,6 +12,7 @@ from gflow.v1 import common_pb2, fit_pb2
 from services.common.artifacts import Artifacts
 from services.common.config import parse_request_config
 from services.common.errors import ProgressFn, no_progress
+from services.common.keys import source_digest
 from services.common.stage import (
     StageOutputs,
     artifact,
@@ -186,7 +187,16 @@ def run_fit(
         result = fit(priors, config, runtime, progress, checkpoints)
         _write_outputs(out, result, priors, request.video.fps or 10.0, queries_q3, config)
 
-    result = run_cached(artifacts, STAGE, "gflow", config, video_sha256, inputs, produce)
+    result = run_cached(
+        artifacts,
+        STAGE,
+        "gflow",
+        config,
+        video_sha256,
+        inputs,
+        produce,
+        code=source_digest(__name__),
+    )
     # The checkpoints let a killed fit resume; once its result is committed they are only bytes
     # (together about the size of the result's Gaussians), so they go.
     StoreCheckpoints(artifacts.store, f"{result.key}/checkpoints").clear()

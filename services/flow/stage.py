@@ -8,7 +8,7 @@ from gflow.v1 import common_pb2, flow_pb2
 from services.common.artifacts import Artifacts
 from services.common.config import parse_request_config, refuse_server_fields, with_env_weights
 from services.common.errors import ProgressFn, no_progress
-from services.common.keys import with_weights_digest
+from services.common.keys import source_digest, with_weights_digest
 from services.common.preview import encode_png, flow_to_rgb, strip
 from services.common.stage import StageOutputs, run_cached
 from services.common.video import frames_sha256, load_frames
@@ -108,7 +108,16 @@ def run_flow(
         )
 
     params = with_weights_digest(config, WEIGHTS_FIELD)
-    return run_cached(artifacts, STAGE, config.backend, params, video_sha256, [], produce)
+    return run_cached(
+        artifacts,
+        STAGE,
+        config.backend,
+        params,
+        video_sha256,
+        [],
+        produce,
+        code=source_digest(__name__),
+    )
 
 
 def flow_from_request(

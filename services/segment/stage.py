@@ -9,6 +9,7 @@ from services.common.artifacts import Artifacts
 from services.common.config import parse_config_json
 from services.common.errors import ProgressFn, no_progress
 from services.common.image_metrics import mask_j
+from services.common.keys import source_digest
 from services.common.preview import encode_png, overlay_mask, strip
 from services.common.stage import (
     StageOutputs,
@@ -138,7 +139,16 @@ def run_segment(
             }
         )
 
-    return run_cached(artifacts, STAGE, "epipolar", config, video_sha256, inputs, produce)
+    return run_cached(
+        artifacts,
+        STAGE,
+        "epipolar",
+        config,
+        video_sha256,
+        inputs,
+        produce,
+        code=source_digest(__name__),
+    )
 
 
 def segment_from_request(

@@ -12,10 +12,12 @@ from typing import Literal
 import pytest
 
 from gflow.v1 import depth_pb2, fit_pb2, flow_pb2
+from services.common import keys
 from services.common.artifacts import Artifacts
 from services.common.config import parse_config_json, runtime_from_env, to_json
 from services.common.errors import InvalidArgumentError
-from services.common.keys import content_key
+from services.common.keys import content_key, source_digest
+from services.common.stage import run_cached
 from services.common.video import store_frames
 from services.depth.config import DepthConfig, DepthRuntime
 from services.depth.stage import depth_from_request
@@ -77,6 +79,78 @@ def test_content_key_is_stable_and_sensitive():
     assert key not in others and len(others) == 4
     # 2.0 and 2 are the same parameter value
     assert content_key("s", "b", {"x": 2.0}, []) == content_key("s", "b", {"x": 2}, [])
+    assert content_key("flow", "dis", Outer(), ["video-hash"], "code-a") not in {key, *others}
+
+
+def _write(root: Path, relative: str, text: str) -> None:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_source_digest_follows_the_imported_code(tmp_path, monkeypatch):
+    """The digest changes with the module and everything it reaches by imports (also an import
+    inside a function, a module named in a from-import, a package's __init__), and with nothing
+    else."""
+    _write(tmp_path, "services/__init__.py", "")
+    _write(tmp_path, "services/a/__init__.py", "")
+    _write(tmp_path, "services/a/stage.py", "import numpy\nfrom services.a import engine\n")
+    _write(tmp_path, "services/a/engine.py", "def run():\n    import services.b.util\n")
+    _write(tmp_path, "services/b/__init__.py", "")
+    _write(tmp_path, "services/b/util.py", "from services.c.names import NAME\n")
+    _write(tmp_path, "services/c/__init__.py", "")
+    _write(tmp_path, "services/c/names.py", "NAME = 1\n")
+    _write(tmp_path, "services/d/other.py", "X = 1\n")
+    monkeypatch.setattr(keys, "SOURCE_ROOT", tmp_path)
+
+    def digest() -> str:
+        source_digest.cache_clear()
+        return source_digest("services.a.stage")
+
+    first = digest()
+    assert first == digest()
+    _write(tmp_path, "services/d/other.py", "X = 2\n")  # imported by nobody
+    assert digest() == first
+    seen = {first}
+    for relative in [
+        "services/a/engine.py",
+        "services/b/util.py",
+        "services/c/names.py",
+        "services/b/__init__.py",
+    ]:
+        (tmp_path / relative).write_text((tmp_path / relative).read_text() + "# changed\n")
+        seen.add(digest())
+    assert len(seen) == 5
+    source_digest.cache_clear()
+    with pytest.raises(ValueError, match="services.a.missing"):
+        source_digest("services.a.missing")
+    source_digest.cache_clear()
+
+
+def test_each_stage_digest_holds_its_engine():
+    root = keys.SOURCE_ROOT
+    for stage in ("flow", "depth", "segment", "fit"):
+        files = keys._imported_sources(f"services.{stage}.stage")
+        assert root / f"services/{stage}/engine.py" in files
+        assert root / "services/pipeline/cli.py" not in files
+    assert len({source_digest(f"services.{s}.stage") for s in ("flow", "fit")}) == 2
+
+
+def test_a_result_of_other_code_is_computed_anew(local_store):
+    """The same work under another code digest is produced again; under the same one it is
+    answered from the store."""
+    artifacts = Artifacts(local_store)
+    produced = []
+
+    def produce(out):
+        produced.append(out.key)
+        out.figure("n", len(produced))
+
+    first = run_cached(artifacts, "flow", "dis", {"x": 1}, "video", [], produce, code="old")
+    again = run_cached(artifacts, "flow", "dis", {"x": 1}, "video", [], produce, code="old")
+    assert again.cached and again.key == first.key and len(produced) == 1
+    upgraded = run_cached(artifacts, "flow", "dis", {"x": 1}, "video", [], produce, code="new")
+    assert not upgraded.cached and upgraded.key != first.key and len(produced) == 2
 
 
 # -- algorithm config vs runtime ---------------------------------------------------------------
