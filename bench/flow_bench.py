@@ -37,6 +37,8 @@ class BenchConfig:
     n_frames: int = 9
     """Frames per run (n_frames - 1 consecutive pairs)."""
     dis_presets: tuple[str, ...] = ("ultrafast", "fast", "medium", "fine")
+    polished_presets: tuple[str, ...] = ("medium",)
+    """DIS presets also timed with `dis_polish` (services/flow/polish.py)."""
     raft_weights: Path | None = None
     """A torchvision RAFT state dict; with neither this nor --raft-random-weights, no RAFT."""
     raft_random_weights: bool = False
@@ -89,6 +91,9 @@ def _cases(cfg: BenchConfig, folder: Path) -> list[tuple[str, FlowConfig, FlowRu
     cases = [
         (f"dis {preset}", FlowConfig(backend="dis", dis_preset=preset), FlowRuntime())
         for preset in cfg.dis_presets
+    ] + [
+        (f"dis {preset} + polish", FlowConfig(dis_preset=preset, dis_polish=True), FlowRuntime())
+        for preset in cfg.polished_presets
     ]
     if cfg.raft_weights is None and not cfg.raft_random_weights:
         return cases

@@ -1,9 +1,9 @@
-"""Flow accuracy per DIS preset on the accuracy suite's clips (services/evaluation/fit_suite.py):
-mean end-point error against the scene's exact flow (all pixels, and the moving objects' alone),
-how far the flow falls short of the objects' motion (mean signed error along it, px per frame),
-and the AJ of the floor tracker (chained flow from each query,
-services/evaluation/naive_tracker.py) on that flow, beside its AJ on the exact flow. Speed is
-bench/flow_bench.py's job.
+"""Flow accuracy per DIS preset, without and with the polish, on the accuracy suite's clips
+(services/evaluation/fit_suite.py): mean end-point error against the scene's exact flow (all
+pixels, and the moving objects' alone), how far the flow falls short of the objects' motion (mean
+signed error along it, px per frame), and the AJ of the floor tracker (chained flow from each
+query, services/evaluation/naive_tracker.py) on that flow, beside its AJ on the exact flow. Speed
+is bench/flow_bench.py's job.
 
     .venv/bin/python bench/flow_suite.py                                  # 256x192x24
     .venv/bin/python bench/flow_suite.py --width 96 --height 72 --frames 12
@@ -11,6 +11,7 @@ bench/flow_bench.py's job.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,19 +35,23 @@ class FlowSuite:
     height: int = 192
     frames: int = 24
     presets: tuple[str, ...] = ("medium", "fine")
+    polish: tuple[bool, ...] = (False, True)
+    """Each preset without and with `dis_polish` (services/flow/polish.py)."""
     tracks: int = 128
 
 
 def main(bench: FlowSuite) -> None:
     image_hw = (bench.height, bench.width)
     print(f"DIS on the suite's clips, {bench.width}x{bench.height}x{bench.frames}")
-    print("clip | preset | EPE fwd px | EPE moving | bias moving | floor AJ | exact flow's")
+    print(
+        "clip | preset | polish | EPE fwd px | EPE moving | bias moving | floor AJ | exact flow's"
+    )
     for clip in SUITE:
         scene = make_scene(clip.scene_config(bench.width, bench.height, bench.frames, bench.tracks))
         queries = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, "first")
         exact = floor_row(queries, scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2, image_hw)["aj"]
-        for preset in bench.presets:
-            flow = compute_flow(scene.frames_thw3, FlowConfig(dis_preset=preset))
+        for preset, polish in itertools.product(bench.presets, bench.polish):
+            flow = compute_flow(scene.frames_thw3, FlowConfig(dis_preset=preset, dis_polish=polish))
             fwd_t1hw2, bwd_t1hw2 = flow.stacked()
             epe = metrics.flow_epe(fwd_t1hw2, scene.flow_fwd_t1hw2)
             moving_thw = scene.moving_thw[:-1]
@@ -54,8 +59,8 @@ def main(bench: FlowSuite) -> None:
             bias = metrics.flow_speed_bias(fwd_t1hw2, scene.flow_fwd_t1hw2, moving_thw)
             aj = floor_row(queries, fwd_t1hw2, bwd_t1hw2, image_hw)["aj"]
             print(
-                f"{clip.name} | {preset} | {epe:.3f} | {epe_moving:.3f} | {bias:+.3f} | {aj:.3f} "
-                f"| {exact:.3f}",
+                f"{clip.name} | {preset} | {polish} | {epe:.3f} | {epe_moving:.3f} | {bias:+.3f} "
+                f"| {aj:.3f} | {exact:.3f}",
                 flush=True,
             )
 

@@ -63,6 +63,9 @@ class SuiteBench:
     set: tuple[str, ...] = ()
     """FitConfig fields to change in every preset, as name=value (e.g. keep_adam_state=true), to
     measure a change before it is made; the rows record them."""
+    flow_set: tuple[str, ...] = ()
+    """FlowConfig fields to change for the pipeline rows, as name=value (e.g. dis_polish=true);
+    the rows record them."""
     depth_set: tuple[str, ...] = ()
     """DepthConfig fields to change for the pipeline rows, as name=value (e.g.
     offline_bundle_adjust=true); the rows record them."""
@@ -98,9 +101,10 @@ def second_readout(bench: SuiteBench) -> TrackReadout | None:
 
 
 def pipeline_config(bench: SuiteBench, runtime: PipelineRuntime) -> PipelineConfig:
-    """The pipeline rows' stages: the defaults with --dis-preset, --depth-set and --segment-set."""
+    """The pipeline rows' stages: the defaults with --dis-preset, --flow-set, --depth-set and
+    --segment-set."""
     return PipelineConfig(
-        flow=FlowConfig(dis_preset=bench.dis_preset),
+        flow=with_settings(FlowConfig(dis_preset=bench.dis_preset), bench.flow_set, "flow_set"),
         depth=with_settings(DepthConfig(), bench.depth_set, "depth_set"),
         segment=with_settings(SegmentConfig(), bench.segment_set, "segment_set"),
         runtime=runtime,
@@ -130,6 +134,7 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         dis_preset=bench.dis_preset,
         seed=bench.seed,
         settings=list(bench.set),
+        flow_settings=list(bench.flow_set),
         depth_settings=list(bench.depth_set),
         segment_settings=list(bench.segment_set),
         # CPU figures move with library versions and OpenBLAS's kernels (docs/fit.md)
@@ -196,7 +201,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in bench.presets:  # a wrong --set fails here, before any fit
         preset_with(name, bench.set, bench.seed)
-    pipeline_config(bench, PipelineRuntime())  # a wrong --depth-set or --segment-set too
+    pipeline_config(bench, PipelineRuntime())  # a wrong --flow-set, --depth-set or --segment-set
     second_readout(bench)  # and a wrong --other-tracks or --other-motion
     jobs = [
         (bench, clip, source, name)

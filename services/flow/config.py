@@ -28,6 +28,10 @@ class FlowConfig:
     default, see docs/flow.md, "DIS presets")."""
     variational_refinement: bool = True
     """DIS: 5 variational refinement iterations after the patch search (False: none)."""
+    dis_polish: bool = False
+    """DIS: then 3 Lucas-Kanade steps on the colour frames and another 5 refinement iterations
+    (services/flow/polish.py), which take out DIS's lag on small moving objects (docs/flow.md,
+    "Polish")."""
     raft_model: Literal["small", "large"] = "small"
     """Which torchvision RAFT; the weights file must be for this one."""
     raft_weights: Path | None = None

@@ -1,0 +1,98 @@
+"""The photometric polish of DIS flow (services/flow/polish.py): Lucas-Kanade steps that find a
+known sub-pixel shift, leave untextured windows and targets outside the image alone, and through
+the engine take out DIS's lag on a synthetic scene's moving object."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from services.evaluation.metrics import flow_epe, flow_speed_bias
+from services.flow.config import FlowConfig
+from services.flow.engine import compute_flow
+from services.flow.polish import lucas_kanade_steps, polish_flow
+from services.synthetic.scene import SceneConfig, make_scene
+
+SHIFT_XY = (0.6, -0.35)
+
+
+def _texture_hw3(height: int = 64, width: int = 80, seed: int = 0) -> np.ndarray:
+    """Smooth random colour texture (noise blurred to a few pixels), uint8."""
+    noise_hw3 = np.random.default_rng(seed).random((height, width, 3)).astype(np.float32)
+    smooth_hw3 = cv2.GaussianBlur(noise_hw3, (0, 0), 3.0)
+    smooth_hw3 = (smooth_hw3 - smooth_hw3.min()) / (smooth_hw3.max() - smooth_hw3.min())
+    return (255 * smooth_hw3).astype(np.uint8)
+
+
+def _shifted(image_hw3: np.ndarray, shift_xy: tuple[float, float]) -> np.ndarray:
+    """The image content moved by shift_xy: dst(p + shift) = src(p)."""
+    height, width = image_hw3.shape[:2]
+    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
+    return cv2.remap(
+        image_hw3,
+        grid_x - np.float32(shift_xy[0]),
+        grid_y - np.float32(shift_xy[1]),
+        cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REFLECT,
+    )
+
+
+def test_lucas_kanade_steps_find_a_sub_pixel_shift_from_zero_flow():
+    src_hw3 = _texture_hw3()
+    dst_hw3 = _shifted(src_hw3, SHIFT_XY)
+    flow_hw2 = lucas_kanade_steps(src_hw3, dst_hw3, np.zeros((64, 80, 2), np.float32))
+    error_n2 = flow_hw2[8:-8, 8:-8].reshape(-1, 2) - np.array(SHIFT_XY, np.float32)
+    # Measured: mean error (0.0000, 0.0000) px, median length 0.042 px (the frames' uint8
+    # rounding); with bilinear instead of cubic warping the mean was (-0.024, -0.032) px.
+    assert np.linalg.norm(error_n2.mean(axis=0)) < 0.01
+    assert np.median(np.linalg.norm(error_n2, axis=1)) < 0.06
+    assert flow_hw2.dtype == np.float32 and flow_hw2.shape == (64, 80, 2)
+
+
+def test_untextured_windows_and_targets_outside_the_image_keep_their_flow():
+    flat_hw3 = np.full((32, 40, 3), 128, np.uint8)
+    start_hw2 = np.full((32, 40, 2), 0.25, np.float32)
+    np.testing.assert_array_equal(lucas_kanade_steps(flat_hw3, flat_hw3, start_hw2), start_hw2)
+
+    src_hw3 = _texture_hw3()
+    far_hw2 = np.zeros((64, 80, 2), np.float32)
+    far_hw2[..., 0] = 200.0  # every target is off the right edge
+    np.testing.assert_array_equal(lucas_kanade_steps(src_hw3, src_hw3, far_hw2), far_hw2)
+
+
+def test_polish_keeps_a_right_flow_right():
+    """Started at the true shift, the polish (steps and refinement) stays there (median 0.04 px
+    off, measured)."""
+    src_hw3 = _texture_hw3(seed=1)
+    dst_hw3 = _shifted(src_hw3, SHIFT_XY)
+    start_hw2 = np.broadcast_to(np.array(SHIFT_XY, np.float32), (64, 80, 2)).copy()
+    polished_hw2 = polish_flow(src_hw3, dst_hw3, start_hw2)
+    error_n = np.linalg.norm(polished_hw2[8:-8, 8:-8] - start_hw2[8:-8, 8:-8], axis=-1)
+    assert np.median(error_n) < 0.06
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_scene(SceneConfig(height=96, width=128, n_frames=8, seed=0))
+
+
+def test_dis_polish_takes_out_the_lag_on_the_moving_object(scene):
+    """Measured on this scene (OpenCV 5.0, 2 CPU cores): EPE over visible pixels 0.248 -> 0.124
+    px, moving pixels 0.695 -> 0.275 px, mean error along their motion -0.584 -> -0.148 px."""
+    moving_thw = scene.moving_thw[:-1] & scene.valid_fwd_t1hw
+    figures = {}
+    for polish in (False, True):
+        fwd_t1hw2, _ = compute_flow(scene.frames_thw3, FlowConfig(dis_polish=polish)).stacked()
+        figures[polish] = (
+            flow_epe(fwd_t1hw2, scene.flow_fwd_t1hw2, scene.valid_fwd_t1hw),
+            flow_epe(fwd_t1hw2, scene.flow_fwd_t1hw2, moving_thw),
+            flow_speed_bias(fwd_t1hw2, scene.flow_fwd_t1hw2, moving_thw),
+        )
+    (epe, epe_moving, bias), (epe_polished, epe_moving_polished, bias_polished) = (
+        figures[False],
+        figures[True],
+    )
+    assert epe_polished < 0.7 * epe
+    assert epe_moving_polished < 0.6 * epe_moving
+    assert bias < -0.4 and abs(bias_polished) < 0.4 * abs(bias)
