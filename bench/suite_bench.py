@@ -72,6 +72,9 @@ class SuiteBench:
     segment_set: tuple[str, ...] = ()
     """SegmentConfig fields to change for the pipeline rows, as name=value (e.g.
     measured_depth_only=true); the rows record them."""
+    two_pass_depth: bool = False
+    """The pipeline rows run depth a second time with the segment masks (the pipeline's
+    --pipeline.two-pass-depth); the rows record it."""
     device: Literal["cpu", "cuda"] = "cpu"
     jobs: int = 1
     """Rows fitted at once, each in its own process."""
@@ -101,13 +104,14 @@ def second_readout(bench: SuiteBench) -> TrackReadout | None:
 
 
 def pipeline_config(bench: SuiteBench, runtime: PipelineRuntime) -> PipelineConfig:
-    """The pipeline rows' stages: the defaults with --dis-preset, --flow-set, --depth-set and
-    --segment-set."""
+    """The pipeline rows' stages: the defaults with --dis-preset, --flow-set, --depth-set,
+    --segment-set and --two-pass-depth."""
     return PipelineConfig(
         flow=with_settings(FlowConfig(dis_preset=bench.dis_preset), bench.flow_set, "flow_set"),
         depth=with_settings(DepthConfig(), bench.depth_set, "depth_set"),
         segment=with_settings(SegmentConfig(), bench.segment_set, "segment_set"),
         runtime=runtime,
+        two_pass_depth=bench.two_pass_depth,
     )
 
 
@@ -137,6 +141,7 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         flow_settings=list(bench.flow_set),
         depth_settings=list(bench.depth_set),
         segment_settings=list(bench.segment_set),
+        two_pass_depth=bench.two_pass_depth,
         # CPU figures move with library versions and OpenBLAS's kernels (docs/fit.md)
         versions=package_versions(),
         openblas_env={k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},

@@ -63,14 +63,22 @@ def run_depth(
     config: DepthConfig,
     runtime: DepthRuntime = DepthRuntime(),
     progress: ProgressFn = no_progress,
+    segment: common_pb2.StageResult | None = None,
 ) -> common_pb2.StageResult:
     """Depth for every frame from the flow stage's result (None: MASt3R without its offline
-    fallback), cached by content key (the whole `config`, and for mast3r the checkpoint's
-    content; `runtime` changes how it is computed); repairs are reported, never fatal."""
+    fallback), cached by content key (the whole `config`, the inputs' keys, and for mast3r the
+    checkpoint's content; `runtime` changes how it is computed); repairs are reported, never
+    fatal. `segment` (optional) is a segment result whose masks mark the moving pixels the
+    geometry leaves out (the pipeline's `two_pass_depth`)."""
 
     video_sha256 = frames_sha256(artifacts, video)
     flow_result = (
         None if flow is None else upstream_result(artifacts, flow, "flow", "flow", video_sha256)
+    )
+    segment_result = (
+        None
+        if segment is None
+        else upstream_result(artifacts, segment, "segment", "segment", video_sha256)
     )
 
     def produce(out: StageOutputs) -> None:
@@ -79,7 +87,14 @@ def run_depth(
         if flow_result is not None:
             stride = needed_stride(config.flow_stride, len(frames_thw3))
             pair_flows = load_pair_flows(artifacts, flow_result, video, stride)
-        result = estimate_depth(frames_thw3, config, runtime, progress, flow=pair_flows)
+        moving_thw = None
+        if segment_result is not None:
+            hw = (video.height, video.width)
+            masks_thw = upstream_array(artifacts, segment_result, "masks", "THW", hw, "segment")
+            moving_thw = masks_thw.astype(bool)
+        result = estimate_depth(
+            frames_thw3, config, runtime, progress, moving_thw=moving_thw, flow=pair_flows
+        )
         out.array("depth", result.depth_thw.astype(np.float32), "THW")
         out.array("confidence", result.confidence_thw.astype(np.float32), "THW")
         fx, fy, cx, cy = (float(v) for v in result.intrinsics)
@@ -118,6 +133,7 @@ def run_depth(
                 "warnings": result.warnings,
                 "intrinsics": [fx, fy, cx, cy],
                 "work_hw": list(result.work_hw),
+                "moving_masks": segment_result.key if segment_result is not None else None,
                 "plan": dataclasses.asdict(result.plan) if result.plan is not None else None,
                 "series": {
                     "scale_ratio": [float(r) for r in quality.scale_ratio_t],
@@ -133,7 +149,10 @@ def run_depth(
             }
         )
 
-    inputs = [flow_result.key if flow_result is not None else ""]
+    inputs = [
+        flow_result.key if flow_result is not None else "",
+        segment_result.key if segment_result is not None else "",
+    ]
     params = with_weights_digest(config, WEIGHTS_FIELD)
     return run_cached(
         artifacts,
@@ -156,7 +175,8 @@ def depth_from_request(
     runtime: DepthRuntime = DepthRuntime(),
 ) -> common_pb2.StageResult:
     """The DepthService call, in-process: the server and the embedded pipeline both use this.
-    `request.flow` names the flow stage's result (required for the offline backend). A MASt3R
+    `request.flow` names the flow stage's result (required for the offline backend),
+    `request.segment` (optional) a segment result whose masks mark moving pixels. A MASt3R
     checkpoint not named in the request comes from GFLOW_MAST3R_CHECKPOINT. A
     `remote_caller` may not name it nor trust it (`SERVER_FIELDS`): the server's environment
     does (GFLOW_MAST3R_TRUST_CHECKPOINT=1 allows a full unpickle). `runtime` is the caller's:
@@ -169,4 +189,5 @@ def depth_from_request(
         config = dataclasses.replace(config, mast3r_trust_checkpoint=trust)
     config = with_env_weights(config, WEIGHTS_FIELD, SERVER_FIELDS)
     flow = request.flow if request.HasField("flow") else None
-    return run_depth(artifacts, request.video, flow, config, runtime, progress)
+    segment = request.segment if request.HasField("segment") else None
+    return run_depth(artifacts, request.video, flow, config, runtime, progress, segment)

@@ -4,11 +4,11 @@ Each clip is a `SceneConfig` (textured static background, moving objects, a came
 only rotates or stands still). A clip is fitted two ways: with its exact priors (depth, flow,
 masks, intrinsics: the engine alone) and through the whole default pipeline (DIS flow, offline
 depth, segmentation, fit: what a user gets; the stage engines chained in-process as the stages
-chain them, without the store). Every row is scored with TAP-Vid query-first average
-Jaccard / delta-avg / occlusion accuracy, camera ATE after Sim(3) as a share of the camera path's
-extent, RPE, depth abs-rel, moving-mask J and PSNR, and beside it stands the floor: chained
-optical flow from the query (the same flow the fit was given), occluded where forward and
-backward flow disagree.
+chain them, without the store, with a second depth pass where `two_pass_depth` asks for one).
+Every row is scored with TAP-Vid query-first average Jaccard / delta-avg / occlusion accuracy,
+camera ATE after Sim(3) as a share of the camera path's extent, RPE, depth abs-rel, moving-mask J
+and PSNR, and beside it stands the floor: chained optical flow from the query (the same flow the
+fit was given), occluded where forward and backward flow disagree.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from services.common.errors import InvalidArgumentError
 from services.depth.engine import DepthResult, estimate_depth
-from services.depth.flows import from_flow_result
+from services.depth.flows import PairFlows, from_flow_result
 from services.evaluation import metrics
 from services.evaluation.naive_tracker import chained_flow_tracks
 from services.fit.config import FitConfig, FitRuntime
@@ -159,25 +159,40 @@ def fit_clip(
     )
 
 
+def pipeline_flow(
+    frames_thw3: np.ndarray, config: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray, PairFlows]:
+    """The default pipeline's flow for a clip: forward and backward ([T-1, H, W, 2]) and the
+    pairs the depth stage reads (with the wider ones it triangulates from)."""
+    flow = compute_flow(frames_thw3, config.flow_config(len(frames_thw3)), config.runtime.flow)
+    flow_fwd_t1hw2, flow_bwd_t1hw2 = (f.astype(np.float32) for f in flow.stacked())
+    return flow_fwd_t1hw2, flow_bwd_t1hw2, from_flow_result(flow)
+
+
 def pipeline_flow_and_depth(
     frames_thw3: np.ndarray, config: PipelineConfig
 ) -> tuple[np.ndarray, np.ndarray, DepthResult]:
-    """The default pipeline's flow (forward and backward, [T-1, H, W, 2]) and depth for a clip:
-    the flow and depth engines with the stages' configs, the flow computed once and handed to
-    depth as the pipeline hands the flow stage's result to the depth stage."""
-    flow = compute_flow(frames_thw3, config.flow_config(len(frames_thw3)), config.runtime.flow)
-    flow_fwd_t1hw2, flow_bwd_t1hw2 = (f.astype(np.float32) for f in flow.stacked())
-    depth = estimate_depth(
-        frames_thw3, config.depth, config.runtime.depth, flow=from_flow_result(flow)
-    )
+    """The default pipeline's flow (forward and backward, [T-1, H, W, 2]) and first depth for a
+    clip: the flow computed once and handed to depth as the pipeline hands the flow stage's
+    result to the depth stage."""
+    flow_fwd_t1hw2, flow_bwd_t1hw2, pair_flows = pipeline_flow(frames_thw3, config)
+    depth = estimate_depth(frames_thw3, config.depth, config.runtime.depth, flow=pair_flows)
     return flow_fwd_t1hw2, flow_bwd_t1hw2, depth
 
 
 def pipeline_priors(scene: SyntheticScene, config: PipelineConfig) -> FitPriors:
     """The default pipeline's priors for the clip's frames: the flow, depth and segment engines
-    chained as their stages chain them."""
+    chained as their stages chain them (with `config.two_pass_depth`, depth again with the
+    segment masks, as services/pipeline/engine.py does)."""
     frames_thw3 = scene.frames_thw3
-    flow_fwd_t1hw2, flow_bwd_t1hw2, depth = pipeline_flow_and_depth(frames_thw3, config)
+    flow_fwd_t1hw2, flow_bwd_t1hw2, pair_flows = pipeline_flow(frames_thw3, config)
+
+    def depth_with(moving_thw: np.ndarray | None) -> DepthResult:
+        return estimate_depth(
+            frames_thw3, config.depth, config.runtime.depth, moving_thw=moving_thw, flow=pair_flows
+        )
+
+    depth = depth_with(None)
     segment = segment_motion(
         flow_fwd_t1hw2,
         flow_bwd_t1hw2,
@@ -186,6 +201,8 @@ def pipeline_priors(scene: SyntheticScene, config: PipelineConfig) -> FitPriors:
         frames_thw3=frames_thw3,
         depth_confidence_thw=depth.confidence_thw,
     )
+    if config.two_pass_depth:
+        depth = depth_with(segment.masks_thw)
     fx, fy, cx, cy = depth.intrinsics
     return FitPriors(
         frames_thw3=frames_thw3,

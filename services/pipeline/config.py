@@ -101,6 +101,10 @@ class PipelineConfig:
     # The fit tracks an N x N grid of frame-0 points (fit/tracks_*.npy and the trajectories
     # video) when the run names no queries; 0 = none.
     track_grid: Annotated[int, tyro.conf.arg(prefix_name=False)] = DEFAULT_TRACK_GRID
+    # Depth a second time with the segment stage's masks, which keep the moving objects out of
+    # the depth stage's geometry (triangulation, scale chain, bundle adjustment), and hand the
+    # fit that depth (docs/depth.md, "Two-pass depth"). Costs one more depth run.
+    two_pass_depth: bool = False
 
     def __post_init__(self) -> None:
         if self.track_grid < 0:
@@ -137,6 +141,13 @@ class PipelineConfig:
                 "without its bundle adjustment are chained pair by pair and drift further than "
                 "the fit's own cameras: set depth.offline_bundle_adjust too "
                 "(--pipeline.depth.offline-bundle-adjust)"
+            )
+        if self.two_pass_depth and self.depth.backend == "mast3r":
+            found.append(
+                "two_pass_depth runs the depth stage again with the segment masks, but MASt3R "
+                "does not use them (only its offline fallback windows and the scale-drift figure "
+                "do): the second depth run costs time and changes nearly nothing; leave "
+                "--pipeline.two-pass-depth off with the mast3r backend"
             )
         return found
 

@@ -171,9 +171,15 @@ def flow_request(video: common_pb2.VideoRef, config: PipelineConfig) -> flow_pb2
 
 
 def depth_request(
-    video: common_pb2.VideoRef, flow: common_pb2.StageResult, config: PipelineConfig
+    video: common_pb2.VideoRef,
+    flow: common_pb2.StageResult,
+    config: PipelineConfig,
+    segment: common_pb2.StageResult | None = None,
 ) -> depth_pb2.EstimateDepthRequest:
-    return depth_pb2.EstimateDepthRequest(video=video, flow=flow, config_json=to_json(config.depth))
+    """Depth from the flow, with moving pixels left out where a `segment` result is given."""
+    return depth_pb2.EstimateDepthRequest(
+        video=video, flow=flow, config_json=to_json(config.depth), segment=segment
+    )
 
 
 def segment_request(
@@ -221,27 +227,34 @@ def run_pipeline(
     track_queries: common_pb2.ArtifactRef | None = None,
 ) -> pipeline_pb2.PipelineResult:
     """Every stage in order on an ingested video, then the HTML report. The fit tracks
-    `track_queries` (a float32 [Q, 3] array of (t, y, x)), or else `config.track_grid`'s grid."""
+    `track_queries` (a float32 [Q, 3] array of (t, y, x)), or else `config.track_grid`'s grid.
+    With `config.two_pass_depth` the depth stage runs again with the segment stage's masks and
+    the fit gets that second depth."""
     for warning in config.warnings():
         log.warning("%s", warning)
     if track_queries is None and config.track_grid:
         grid_q3 = grid_queries_q3(video.height, video.width, config.track_grid)
         track_queries = put_queries(artifacts, grid_q3)
 
-    def run(stage: str, request) -> common_pb2.StageResult:
+    def run(stage: str, request, label: str = "") -> common_pb2.StageResult:
+        """One stage call; `label` ("pass 2: ") prefixes its progress messages."""
+
         def stage_progress(done: int, total: int, message: str) -> None:
-            progress(stage, done, total, message)
+            progress(stage, done, total, label + message)
 
         result = call_stage(
             artifacts, stage, request, config.remote, stage_progress, timeout_s, config.runtime
         )
-        log.info("%s done%s (%s)", stage, " from the store" if result.cached else "", result.key)
-        progress(stage, 1, 1, "cached" if result.cached else "done")
+        cached = " from the store" if result.cached else ""
+        log.info("%s %sdone%s (%s)", stage, label, cached, result.key)
+        progress(stage, 1, 1, label + ("cached" if result.cached else "done"))
         return result
 
     flow = run("flow", flow_request(video, config))
     depth = run("depth", depth_request(video, flow, config))
     segment = run("segment", segment_request(video, flow, depth, config))
+    if config.two_pass_depth:
+        depth = run("depth", depth_request(video, flow, config, segment), "pass 2: ")
     fit = run("fit", fit_request(video, depth, flow, segment, config, track_queries))
     result = pipeline_pb2.PipelineResult(
         video=video, depth=depth, flow=flow, segment=segment, fit=fit

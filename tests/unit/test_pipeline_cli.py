@@ -100,3 +100,11 @@ def test_keeping_the_offline_chained_poses_as_cameras_is_warned_about():
     assert PipelineConfig().warnings() == []
     (warning,) = PipelineConfig(fit=keep).warnings()
     assert "--pipeline.depth.offline-bundle-adjust" in warning
+
+
+def test_two_pass_depth_with_mast3r_is_warned_about():
+    assert PipelineConfig(two_pass_depth=True).warnings() == []
+    mast3r = DepthConfig(backend="mast3r")
+    assert PipelineConfig(depth=mast3r).warnings() == []
+    (warning,) = PipelineConfig(depth=mast3r, two_pass_depth=True).warnings()
+    assert "MASt3R does not use them" in warning and "--pipeline.two-pass-depth" in warning
