@@ -72,8 +72,7 @@ def test_a_segment_result_of_another_video_is_refused(local_store):
     config = _config(True)
     scenes = [make_scene(SceneConfig(seed=seed, n_frames=4)) for seed in (0, 1)]
     videos = [store_frames(artifacts, s.frames_thw3, 10.0) for s in scenes]
-    other = run_pipeline(artifacts, videos[1], PipelineConfig(flow=FLOW, fit=lean_fit()))
-    this = run_pipeline(artifacts, videos[0], PipelineConfig(flow=FLOW, fit=lean_fit()))
+    this, other = (run_pipeline(artifacts, v, _config(False)) for v in videos)
     request = depth_request(videos[0], this.flow, config, other.segment)
     with pytest.raises(InvalidArgumentError, match="another video") as err:
         depth_stage.depth_from_request(artifacts, request)
