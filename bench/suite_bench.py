@@ -35,10 +35,10 @@ from services.evaluation.fit_suite import (
     run_clip,
     suite_clip,
 )
-from services.fit.config import FitRuntime, TrackMotion, preset_with
+from services.fit.config import FitConfig, FitRuntime, TrackMotion, preset_with
 from services.fit.tracks import track_2d
 from services.flow.config import DisPreset, FlowConfig
-from services.pipeline.config import PipelineConfig, PipelineRuntime
+from services.pipeline.config import PipelineConfig, PipelineRuntime, with_best_tracks
 from services.segment.config import SegmentConfig
 
 
@@ -75,6 +75,10 @@ class SuiteBench:
     two_pass_depth: bool = False
     """The pipeline rows run depth a second time with the segment masks (the pipeline's
     --pipeline.two-pass-depth); the rows record it."""
+    best_tracks: bool = False
+    """Every opt-in of `gflow run --best-tracks` (`with_best_tracks`,
+    services/pipeline/config.py) on top of the settings above: the pipeline rows' stages and
+    every row's fit; the rows record it."""
     device: Literal["cpu", "cuda"] = "cpu"
     jobs: int = 1
     """Rows fitted at once, each in its own process."""
@@ -103,16 +107,18 @@ def second_readout(bench: SuiteBench) -> TrackReadout | None:
     return None
 
 
-def pipeline_config(bench: SuiteBench, runtime: PipelineRuntime) -> PipelineConfig:
-    """The pipeline rows' stages: the defaults with --dis-preset, --flow-set, --depth-set,
-    --segment-set and --two-pass-depth."""
-    return PipelineConfig(
+def pipeline_config(bench: SuiteBench, runtime: PipelineRuntime, fit: FitConfig) -> PipelineConfig:
+    """The rows' stages: the defaults with --dis-preset, --flow-set, --depth-set, --segment-set
+    and --two-pass-depth (the pipeline rows'), `fit` (every row's), then --best-tracks."""
+    config = PipelineConfig(
         flow=with_settings(FlowConfig(dis_preset=bench.dis_preset), bench.flow_set, "flow_set"),
         depth=with_settings(DepthConfig(), bench.depth_set, "depth_set"),
         segment=with_settings(SegmentConfig(), bench.segment_set, "segment_set"),
+        fit=fit,
         runtime=runtime,
         two_pass_depth=bench.two_pass_depth,
     )
+    return with_best_tracks(config) if bench.best_tracks else config
 
 
 def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
@@ -122,15 +128,16 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
 
         torch.set_num_threads(1)
     runtime = PipelineRuntime(fit=FitRuntime(device=bench.device))
+    pipeline = pipeline_config(bench, runtime, preset_with(preset_name, bench.set, bench.seed))
     row = run_clip(
         suite_clip(clip),
         source,
-        preset_with(preset_name, bench.set, bench.seed),
+        pipeline.fit,
         width=bench.width,
         height=bench.height,
         n_frames=bench.frames,
         n_tracks=bench.tracks,
-        pipeline=pipeline_config(bench, runtime),
+        pipeline=pipeline,
         other_readout=second_readout(bench),
     )
     row.update(
@@ -142,6 +149,7 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
         depth_settings=list(bench.depth_set),
         segment_settings=list(bench.segment_set),
         two_pass_depth=bench.two_pass_depth,
+        best_tracks=bench.best_tracks,
         # CPU figures move with library versions and OpenBLAS's kernels (docs/fit.md)
         versions=package_versions(),
         openblas_env={k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
@@ -204,9 +212,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     bench = tyro.cli(SuiteBench)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in bench.presets:  # a wrong --set fails here, before any fit
-        preset_with(name, bench.set, bench.seed)
-    pipeline_config(bench, PipelineRuntime())  # a wrong --flow-set, --depth-set or --segment-set
+    # A wrong --set, --flow-set, --depth-set or --segment-set fails here, before any fit.
+    for name in bench.presets:
+        pipeline_config(bench, PipelineRuntime(), preset_with(name, bench.set, bench.seed))
     second_readout(bench)  # and a wrong --other-tracks or --other-motion
     jobs = [
         (bench, clip, source, name)

@@ -27,7 +27,12 @@ from services.common.store import open_store
 from services.common.video import store_frames
 from services.evaluation.davis import evaluate_davis_masks
 from services.evaluation.tapvid import evaluate_tapvid, load_tapvid_davis
-from services.pipeline.config import FitPresetName, PipelineConfig, with_fit_preset
+from services.pipeline.config import (
+    FitPresetName,
+    PipelineConfig,
+    with_best_tracks,
+    with_fit_preset,
+)
 from services.pipeline.engine import PipelineProgress, call_stage, put_queries, run_pipeline
 from services.pipeline.ingest import IngestConfig, prepare_frames
 from services.pipeline.progress import run_subcommand, stage_progress
@@ -71,6 +76,8 @@ class EvalCommand:
     # Start the fit from a named preset (as `gflow run --fit-preset`); --pipeline.fit.* flags
     # that change a field from its default apply on top of it.
     fit_preset: FitPresetName | None = None
+    # Every opt-in of the best tracks measured (as `gflow run --best-tracks`).
+    best_tracks: bool = False
     # How every stage computes (the same flags as `gflow run`).
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
@@ -132,6 +139,8 @@ def run_eval(command: EvalCommand) -> dict:
     """Evaluate, write the JSON report to --out, and return it."""
     artifacts = Artifacts(open_store(command.store))
     config = with_fit_preset(command.pipeline, command.fit_preset)
+    if command.best_tracks:
+        config = with_best_tracks(config)
     benchmark = command.benchmark
     if isinstance(benchmark, TapvidEval):
         data = load_tapvid_davis(benchmark.data)

@@ -15,7 +15,7 @@ import yaml
 from services.common.errors import InvalidArgumentError
 from services.depth.config import DepthConfig
 from services.fit.config import FitConfig, preset
-from services.pipeline.cli import RunCommand, _store_and_remote
+from services.pipeline.cli import RunCommand, _store_and_remote, run_config
 from services.pipeline.config import PipelineConfig, RemoteConfig, with_fit_preset
 
 
@@ -91,6 +91,34 @@ def test_fit_flags_given_with_a_preset_apply_on_top_of_it():
     assert fit == dataclasses.replace(preset("fast"), track_motion="local_rigid", iters=120)
     assert with_fit_preset(PipelineConfig(), "fast").fit == preset("fast")
     assert with_fit_preset(command.pipeline, None) is command.pipeline
+
+
+def test_best_tracks_is_the_measured_recipe_on_top_of_the_other_flags():
+    """--best-tracks sets what the recipe's seven flags set (README, docs/fit.md) and nothing
+    else; a fit preset and other flags stay under it."""
+    recipe = [
+        "--pipeline.flow.dis-polish",
+        "--pipeline.two-pass-depth",
+        "--pipeline.depth.offline-bundle-adjust",
+        "--pipeline.segment.measured-depth-only",
+        "--pipeline.fit.occlusion-from-frames",
+        "--pipeline.fit.camera-from-prior-poses",
+        "--pipeline.fit.no-moving-depth-from-filled-prior",
+    ]
+    by_flags = run_config(tyro.cli(RunCommand, args=["clip.mp4", *recipe]), RemoteConfig())
+    best = run_config(tyro.cli(RunCommand, args=["clip.mp4", "--best-tracks"]), RemoteConfig())
+    assert best == by_flags != PipelineConfig() and best.warnings() == []
+    args = ["clip.mp4", "--best-tracks", "--fit-preset", "fast", "--pipeline.fit.iters", "120"]
+    config = run_config(tyro.cli(RunCommand, args=[*args, "--track-grid", "4"]), RemoteConfig())
+    assert config.track_grid == 4 and config.flow.dis_preset == best.flow.dis_preset
+    assert config.fit == dataclasses.replace(
+        preset("fast"),
+        iters=120,
+        occlusion_from_frames=True,
+        camera_from_prior_poses=True,
+        moving_depth_from_filled_prior=False,
+    )
+    assert run_config(tyro.cli(RunCommand, args=["clip.mp4"]), RemoteConfig()) == PipelineConfig()
 
 
 def test_keeping_the_offline_chained_poses_as_cameras_is_warned_about():
