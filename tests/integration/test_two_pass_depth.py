@@ -16,9 +16,11 @@ from services.common.stage import artifact
 from services.common.video import store_frames
 from services.depth import stage as depth_stage
 from services.fit import stage as fit_stage
+from services.flow import stage as flow_stage
 from services.flow.engine import FlowConfig
-from services.pipeline.config import PipelineConfig
+from services.pipeline.config import PipelineConfig, with_best_tracks
 from services.pipeline.engine import depth_request, run_pipeline
+from services.segment import stage as segment_stage
 from services.synthetic.scene import SceneConfig, make_scene
 from tests.faults.clips import lean_fit
 from tests.integration.test_flow_once import _record_calls
@@ -83,3 +85,32 @@ def test_a_segment_result_of_another_video_is_refused(local_store):
     wrong_stage.segment.CopyFrom(this.flow)
     with pytest.raises(InvalidArgumentError, match="not a stored segment result"):
         depth_stage.depth_from_request(artifacts, wrong_stage)
+
+
+def test_best_tracks_runs_every_stage_with_its_opt_in(local_store, monkeypatch):
+    """`with_best_tracks` (gflow run --best-tracks) reaches every stage of an embedded run: the
+    flow polished, the masks from measured depth only, depth twice with bundle adjustment (the
+    second with the masks), and the fit keeping the depth stage's cameras."""
+    artifacts = Artifacts(local_store)
+    scene = make_scene(SceneConfig())
+    video = store_frames(artifacts, scene.frames_thw3, 10.0)
+    calls = {name: [] for name in ("flow", "segment", "depth", "fit")}
+    _record_calls(monkeypatch, flow_stage, "compute_flow", calls["flow"])
+    _record_calls(monkeypatch, segment_stage, "segment_motion", calls["segment"])
+    _record_calls(monkeypatch, depth_stage, "estimate_depth", calls["depth"])
+    _record_calls(monkeypatch, fit_stage, "fit", calls["fit"])
+    result = run_pipeline(artifacts, video, with_best_tracks(_config(False)))
+
+    assert [len(c) for c in calls.values()] == [1, 1, 2, 1]
+    assert calls["flow"][0][0][1].dis_polish
+    assert calls["segment"][0][0][2].measured_depth_only
+    (first_args, first_kwargs), (second_args, second_kwargs) = calls["depth"]
+    assert first_args[1].offline_bundle_adjust and second_args[1].offline_bundle_adjust
+    assert first_kwargs["moving_thw"] is None and second_kwargs["moving_thw"].any()
+    fit_args = calls["fit"][0][0]
+    assert fit_args[1].camera_from_prior_poses and fit_args[1].occlusion_from_frames
+    assert not fit_args[1].moving_depth_from_filled_prior
+    np.testing.assert_array_equal(
+        artifacts.get_array(artifact(result.fit, "c2w", "fit")),
+        artifacts.get_array(artifact(result.depth, "c2w", "depth")),
+    )
