@@ -57,7 +57,8 @@ class RunCommand:
     # Turn on every opt-in that together gives the best tracks and cameras measured (the flow's
     # polish, depth twice with the segment masks and bundle adjustment, the fit keeping those
     # cameras; docs/fit.md, "What holds the pipeline rows back"): on the accuracy suite AJ
-    # +0.13..+0.28 against the defaults; it costs a second depth run and the polish.
+    # +0.13..+0.28 against the defaults. It adds the polish and a second depth run and skips
+    # the fit's camera refinement (the demo clip on a 2-core CPU: 70 s against 92 s).
     best_tracks: bool = False
     # Points to track instead of the --track-grid grid: a CSV (optional header line) or .npy
     # file of rows t,x,y in the frames and pixels of the ingested video (fit/tracks_*.npy).
