@@ -9,6 +9,7 @@ import ctypes
 import functools
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -24,7 +25,33 @@ from services.common.errors import FailedPreconditionError, UnavailableError
 DEFAULT_ACCESS_KEY = "gflow-local-access"
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORT_TRIES = 64
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections (Linux's default where unreadable)."""
+    try:
+        low, high = (int(v) for v in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 free now for a server to listen on, drawn outside the kernel's
+    ephemeral range where there is room: a port the kernel picks for a bind to port 0 comes from
+    that range, and an outgoing connection made before the server binds it (weed's filer dials
+    its master first) can take it ("bind: address already in use")."""
+    ephemeral = ephemeral_ports()
+    outside = [p for p in range(10000, 65536) if p not in ephemeral]
+    for port in random.SystemRandom().sample(outside, min(LISTEN_PORT_TRIES, len(outside))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

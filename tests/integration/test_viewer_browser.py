@@ -4,7 +4,6 @@ scene to arrive over the websocket, and check the canvas is drawn and changes wi
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from services.common.artifacts import Artifacts
 from services.common.errors import NotFoundError
 from services.common.store import StoreConfig, open_store
+from services.ops.seaweedfs import free_port
 from services.pipeline.export import export_run
 from services.pipeline.report import write_report
 from services.pipeline.viewer import (
@@ -66,12 +66,6 @@ def test_frames_are_read_with_truth_colours_and_motion(local_store):
     assert len(track_segments(run.tracks_nt3, run.alive_nt, 0)) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_http(url: str, process: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -94,7 +88,7 @@ def _canvas_rgb(page) -> np.ndarray:
 )
 def test_viewer_draws_the_run_and_follows_the_slider(run_dir):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    port = _free_port()
+    port = free_port()
     gflow = Path(sys.executable).with_name("gflow")
     process = subprocess.Popen(
         [str(gflow), "view", str(run_dir), "--port", str(port), "--seconds", "300"],
@@ -159,7 +153,7 @@ def test_slider_play_and_colour_drive_what_is_sent(local_store):
     artifacts = Artifacts(local_store)
     scene = make_scene(SceneConfig(height=HEIGHT, width=WIDTH, n_frames=N_FRAMES))
     run = open_run(artifacts, synthetic_run(artifacts, scene, step_px=STEP_PX, videos=False))
-    server = viser.ViserServer(host="127.0.0.1", port=_free_port(), verbose=False)
+    server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
     try:
         viewer = Viewer(server, run, artifacts, max_points=10**6)
         viewer.show(0)

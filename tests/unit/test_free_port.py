@@ -1,0 +1,33 @@
+"""free_port: listening ports drawn outside the kernel's ephemeral range, so an outgoing
+connection made before a server binds its port cannot take it (weed's filer dialled its master
+from the very port picked for its listener once: "bind: address already in use")."""
+
+from __future__ import annotations
+
+import socket
+
+from services.ops import seaweedfs
+from services.ops.seaweedfs import ephemeral_ports, free_port
+
+
+def test_ports_come_from_outside_the_ephemeral_range_and_can_be_bound():
+    ephemeral = ephemeral_ports()
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) > 1
+    for port in ports:
+        assert port not in ephemeral and port >= 10000
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_a_busy_port_is_skipped_and_no_room_falls_back_to_the_kernel(monkeypatch):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        taken = busy.getsockname()[1]
+        # Every port but the taken one counts as ephemeral: the one port left to draw is busy,
+        # so the kernel's pick is the answer.
+        monkeypatch.setattr(seaweedfs, "ephemeral_ports", lambda: set(range(65536)) - {taken})
+        port = free_port()
+        assert port != taken
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
