@@ -27,12 +27,7 @@ from services.common.store import open_store
 from services.common.video import store_frames
 from services.evaluation.davis import evaluate_davis_masks
 from services.evaluation.tapvid import evaluate_tapvid, load_tapvid_davis
-from services.pipeline.config import (
-    FitPresetName,
-    PipelineConfig,
-    with_best_tracks,
-    with_fit_preset,
-)
+from services.pipeline.config import FitPresetName, PipelineConfig, with_command_options
 from services.pipeline.engine import PipelineProgress, call_stage, put_queries, run_pipeline
 from services.pipeline.ingest import IngestConfig, prepare_frames
 from services.pipeline.progress import run_subcommand, stage_progress
@@ -138,9 +133,7 @@ def _video_lines(done: int, total: int, message: str) -> None:
 def run_eval(command: EvalCommand) -> dict:
     """Evaluate, write the JSON report to --out, and return it."""
     artifacts = Artifacts(open_store(command.store))
-    config = with_fit_preset(command.pipeline, command.fit_preset)
-    if command.best_tracks:
-        config = with_best_tracks(config)
+    config = with_command_options(command.pipeline, command.fit_preset, command.best_tracks)
     benchmark = command.benchmark
     if isinstance(benchmark, TapvidEval):
         data = load_tapvid_davis(benchmark.data)

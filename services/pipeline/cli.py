@@ -24,8 +24,7 @@ from services.pipeline.config import (
     FitPresetName,
     PipelineConfig,
     RemoteConfig,
-    with_best_tracks,
-    with_fit_preset,
+    with_command_options,
 )
 from services.pipeline.engine import put_queries, run_pipeline
 from services.pipeline.export import export_run, load_run
@@ -133,8 +132,7 @@ def run_config(command: RunCommand, remote: RemoteConfig) -> PipelineConfig:
     """What the run computes: the --pipeline.* flags, where each stage runs, the fit preset and
     then --best-tracks."""
     config = dataclasses.replace(command.pipeline, remote=remote)
-    config = with_fit_preset(config, command.fit_preset)
-    return with_best_tracks(config) if command.best_tracks else config
+    return with_command_options(config, command.fit_preset, command.best_tracks)
 
 
 def run_command(command: RunCommand) -> Path:

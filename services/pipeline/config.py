@@ -202,3 +202,12 @@ def with_best_tracks(config: PipelineConfig) -> PipelineConfig:
         for stage, fields in BEST_TRACKS.items()
     }
     return dataclasses.replace(config, two_pass_depth=True, **stages)
+
+
+def with_command_options(
+    config: PipelineConfig, fit_preset: FitPresetName | None, best_tracks: bool
+) -> PipelineConfig:
+    """What a command line (`gflow run`, `gflow eval`) asks for: its --pipeline.* flags with the
+    fit started from `fit_preset` (`with_fit_preset`), then `--best-tracks` on top of both."""
+    config = with_fit_preset(config, fit_preset)
+    return with_best_tracks(config) if best_tracks else config
