@@ -26,6 +26,8 @@ DEFAULT_ACCESS_KEY = "gflow-local-access"
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS = range(10000, 65536)
+"""Where `free_port` draws from (above the well-known and most registered service ports)."""
 LISTEN_PORT_TRIES = 64
 
 
@@ -44,7 +46,7 @@ def free_port() -> int:
     that range, and an outgoing connection made before the server binds it (weed's filer dials
     its master first) can take it ("bind: address already in use")."""
     ephemeral = ephemeral_ports()
-    outside = [p for p in range(10000, 65536) if p not in ephemeral]
+    outside = [p for p in LISTEN_PORTS if p not in ephemeral]
     for port in random.SystemRandom().sample(outside, min(LISTEN_PORT_TRIES, len(outside))):
         with socket.socket() as sock:
             try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 
 from services.ops import seaweedfs
-from services.ops.seaweedfs import ephemeral_ports, free_port
+from services.ops.seaweedfs import LISTEN_PORTS, ephemeral_ports, free_port
 
 
 def test_ports_come_from_outside_the_ephemeral_range_and_can_be_bound():
@@ -15,7 +15,7 @@ def test_ports_come_from_outside_the_ephemeral_range_and_can_be_bound():
     ports = {free_port() for _ in range(20)}
     assert len(ports) > 1
     for port in ports:
-        assert port not in ephemeral and port >= 10000
+        assert port not in ephemeral and port in LISTEN_PORTS
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
 
