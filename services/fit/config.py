@@ -128,6 +128,10 @@ class FitConfig:
 
     mask_threshold: float = 0.5
     """Moving-mask score at or above which a pixel counts as moving."""
+    moving_mask_margin_px: int = 0
+    """Pixels by which the fit widens the moving masks it is given (each score raised to the
+    highest within this many pixels) before it reads them: Gaussians on an object's rim then
+    move with it instead of being held where they were as still ones."""
     cluster_min_motion_px: float = 0.5
     """Below this gap between the two k-means centres (pixels of residual motion) the displacement
     carries no evidence and the masks alone decide still/moving."""
@@ -172,7 +176,13 @@ class FitConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise InvalidArgumentError(name, f"{getattr(self, name)} must be at least 1")
-        for name in ("iters", "camera_iters", "camera_patience", "densify_every"):
+        for name in (
+            "iters",
+            "camera_iters",
+            "camera_patience",
+            "densify_every",
+            "moving_mask_margin_px",
+        ):
             if getattr(self, name) < 0:
                 raise InvalidArgumentError(name, f"{getattr(self, name)} must be >= 0")
         if self.max_points < self.init_points:

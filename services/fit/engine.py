@@ -79,6 +79,7 @@ def fit(
     after each frame with its PSNR.
     """
     priors.validate()
+    priors = priors.with_moving_widened(cfg.moving_mask_margin_px)
     return _Fitter(priors, cfg, runtime, progress, checkpoints).run()
 
 

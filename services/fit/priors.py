@@ -6,9 +6,11 @@ the first field that cannot be used, so a bad request fails before the fit spend
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import grey_dilation
 
 from services.common.errors import InvalidArgumentError
 from services.depth.config import MEASURED_DEPTH_CONFIDENCE
@@ -34,6 +36,15 @@ class FitPriors:
         if self.depth_confidence_thw is None:
             return known_hw
         return known_hw & (self.depth_confidence_thw[t] >= MEASURED_DEPTH_CONFIDENCE)
+
+    def with_moving_widened(self, pixels: int) -> FitPriors:
+        """The priors with each pixel's moving score raised to the highest within `pixels` of it
+        (a square window): every moving mask `pixels` wider on each side."""
+        if pixels == 0:
+            return self
+        size = (1, 2 * pixels + 1, 2 * pixels + 1)
+        widened_thw = grey_dilation(np.asarray(self.moving_thw, np.float32), size=size)
+        return dataclasses.replace(self, moving_thw=widened_thw)
 
     def first_frames(self, n: int) -> FitPriors:
         """The clip's first n frames and their priors (a warm-up fit, a shorter study)."""

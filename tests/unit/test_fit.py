@@ -313,3 +313,17 @@ def test_the_flow_weights_of_camera_and_moving_gaussians_are_apart(scene):
     assert np.array_equal(no_gaussian_flow.c2w_t44, base.c2w_t44)
     assert not np.array_equal(no_gaussian_flow.frames[1].means_n3, base.frames[1].means_n3)
     assert not np.array_equal(no_camera_flow.c2w_t44[1], base.c2w_t44[1])
+
+
+def test_the_mask_margin_widens_the_masks_the_fit_reads():
+    """`moving_mask_margin_px` fits the priors as if their masks were that much wider
+    (`FitPriors.with_moving_widened`), bit for bit, and the fit's moving set grows with it."""
+    short = make_scene(SceneConfig(n_frames=3, seed=5))
+    priors = _priors(short)
+    margin = dataclasses.replace(preset("test"), moving_mask_margin_px=2)
+    widened = fit(priors, margin)
+    given_wide = fit(priors.with_moving_widened(2), preset("test"))
+    assert np.array_equal(widened.frames[-1].means_n3, given_wide.frames[-1].means_n3)
+    assert np.array_equal(widened.moving_mask_thw, given_wide.moving_mask_thw)
+    tight = fit(priors, preset("test"))
+    assert widened.moving_mask_thw.sum() > tight.moving_mask_thw.sum()

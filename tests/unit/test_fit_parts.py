@@ -85,7 +85,14 @@ def test_default_preset_has_the_original_defaults():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_points", 10), ("iters", -1), ("camera_patience", -1), ("ssim_share", 1.5), ("lr", 0.0)],
+    [
+        ("max_points", 10),
+        ("iters", -1),
+        ("camera_patience", -1),
+        ("ssim_share", 1.5),
+        ("lr", 0.0),
+        ("moving_mask_margin_px", -1),
+    ],
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(InvalidArgumentError, match=field):
@@ -152,6 +159,21 @@ def test_measured_depth_needs_positive_depth_and_enough_confidence():
     assert not measured_thw[0, 0, 0] and measured_thw[0, 0, 1]
     assert not measured_thw[1, :, : W // 2].any() and measured_thw[1, :, W // 2 :].all()
     assert priors.first_frames(2).depth_confidence_thw is None
+
+
+def test_widened_masks_reach_the_margin_and_keep_each_score():
+    priors = _priors()
+    priors.moving_thw[1, 4, 5] = 0.8  # one moving pixel, with its score
+    priors.moving_thw[2, 0, 0] = 1.0  # one in a corner
+    assert priors.with_moving_widened(0) is priors
+    widened_thw = priors.with_moving_widened(2).moving_thw
+    expected_thw = np.zeros((3, H, W), np.float32)
+    expected_thw[1, 2:7, 3:8] = 0.8  # 2 px on every side, the same frame only
+    expected_thw[2, 0:3, 0:3] = 1.0
+    np.testing.assert_array_equal(widened_thw, expected_thw)
+    assert priors.moving_thw.sum() == np.float32(1.8)  # the given priors are left as they were
+    flags = dataclasses.replace(priors, moving_thw=priors.moving_thw > 0).with_moving_widened(1)
+    assert flags.moving_thw.dtype == np.float32 and flags.moving_thw[1, 3:6, 4:7].all()
 
 
 # -- initialisation, losses, camera ----------------------------------------------------------
