@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,17 @@ EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LISTEN_PORTS = range(10000, 65536)
 """Where `free_port` draws from (above the well-known and most registered service ports)."""
 LISTEN_PORT_TRIES = 64
+WEED_PORT_FLAGS = (
+    "-master.port",
+    "-master.port.grpc",
+    "-volume.port",
+    "-volume.port.grpc",
+    "-filer.port",
+    "-filer.port.grpc",
+    "-s3.port",
+    "-s3.port.grpc",
+)
+"""Every listener of `weed server` (master, volume, filer, S3; HTTP and gRPC each)."""
 
 
 def ephemeral_ports() -> range:
@@ -40,13 +52,14 @@ def ephemeral_ports() -> range:
     return range(low, high + 1)
 
 
-def free_port() -> int:
+def free_port(avoid: Collection[int] = ()) -> int:
     """A port on 127.0.0.1 free now for a server to listen on, drawn outside the kernel's
     ephemeral range where there is room: a port the kernel picks for a bind to port 0 comes from
     that range, and an outgoing connection made before the server binds it (weed's filer dials
-    its master first) can take it ("bind: address already in use")."""
+    its master first) can take it ("bind: address already in use"). Never one of `avoid`: ports
+    already promised to servers that have not bound them yet."""
     ephemeral = ephemeral_ports()
-    outside = [p for p in LISTEN_PORTS if p not in ephemeral]
+    outside = [p for p in LISTEN_PORTS if p not in ephemeral and p not in avoid]
     for port in random.SystemRandom().sample(outside, min(LISTEN_PORT_TRIES, len(outside))):
         with socket.socket() as sock:
             try:
@@ -54,9 +67,25 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
+def weed_ports(s3_port: int = 0, keep_free: Collection[int] = ()) -> dict[str, int]:
+    """A port for each of `WEED_PORT_FLAGS`: `s3_port` for the S3 gateway where given, free ones
+    (`free_port`) for the rest, the gRPC ports too (weed's default, HTTP port + 10000, can pass
+    65535), all different and none of `keep_free` (the caller's other servers, started after
+    weed): two draws of `free_port` alone may return the same port, as nothing binds it yet."""
+    taken = {*keep_free}
+    ports = {}
+    for flag in WEED_PORT_FLAGS:
+        ports[flag] = s3_port if flag == "-s3.port" and s3_port else free_port(avoid=taken)
+        taken.add(ports[flag])
+    return ports
 
 
 def weed_binary() -> str | None:
@@ -120,6 +149,8 @@ class SeaweedS3:
     log_path: Path
     # Every port it listens on, by flag name ("-filer.port", "-volume.port", ...).
     ports: dict[str, int]
+    # Ports its listeners were kept off (another server's, promised before it binds them).
+    kept_free: tuple[int, ...] = ()
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL: weed 4.48 often hangs after "Gracefully stopping gRPC server",
@@ -143,11 +174,13 @@ def start_seaweed_s3(
     access_key: str = DEFAULT_ACCESS_KEY,
     s3_port: int = 0,
     timeout_s: float = 60.0,
+    keep_free: Collection[int] = (),
 ) -> SeaweedS3:
     """Start `weed server` (master, volume, filer, S3) with every port given explicitly, so
-    parallel runs never collide; `s3_port` 0 picks a free one. Its folder and secrets are the
-    owner's only, and fresh JWT signing keys (held in its environment only) lock its filer and
-    volume HTTP ports: the S3 gateway with the access and secret key is the only way in."""
+    parallel runs never collide (`weed_ports`; `s3_port` 0 picks a free one, `keep_free` are
+    ports it must leave alone). Its folder and secrets are the owner's only, and fresh JWT
+    signing keys (held in its environment only) lock its filer and volume HTTP ports: the S3
+    gateway with the access and secret key is the only way in."""
     binary = weed_binary()
     if binary is None:
         raise FailedPreconditionError(
@@ -174,16 +207,7 @@ def start_seaweed_s3(
     }
     config = workdir / "identities.json"
     write_secret(config, json.dumps(identities))
-    ports = {
-        "-master.port": free_port(),
-        "-master.port.grpc": free_port(),
-        "-volume.port": free_port(),
-        "-volume.port.grpc": free_port(),
-        "-filer.port": free_port(),
-        "-filer.port.grpc": free_port(),
-        "-s3.port": s3_port or free_port(),
-        "-s3.port.grpc": free_port(),  # its default, S3 port + 10000, can pass 65535
-    }
+    ports = weed_ports(s3_port, keep_free)
     command = [
         binary,
         "server",
@@ -210,7 +234,7 @@ def start_seaweed_s3(
         preexec_fn=die_with_parent(signal.SIGKILL),  # its data is on disk; SIGTERM can hang it
     )
     endpoint = f"127.0.0.1:{ports['-s3.port']}"
-    server = SeaweedS3(endpoint, access_key, secret_key, process, log_path, ports)
+    server = SeaweedS3(endpoint, access_key, secret_key, process, log_path, ports, tuple(keep_free))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -223,12 +247,14 @@ def start_seaweed_s3(
 
 
 def restart_seaweed_s3(server: SeaweedS3) -> SeaweedS3:
-    """The same store started again (same folder, keys and S3 port) after it exited."""
+    """The same store started again (same folder, keys and S3 port, kept off the same ports)
+    after it exited."""
     return start_seaweed_s3(
         server.log_path.parent,
         server.secret_key,
         server.access_key,
         s3_port=server.ports["-s3.port"],
+        keep_free=server.kept_free,
     )
 
 

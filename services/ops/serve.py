@@ -272,7 +272,12 @@ def start_local_services(command: ServeCommand) -> LocalServices:
     secret_file = root / "s3-secret-key"
     if not secret_file.exists():
         write_secret(secret_file, secrets.token_urlsafe(24))
-    s3 = start_seaweed_s3(root / "s3", secret_file.read_text(), s3_port=command.s3_port)
+    s3 = start_seaweed_s3(
+        root / "s3",
+        secret_file.read_text(),
+        s3_port=command.s3_port,
+        keep_free=[p.port for p in plans] + [command.ports["pipeline"]],
+    )
     access_file = root / "s3-access-key"
     write_secret(access_file, s3.access_key)
     env = {

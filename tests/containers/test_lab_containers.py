@@ -72,10 +72,13 @@ def settings(tmp_path_factory) -> LabSettings:
 @pytest.fixture(scope="module")
 def up(settings: LabSettings):
     """`gflow lab up` on free ports; `down` at the end whatever happened."""
+    drawn: list[int] = []
+    for _ in range(len(DEFAULT_PORTS) + 1):  # distinct: nothing binds a drawn port until `up`
+        drawn.append(free_port(avoid=drawn))
     command = LabUpCommand(
         env=ONE_THREAD_ENV + SAME_BLAS_ENV,
-        s3_port=free_port(),
-        ports={name: free_port() for name in DEFAULT_PORTS},
+        s3_port=drawn[0],
+        ports=dict(zip(DEFAULT_PORTS, drawn[1:], strict=True)),
         lab=settings,
     )
     started = time.monotonic()

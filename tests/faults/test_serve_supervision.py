@@ -92,7 +92,9 @@ def _port_free(port: int) -> bool:
 
 def _start_serve(tmp_path) -> tuple[subprocess.Popen, Path, dict[str, int], Path]:
     folder = tmp_path / "serve"
-    ports = {stage: free_port() for stage in STAGES}
+    ports: dict[str, int] = {}
+    for stage in STAGES:  # distinct: nothing binds a drawn port until serve starts
+        ports[stage] = free_port(avoid=ports.values())
     argv = [str(Path(sys.executable).parent / "gflow"), "serve", "--dir", str(folder)]
     argv += ["--s3-port", "0", *(f"--ports.{s}={p}" for s, p in ports.items())]
     log_path = tmp_path / "serve.log"

@@ -31,3 +31,28 @@ def test_a_busy_port_is_skipped_and_no_room_falls_back_to_the_kernel(monkeypatch
         assert port != taken
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_ports_to_avoid_are_never_drawn(monkeypatch):
+    two_free = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            two_free.append(sock.getsockname()[1])
+    # Only the two ports count as outside the ephemeral range: avoiding one leaves the other.
+    monkeypatch.setattr(seaweedfs, "ephemeral_ports", lambda: set(range(65536)) - set(two_free))
+    assert {free_port(avoid=[two_free[0]]) for _ in range(10)} == {two_free[1]}
+    fallback = free_port(avoid=two_free)  # no room left: the kernel's pick, still not avoided
+    assert fallback not in two_free
+
+
+def test_weed_gets_a_port_of_its_own_for_every_listener_and_none_promised_elsewhere():
+    promised = [free_port() for _ in range(5)]  # e.g. gflow serve's workers, started after weed
+    for _ in range(20):
+        ports = seaweedfs.weed_ports(keep_free=promised)
+        assert list(ports) == list(seaweedfs.WEED_PORT_FLAGS)
+        assert len(set(ports.values())) == len(ports)
+        assert not set(ports.values()) & set(promised)
+    given = seaweedfs.weed_ports(s3_port=promised[0], keep_free=promised[1:])
+    assert given["-s3.port"] == promised[0]
+    assert len(set(given.values())) == len(given)
