@@ -196,25 +196,7 @@ def plan_lab(command: LabUpCommand) -> list[ContainerSpec]:
         ("GFLOW_S3_SECRET_KEY_FILE", secret["s3_secret_key"]),
     )
     server_flags = ("--store.url", f"s3://{BUCKET}", "--auth-token-file", secret["auth_token"])
-    specs = [
-        ContainerSpec(
-            name=f"{settings.name}-store",
-            service="store",
-            image=f"{settings.registry}gflow-store:{settings.tag}",
-            port=command.s3_port,
-            command=(
-                "--port",
-                str(command.s3_port),
-                "--data",
-                STORE_DATA_IN_CONTAINER,
-                "--access-key-file",
-                secret["s3_access_key"],
-                "--secret-key-file",
-                secret["s3_secret_key"],
-            ),
-            environment=(),
-        )
-    ]
+    specs: list[ContainerSpec] = []  # the services; the store goes first, below
     stage_targets: dict[str, str] = {}
     for stage in STAGE_SERVICES:
         stage_gpus = gpus.get(stage, ())
@@ -263,6 +245,27 @@ def plan_lab(command: LabUpCommand) -> list[ContainerSpec]:
             environment=(("GFLOW_PORT", str(port)), *store_env, *user_env),
         )
     )
+    store = ContainerSpec(
+        name=f"{settings.name}-store",
+        service="store",
+        image=f"{settings.registry}gflow-store:{settings.tag}",
+        port=command.s3_port,
+        command=(
+            "--port",
+            str(command.s3_port),
+            "--data",
+            STORE_DATA_IN_CONTAINER,
+            "--access-key-file",
+            secret["s3_access_key"],
+            "--secret-key-file",
+            secret["s3_secret_key"],
+            # The services start after the store, on the same host network.
+            "--keep-free",
+            *[str(spec.port) for spec in specs],
+        ),
+        environment=(),
+    )
+    specs.insert(0, store)
     ports = [s.port for s in specs]
     clashes = sorted({p for p in ports if ports.count(p) > 1})
     if clashes:

@@ -29,6 +29,8 @@ class StoreServeCommand:
     access_key_file: Path = Path("/run/gflow/s3_access_key")
     secret_key_file: Path = Path("/run/gflow/s3_secret_key")
     ready_file: Path = Path("/tmp/gflow-store-ready")
+    # Ports of the lab's services on this host, which weed's other listeners must leave alone.
+    keep_free: tuple[int, ...] = ()
 
 
 def serve_store(command: StoreServeCommand) -> None:
@@ -37,6 +39,7 @@ def serve_store(command: StoreServeCommand) -> None:
         command.secret_key_file.read_text().strip(),
         command.access_key_file.read_text().strip(),
         command.port,
+        keep_free=command.keep_free,
     )
     command.ready_file.touch()
     log.info("S3 store serving on %s, data in %s", server.endpoint, command.data)

@@ -125,6 +125,9 @@ def test_containers_are_servers_of_the_code_on_loopback_with_the_store_and_secre
             store = tyro.cli(StoreServeCommand, args=list(spec.command))
             assert (store.port, str(store.data)) == (8333, "/data")
             assert str(store.secret_key_file) == "/run/gflow/s3_secret_key"
+            # weed's other listeners leave every service's port alone (they bind after it)
+            others = sorted(s.port for s in specs.values() if s.service != "store")
+            assert sorted(store.keep_free) == others and len(others) == 6
             continue
         assert "/data" not in mounts
         config = parse_server_flags(spec.service, list(spec.command))
