@@ -80,7 +80,7 @@ def weed_ports(s3_port: int = 0, keep_free: Collection[int] = ()) -> dict[str, i
     (`free_port`) for the rest, the gRPC ports too (weed's default, HTTP port + 10000, can pass
     65535), all different and none of `keep_free` (the caller's other servers, started after
     weed): two draws of `free_port` alone may return the same port, as nothing binds it yet."""
-    taken = {*keep_free}
+    taken = {*keep_free, s3_port}
     ports = {}
     for flag in WEED_PORT_FLAGS:
         ports[flag] = s3_port if flag == "-s3.port" and s3_port else free_port(avoid=taken)

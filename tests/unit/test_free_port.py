@@ -56,3 +56,15 @@ def test_weed_gets_a_port_of_its_own_for_every_listener_and_none_promised_elsewh
     given = seaweedfs.weed_ports(s3_port=promised[0], keep_free=promised[1:])
     assert given["-s3.port"] == promised[0]
     assert len(set(given.values())) == len(given)
+
+
+def test_a_given_s3_port_is_not_drawn_for_weeds_other_listeners(monkeypatch):
+    two_free = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            two_free.append(sock.getsockname()[1])
+    monkeypatch.setattr(seaweedfs, "ephemeral_ports", lambda: set(range(65536)) - set(two_free))
+    ports = seaweedfs.weed_ports(s3_port=two_free[0])
+    assert ports["-master.port"] == two_free[1]  # the first drawn: the given S3 port is not free
+    assert len(set(ports.values())) == len(ports)
