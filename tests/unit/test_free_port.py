@@ -33,14 +33,19 @@ def test_a_busy_port_is_skipped_and_no_room_falls_back_to_the_kernel(monkeypatch
             sock.bind(("127.0.0.1", port))
 
 
-def test_ports_to_avoid_are_never_drawn(monkeypatch):
+def _only_two_ports_to_draw(monkeypatch) -> list[int]:
+    """Two free ports, made the only ones outside the 'ephemeral range' free_port draws from."""
     two_free = []
     for _ in range(2):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             two_free.append(sock.getsockname()[1])
-    # Only the two ports count as outside the ephemeral range: avoiding one leaves the other.
     monkeypatch.setattr(seaweedfs, "ephemeral_ports", lambda: set(range(65536)) - set(two_free))
+    return two_free
+
+
+def test_ports_to_avoid_are_never_drawn(monkeypatch):
+    two_free = _only_two_ports_to_draw(monkeypatch)  # avoiding one leaves the other
     assert {free_port(avoid=[two_free[0]]) for _ in range(10)} == {two_free[1]}
     fallback = free_port(avoid=two_free)  # no room left: the kernel's pick, still not avoided
     assert fallback not in two_free
@@ -59,12 +64,7 @@ def test_weed_gets_a_port_of_its_own_for_every_listener_and_none_promised_elsewh
 
 
 def test_a_given_s3_port_is_not_drawn_for_weeds_other_listeners(monkeypatch):
-    two_free = []
-    for _ in range(2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            two_free.append(sock.getsockname()[1])
-    monkeypatch.setattr(seaweedfs, "ephemeral_ports", lambda: set(range(65536)) - set(two_free))
+    two_free = _only_two_ports_to_draw(monkeypatch)
     ports = seaweedfs.weed_ports(s3_port=two_free[0])
     assert ports["-master.port"] == two_free[1]  # the first drawn: the given S3 port is not free
     assert len(set(ports.values())) == len(ports)
