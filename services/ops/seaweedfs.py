@@ -75,17 +75,25 @@ def free_port(avoid: Collection[int] = ()) -> int:
             return port
 
 
+def free_ports(n: int, avoid: Collection[int] = ()) -> list[int]:
+    """n different ports of `free_port`, none of `avoid`: two draws alone may return the same
+    port, as nothing binds a drawn port until its server starts."""
+    taken = set(avoid)
+    drawn: list[int] = []
+    for _ in range(n):
+        drawn.append(free_port(avoid=taken))
+        taken.add(drawn[-1])
+    return drawn
+
+
 def weed_ports(s3_port: int = 0, keep_free: Collection[int] = ()) -> dict[str, int]:
-    """A port for each of `WEED_PORT_FLAGS`: `s3_port` for the S3 gateway where given, free ones
-    (`free_port`) for the rest, the gRPC ports too (weed's default, HTTP port + 10000, can pass
-    65535), all different and none of `keep_free` (the caller's other servers, started after
-    weed): two draws of `free_port` alone may return the same port, as nothing binds it yet."""
-    taken = {*keep_free, s3_port}
-    ports = {}
-    for flag in WEED_PORT_FLAGS:
-        ports[flag] = s3_port if flag == "-s3.port" and s3_port else free_port(avoid=taken)
-        taken.add(ports[flag])
-    return ports
+    """A port for each of `WEED_PORT_FLAGS`: `s3_port` for the S3 gateway where given, `free_ports`
+    for the rest, the gRPC ports too (weed's default, HTTP port + 10000, can pass 65535), all
+    different and none of `keep_free` (the caller's other servers, started after weed)."""
+    drawn = iter(free_ports(len(WEED_PORT_FLAGS) - (s3_port > 0), avoid={*keep_free, s3_port}))
+    return {
+        flag: s3_port if flag == "-s3.port" and s3_port else next(drawn) for flag in WEED_PORT_FLAGS
+    }
 
 
 def weed_binary() -> str | None:

@@ -34,7 +34,7 @@ from services.ops.lab import (
     lab_up,
     volume_name,
 )
-from services.ops.seaweedfs import free_port
+from services.ops.seaweedfs import free_ports
 from services.ops.serve import BUCKET
 from services.pipeline.cli import RunCommand, run_command
 from services.pipeline.export import load_run
@@ -72,13 +72,11 @@ def settings(tmp_path_factory) -> LabSettings:
 @pytest.fixture(scope="module")
 def up(settings: LabSettings):
     """`gflow lab up` on free ports; `down` at the end whatever happened."""
-    drawn: list[int] = []
-    for _ in range(len(DEFAULT_PORTS) + 1):  # distinct: nothing binds a drawn port until `up`
-        drawn.append(free_port(avoid=drawn))
+    s3_port, *service_ports = free_ports(len(DEFAULT_PORTS) + 1)
     command = LabUpCommand(
         env=ONE_THREAD_ENV + SAME_BLAS_ENV,
-        s3_port=drawn[0],
-        ports=dict(zip(DEFAULT_PORTS, drawn[1:], strict=True)),
+        s3_port=s3_port,
+        ports=dict(zip(DEFAULT_PORTS, service_ports, strict=True)),
         lab=settings,
     )
     started = time.monotonic()

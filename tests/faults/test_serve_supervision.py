@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.artifacts import Artifacts
 from services.common.errors import no_progress
 from services.common.store import LocalFolderStore, S3Settings, S3Store
-from services.ops.seaweedfs import free_port
+from services.ops.seaweedfs import free_ports
 from services.pipeline.config import PipelineConfig, RemoteConfig
 from services.pipeline.engine import (
     call_stage,
@@ -92,9 +92,7 @@ def _port_free(port: int) -> bool:
 
 def _start_serve(tmp_path) -> tuple[subprocess.Popen, Path, dict[str, int], Path]:
     folder = tmp_path / "serve"
-    ports: dict[str, int] = {}
-    for stage in STAGES:  # distinct: nothing binds a drawn port until serve starts
-        ports[stage] = free_port(avoid=ports.values())
+    ports = dict(zip(STAGES, free_ports(len(STAGES)), strict=True))
     argv = [str(Path(sys.executable).parent / "gflow"), "serve", "--dir", str(folder)]
     argv += ["--s3-port", "0", *(f"--ports.{s}={p}" for s, p in ports.items())]
     log_path = tmp_path / "serve.log"

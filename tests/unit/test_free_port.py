@@ -68,3 +68,8 @@ def test_a_given_s3_port_is_not_drawn_for_weeds_other_listeners(monkeypatch):
     ports = seaweedfs.weed_ports(s3_port=two_free[0])
     assert ports["-master.port"] == two_free[1]  # the first drawn: the given S3 port is not free
     assert len(set(ports.values())) == len(ports)
+
+
+def test_ports_drawn_together_are_all_different(monkeypatch):
+    two_free = _only_two_ports_to_draw(monkeypatch)
+    assert sorted(seaweedfs.free_ports(2)) == sorted(two_free)
