@@ -86,6 +86,10 @@ class CompareConfig:
     """Seed of the clip and of our fits."""
     presets: tuple[str, ...] = ("default", "fast")
     """Our fit presets to run."""
+    set: tuple[str, ...] = ()
+    """FitConfig fields to change in each of our presets, as name=value (bench/fit_bench.py's
+    --set, e.g. lambda_isotropic=1): a change measured beside the original in one run; the rows
+    and the table's preset column say so."""
     compile: bool = False
     """Fuse our loss code with torch.compile (the fit runtime's `compile`)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -111,6 +115,7 @@ class CompareConfig:
             height=self.height,
             frames=self.frames,
             presets=self.presets,
+            set=self.set,
             device=self.device,
             camera=self.camera,
             objects=self.objects,
@@ -399,7 +404,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         cells = (
             r["system"],
-            r["preset"],
+            " ".join([r["preset"], *r.get("settings", ())]),
             r["size"],
             f"{r['s_per_frame']:.3f}",
             f"{r['peak_gpu_mib']:.0f}",

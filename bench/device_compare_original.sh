@@ -9,7 +9,8 @@
 #                    int() of 1-element arrays, an error from NumPy 2.4 on (the machine has 2.5)
 #   .whl             our wheels, as bench/gpu_session.sh takes them (gsplat 1.5.3, tyro, roma, ...)
 # FRAMES (default 16) sets the clip length of both systems; ORIGINAL_TIMEOUT (s) the original's
-# budget. Everything stays within 9 minutes; the figures and logs land in $OUT.
+# budget; COMPARE_FLAGS more bench/compare_original.py flags (e.g. "--set lambda_isotropic=1").
+# Everything stays within 9 minutes; the figures and logs land in $OUT.
 set -u
 FRAMES=${FRAMES:-16}
 ORIGINAL_TIMEOUT=${ORIGINAL_TIMEOUT:-200}
@@ -69,7 +70,7 @@ step "renderers built"
 timeout $(( BUDGET_S - $(elapsed) )) python3 bench/compare_original.py --gflow-repo .orig/GFlow \
     --frames "$FRAMES" --workdir /tmp/cmp --original-pythonpath /tmp/orig_numpy \
     --original-timeout-s "$ORIGINAL_TIMEOUT" --json-out "$OUT/compare_original.json" \
-    > "$OUT/compare_original.log" 2>&1
+    ${COMPARE_FLAGS:-} > "$OUT/compare_original.log" 2>&1
 echo "compare_original.py: exit $?"
 tail -c 400000 /tmp/cmp/clip/original_fit_video.log > "$OUT/original_fit_video_tail.log" 2>/dev/null
 sed -n '/side by side on/,$p' "$OUT/compare_original.log"

@@ -20,9 +20,11 @@ import torch
 
 from bench.compare_original import (
     SCRIPT_FLAGS,
+    CompareConfig,
     OriginalLayout,
     original_flags,
     read_original_outputs,
+    table,
     write_original_layout,
     write_png,
 )
@@ -137,3 +139,27 @@ def test_reads_back_what_the_original_writes_per_frame(tmp_path):
     np.testing.assert_array_equal(outputs.renders_thw3, scene.frames_thw3[:2])
     np.testing.assert_allclose(outputs.c2w_t44, scene.c2w_t44[:2], atol=1e-12)
     assert outputs.written_t.shape == (2,)
+
+
+def test_a_set_reaches_our_fits_and_the_table(tmp_path):
+    """--set goes to fit_bench's config of our presets, and the table names it beside the
+    preset, so a row of a changed preset is never read as the preset itself."""
+    cfg = CompareConfig(gflow_repo=tmp_path, set=("lambda_isotropic=1",))
+    assert cfg.bench_config().set == ("lambda_isotropic=1",)
+    row = dict(
+        system="ours",
+        preset="fast",
+        settings=["lambda_isotropic=1"],
+        size="64x48x3",
+        s_per_frame=0.5,
+        peak_gpu_mib=10.0,
+        psnr=30.0,
+        aj=0.5,
+        ate=0.001,
+        ratio=2.0,
+        missing={},
+        status="ok",
+        wall_seconds=float("nan"),
+    )
+    assert "| ours | fast lambda_isotropic=1 | 64x48x3 |" in table([row])
+    assert "| ours | fast | 64x48x3 |" in table([dict(row, settings=[])])
