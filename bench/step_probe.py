@@ -67,7 +67,9 @@ class StepForms:
         c2w_44 = torch.as_tensor(np.asarray(scene.c2w_t44[1]), dtype=torch.float32, device=device)
         self.w2c_44 = torch.linalg.inv(c2w_44)
         frame_hw3 = priors.frames_thw3[1] / np.float32(255.0)
-        self.target_hw3 = torch.as_tensor(frame_hw3, dtype=torch.float32, device=device)
+        self.target = losses.photometric_target(
+            torch.as_tensor(frame_hw3, dtype=torch.float32, device=device)
+        )
         self.prior_hw = torch.as_tensor(priors.depth_thw[1], dtype=torch.float32, device=device)
         self.prior_valid_hw = self.prior_hw > 0
         n = len(self.gaussians)
@@ -82,13 +84,14 @@ class StepForms:
         self.graphed_image = None
         self.optimiser = self.gaussians.optimiser(self.fit_cfg.lr, 1.0)
 
-    def image_loss(self, rgb_hw3, depth_hw, alpha_hw, target_hw3, prior_hw, prior_valid_hw):
+    def image_loss(self, rgb_hw3, depth_hw, alpha_hw, prior_hw, prior_valid_hw, *target_fields):
         """The engine's image terms, weighted (and each term, detached, as the engine logs
-        them); tensors in and out, as a CUDA graph takes them."""
+        them); tensors in and out, as a CUDA graph takes them (the target as its fields)."""
         none = torch.empty(0, 2, device=rgb_hw3.device)  # projections: the terms never read them
         out = RenderOutput(rgb_hw3, depth_hw, alpha_hw, none, none)
+        target = losses.PhotometricTarget(*target_fields)
         terms = losses.image_terms(
-            out, target_hw3, prior_hw, prior_valid_hw, ssim_share=self.fit_cfg.ssim_share
+            out, target, prior_hw, prior_valid_hw, ssim_share=self.fit_cfg.ssim_share
         )
         detached = tuple(term.detach() for term in terms.values())
         return losses.weighted_sum(terms, self.weights), *detached
@@ -107,7 +110,7 @@ class StepForms:
         elif form == "full":
             loss, _ = self.full_loss(
                 out,
-                self.target_hw3,
+                self.target,
                 self.prior_hw,
                 self.prior_valid_hw,
                 g,
@@ -118,8 +121,8 @@ class StepForms:
                 flow=self.flow,
             )
         else:
-            args = (out.rgb_hw3, out.depth_hw, out.alpha_hw, self.target_hw3, self.prior_hw)
-            args = (*args, self.prior_valid_hw)
+            args = (out.rgb_hw3, out.depth_hw, out.alpha_hw, self.prior_hw, self.prior_valid_hw)
+            args = (*args, self.target.rgb_hw3, self.target.mean_3hw, self.target.mean_sq_3hw)
             if self.graphed_image is None:
                 samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
                 self.graphed_image = torch.cuda.make_graphed_callables(self.image_loss, samples)

@@ -23,7 +23,7 @@ from services.fit.adam import fused_adam_step
 from services.fit.compiled import fuse
 from services.fit.config import FitConfig
 from services.fit.gaussians import Gaussians, mean_depth_hw
-from services.fit.losses import camera_loss
+from services.fit.losses import PhotometricTarget, camera_loss
 from services.fit.motion import (
     COVERED_ALPHA,
     FB_TOLERANCE_PX,
@@ -228,7 +228,7 @@ def pnp_start(
 
 def refine_still_pose(
     gaussians: Gaussians,
-    target_hw3: torch.Tensor,
+    target: PhotometricTarget,
     still_hw: torch.Tensor,
     w2c_init_44: torch.Tensor,
     K_33: torch.Tensor,
@@ -249,7 +249,7 @@ def refine_still_pose(
     weight_hw = (out.alpha_hw >= COVERED_ALPHA) & still_hw
     return optimise_pose(
         still,
-        target_hw3,
+        target,
         weight_hw.float(),
         w2c_init_44,
         K_33,
@@ -291,7 +291,7 @@ def scale_clipped_t(depth_scale_t: np.ndarray) -> np.ndarray:
 
 def optimise_pose(
     still: Gaussians,
-    target_hw3: torch.Tensor,
+    target: PhotometricTarget,
     weight_hw: torch.Tensor,
     w2c_init_44: torch.Tensor,
     K_33: torch.Tensor,
@@ -337,7 +337,7 @@ def optimise_pose(
         out = render(*still_params, w2c_44, K_33, width, height, backend=backend)
         loss = step_loss(
             out.rgb_hw3,
-            target_hw3,
+            target,
             weight_hw,
             ssim_share,
             points_p3,

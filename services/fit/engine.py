@@ -265,7 +265,7 @@ class _Fitter:
         with self.timer.phase("camera_refine"):
             w2c_44 = refine_still_pose(
                 self.gaussians,
-                self._frame(t),
+                losses.photometric_target(self._frame(t)),
                 self._tensor(self.moving_thw[t] < self.cfg.mask_threshold),
                 self._w2c(c2w_init),
                 self.K_t,
@@ -341,7 +341,7 @@ class _Fitter:
     ) -> None:
         """Optimises all Gaussians on frame t with the camera fixed; densifies on schedule."""
         w2c_44 = self._w2c(c2w_44)
-        target_hw3 = self._frame(t)
+        target = losses.photometric_target(self._frame(t))
         prior_hw = self._tensor(self._prior_depth(t))
         prior_valid_hw = self._tensor(self.depth_valid_thw[t])
         flow_targets = None if flow is None else losses.FlowTargets(*flow, w2c_44, self.K_t)
@@ -364,7 +364,7 @@ class _Fitter:
                 out = self._render(g, w2c_44)
                 loss, terms = step_loss(
                     out,
-                    target_hw3,
+                    target,
                     prior_hw,
                     prior_valid_hw,
                     g,

@@ -19,7 +19,13 @@ from services.fit.camera import posed_w2c_44
 from services.fit.compiled import fuse
 from services.fit.config import FitRuntime, preset
 from services.fit.gaussians import mean_depth_hw
-from services.fit.losses import FlowTargets, camera_loss, gaussians_loss, term_weights
+from services.fit.losses import (
+    FlowTargets,
+    camera_loss,
+    gaussians_loss,
+    photometric_target,
+    term_weights,
+)
 from tests.unit.test_fit_state import K_33, H, W, _gaussians
 
 BACKEND = "aot_eager"
@@ -48,7 +54,7 @@ def _gaussians_step(n: int, fused: bool) -> tuple[torch.Tensor, dict, dict]:
     step = fuse(gaussians_loss, fused, backend=BACKEND)
     loss, terms = step(
         out,
-        target_hw3,
+        photometric_target(target_hw3),
         prior_hw,
         torch.ones(H, W, dtype=torch.bool),
         g,
@@ -80,7 +86,7 @@ def test_gaussians_loss_fused_equals_eager_and_follows_a_new_count():
 def test_camera_step_fused_equals_eager():
     gen = torch.Generator().manual_seed(5)
     rgb_hw3 = torch.rand(H, W, 3, generator=gen).requires_grad_(True)
-    target_hw3 = torch.rand(H, W, 3, generator=gen)
+    target = photometric_target(torch.rand(H, W, 3, generator=gen))
     weight_hw = (torch.rand(H, W, generator=gen) > 0.3).float()
     points_p3 = torch.rand(30, 3, generator=gen) + torch.tensor([0.0, 0.0, 3.0])
     pixels_p2 = torch.rand(30, 2, generator=gen) * torch.tensor([W, H])
@@ -93,7 +99,7 @@ def test_camera_step_fused_equals_eager():
         rgb_hw3.grad = None
         w2c_44 = fuse(posed_w2c_44, fused, backend=BACKEND)(omega_3, tau_3, 2.5, w2c_init_44)
         loss = fuse(camera_loss, fused, backend=BACKEND)(
-            rgb_hw3, target_hw3, weight_hw, 0.2, points_p3, pixels_p2, w2c_44, K_t, 0.01
+            rgb_hw3, target, weight_hw, 0.2, points_p3, pixels_p2, w2c_44, K_t, 0.01
         )
         loss.backward()
         return loss.detach(), w2c_44.detach(), omega_3.grad, tau_3.grad, rgb_hw3.grad.clone()

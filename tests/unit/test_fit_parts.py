@@ -35,7 +35,7 @@ from services.fit.initialise import (
     sample_pixels,
     texture_probability_hw,
 )
-from services.fit.losses import photometric_loss, ssim_map_hw
+from services.fit.losses import photometric_loss, photometric_target, ssim_map_hw
 from services.fit.motion import (
     flow_on_own_side,
     lift_moving,
@@ -254,12 +254,13 @@ def test_new_gaussians_sit_on_the_depth_prior():
 
 def test_ssim_and_photometric_loss():
     a = torch.rand(H, W, 3, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(ssim_map_hw(a, a), torch.ones(H, W), atol=1e-5)
-    assert float(photometric_loss(a, a, 0.2)) == pytest.approx(0.0, abs=1e-6)
+    target = photometric_target(a)
+    assert torch.allclose(ssim_map_hw(a, target), torch.ones(H, W), atol=1e-5)
+    assert float(photometric_loss(a, target, 0.2)) == pytest.approx(0.0, abs=1e-6)
     b = (a + 0.1).clamp(0, 1)
     weight = torch.zeros(H, W)
     weight[:10] = 1
-    assert float(photometric_loss(b, a, 0.0, weight)) == pytest.approx(
+    assert float(photometric_loss(b, target, 0.0, weight)) == pytest.approx(
         float(((b - a) ** 2)[:10].mean()), rel=1e-5
     )
 
@@ -285,8 +286,9 @@ def test_ssim_equals_the_two_dimensional_window_definition():
     expected_hw = (
         (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     ).mean(dim=-1)
-    assert torch.allclose(ssim_map_hw(a, b), expected_hw, atol=1e-12)
-    assert float(ssim_map_hw(a, b).mean()) < 0.97  # the noise is visible to the measure
+    ssim_hw = ssim_map_hw(a, photometric_target(b))
+    assert torch.allclose(ssim_hw, expected_hw, atol=1e-12)
+    assert float(ssim_hw.mean()) < 0.97  # the noise is visible to the measure
 
 
 @pytest.mark.parametrize("angle", [0.0, 1e-5, 0.37, 2.5])
@@ -342,7 +344,7 @@ def _wall_refinement(monkeypatch):
     w2c_44 = torch.as_tensor(np.linalg.inv(c2w), dtype=torch.float32)
     K = torch.as_tensor(K_33, dtype=torch.float32)
     with torch.no_grad():
-        target_hw3 = still.render(w2c_44, K, W, H, backend="torch").rgb_hw3
+        target = photometric_target(still.render(w2c_44, K, W, H, backend="torch").rgb_hw3)
     points_p3 = still.means_n3[::9].detach()
     pixels_p2 = torch.as_tensor(project_p2(K_33, c2w, points_p3.double().numpy())[0]).float()
     renders = []
@@ -358,7 +360,7 @@ def _wall_refinement(monkeypatch):
     def refine(start_w2c_44, iters, patience):
         renders.clear()
         pose = optimise_pose(
-            still, target_hw3, torch.ones(H, W), start_w2c_44, K, points_p3, pixels_p2,
+            still, target, torch.ones(H, W), start_w2c_44, K, points_p3, pixels_p2,
             iters=iters, patience=patience, **settings,
         )  # fmt: skip
         return pose, len(renders)
@@ -367,7 +369,7 @@ def _wall_refinement(monkeypatch):
         with torch.no_grad():
             rgb_hw3 = still.render(w2c, K, W, H, backend="torch").rgb_hw3
             return float(
-                camera.camera_loss(rgb_hw3, target_hw3, torch.ones(H, W), settings["ssim_share"],
+                camera.camera_loss(rgb_hw3, target, torch.ones(H, W), settings["ssim_share"],
                                    points_p3, pixels_p2, w2c, K, settings["lambda_flow"])
             )  # fmt: skip
 

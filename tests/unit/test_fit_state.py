@@ -34,6 +34,7 @@ from services.fit.losses import (
     TERMS,
     FlowTargets,
     fit_terms,
+    photometric_target,
     project_n2,
     term_weights,
     weighted_sum,
@@ -78,7 +79,7 @@ def test_loss_terms_are_named_and_exact():
     target_m2 = projected_m2 + torch.tensor([3.0, 4.0])  # 5 px away
     terms = fit_terms(
         out,
-        out.rgb_hw3.detach(),
+        photometric_target(out.rgb_hw3.detach()),
         prior_hw,
         valid_hw,
         g,
@@ -101,7 +102,7 @@ def test_loss_terms_are_named_and_exact():
 
     first_frame = fit_terms(
         out,
-        out.rgb_hw3.detach(),
+        photometric_target(out.rgb_hw3.detach()),
         prior_hw,
         valid_hw,
         g,
