@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -630,6 +630,22 @@ def make_scene(cfg: SceneConfig, progress: ProgressFn = no_progress) -> Syntheti
         track_object_n=_object_index_p(layout, track_surface_n).astype(np.int64),
         config=cfg,
     )
+
+
+def render_view(cfg: SceneConfig, t: int, c2w_44: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The scene as it stands at frame t seen from another camera (camera-to-world, OpenCV axes,
+    the clip's intrinsics): uint8 RGB [H, W, 3] and camera z [H, W] in metres. Ground truth for
+    views away from the clip's own cameras; at frame t's camera it repeats frame t."""
+    _check(cfg)
+    if not 0 <= t < cfg.n_frames:
+        raise InvalidArgumentError("t", f"{t} is outside the clip's frames 0..{cfg.n_frames - 1}")
+    layout = _layout(cfg)
+    c2w_t44 = layout.c2w_t44.copy()
+    c2w_t44[t] = c2w_44
+    viewed = replace(layout, c2w_t44=c2w_t44)
+    hits, rgb_p3 = _render_frame(viewed, t, pixel_grid_hw2(cfg.height, cfg.width).reshape(-1, 2))
+    shape = (cfg.height, cfg.width)
+    return rgb_p3.reshape(*shape, 3), hits.depth_p.reshape(shape).astype(np.float32)
 
 
 def _sample_track_pixels(rng: np.random.Generator, object_p: np.ndarray, n: int) -> np.ndarray:
