@@ -73,7 +73,8 @@ class FitConfig:
     lambda_isotropic: float = 10.0
     """Weight of the term pulling each Gaussian's three scales together (the mean absolute
     deviation of its log scales). 0.1 gave 7.6-12.7 dB more PSNR on an 854x480 clip, AJ -0.02 to
-    +0.11 (docs/fit.md, "The isotropic term's weight")."""
+    +0.11, and sharper views from beside the fitted cameras; 0.1-0.3 is about the original GFlow's
+    strength for this term (docs/fit.md, "The isotropic term's weight")."""
 
     densify_every: int = 100
     """Iterations between densification passes within a frame (the first pass is at iteration 0
