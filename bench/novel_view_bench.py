@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from concurrent.futures import ProcessPoolExecutor
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import tyro
 
-from services.common.describe import package_versions
-from services.evaluation.fit_suite import exact_priors, suite_clip
-from services.evaluation.novel_view import score_side_views
-from services.fit.config import FitRuntime, preset_with
-from services.fit.engine import fit
-from services.synthetic.scene import make_scene
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
+
+from bench.suite_bench import map_jobs  # noqa: E402
+from services.common.describe import package_versions  # noqa: E402
+from services.evaluation.fit_suite import exact_priors, suite_clip  # noqa: E402
+from services.evaluation.novel_view import score_side_views  # noqa: E402
+from services.fit.config import FitRuntime, preset_with  # noqa: E402
+from services.fit.engine import fit  # noqa: E402
+from services.synthetic.scene import make_scene  # noqa: E402
 
 
 @dataclass
@@ -103,12 +105,7 @@ def main() -> None:
     for variant in bench.variants:
         preset_with(bench.preset, variant_settings(variant), bench.seed)
     jobs = [(bench, clip, variant) for clip in bench.clips for variant in bench.variants]
-    if bench.jobs > 1:
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        with ProcessPoolExecutor(bench.jobs) as pool:
-            rows = list(pool.map(_row, jobs))
-    else:
-        rows = [_row(job) for job in jobs]
+    rows = map_jobs(_row, jobs, bench.jobs)
     size = f"{bench.width}x{bench.height}x{bench.frames}"
     print(f"side views at {size}, {bench.preset} preset, exact priors")
     print(table(rows))

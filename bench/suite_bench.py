@@ -16,10 +16,11 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import tyro
 
@@ -40,6 +41,8 @@ from services.fit.tracks import track_2d
 from services.flow.config import DisPreset, FlowConfig
 from services.pipeline.config import PipelineConfig, PipelineRuntime, with_best_tracks
 from services.segment.config import SegmentConfig
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -157,6 +160,16 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
     return row
 
 
+def map_jobs(row: Callable[[T], dict], jobs: list[T], n_processes: int) -> list[dict]:
+    """`row` of every job, in order: in `n_processes` parallel processes (OpenMP at one thread
+    each, the cores being theirs) when more than one, else here."""
+    if n_processes <= 1:
+        return [row(job) for job in jobs]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with ProcessPoolExecutor(n_processes) as pool:
+        return list(pool.map(row, jobs))
+
+
 def _pct(value: float) -> str:
     return "—" if value != value else f"{100 * value:.2f} %"
 
@@ -222,12 +235,7 @@ def main() -> None:
         for source in bench.sources
         for name in bench.presets
     ]
-    if bench.jobs > 1:
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        with ProcessPoolExecutor(bench.jobs) as pool:
-            rows = list(pool.map(_row, jobs))
-    else:
-        rows = [_row(job) for job in jobs]
+    rows = map_jobs(_row, jobs, bench.jobs)
     print(f"suite at {bench.width}x{bench.height}x{bench.frames}, {bench.tracks} tracks per clip")
     if bench.set:
         print(f"every preset with {' '.join(bench.set)}")
