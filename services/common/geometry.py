@@ -104,15 +104,24 @@ def backproject_p3(
     return apply_33(c2w_44[:3, :3], rays_p3 * depth_p[:, None]) + c2w_44[:3, 3]
 
 
+def reproject_hw(
+    depth_hw: np.ndarray, K_33: np.ndarray, c2w_a_44: np.ndarray, c2w_b_44: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel of camera a, lifted to its camera-z `depth_hw`, lands in camera b:
+    (pixel xy [H, W, 2], camera z [H, W] in b)."""
+    h, w = depth_hw.shape
+    xy_p2 = pixel_grid_hw2(h, w).reshape(-1, 2)
+    world_p3 = backproject_p3(K_33, c2w_a_44, xy_p2, depth_hw.reshape(-1).astype(np.float64))
+    xy_b_p2, z_b_p = project_p2(K_33, c2w_b_44, world_p3)
+    return xy_b_p2.reshape(h, w, 2), z_b_p.reshape(h, w)
+
+
 def rigid_flow_hw2(
     depth_hw: np.ndarray, K_33: np.ndarray, c2w_a_44: np.ndarray, c2w_b_44: np.ndarray
 ) -> np.ndarray:
     """Flow a -> b that camera motion alone induces on a static scene with depth `depth_hw`."""
-    h, w = depth_hw.shape
-    xy_p2 = pixel_grid_hw2(h, w).reshape(-1, 2)
-    world_p3 = backproject_p3(K_33, c2w_a_44, xy_p2, depth_hw.reshape(-1).astype(np.float64))
-    xy_b_p2, _ = project_p2(K_33, c2w_b_44, world_p3)
-    return (xy_b_p2 - xy_p2).reshape(h, w, 2)
+    xy_b_hw2, _ = reproject_hw(depth_hw, K_33, c2w_a_44, c2w_b_44)
+    return xy_b_hw2 - pixel_grid_hw2(*depth_hw.shape)
 
 
 def relative_pose_from_c2w(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.geometry import backproject_p3, pixel_grid_hw2, project_p2, rotation_33
+from services.common.geometry import reproject_hw, rotation_33
 from services.common.image_metrics import psnr
 from services.fit.gaussians import render_frame
 from services.fit.result import FitResult
@@ -45,16 +45,14 @@ def covisible_hw(
     inside the frame, in front of the camera, at the frame's depth there within
     `COVISIBLE_DEPTH_TOLERANCE`)."""
     height, width = view_depth_hw.shape
-    world_p3 = backproject_p3(
-        K_33, view_c2w_44, pixel_grid_hw2(height, width).reshape(-1, 2), view_depth_hw.ravel()
-    )
-    xy_p2, z_p = project_p2(K_33, frame_c2w_44, world_p3)
-    cols, rows = np.round(xy_p2[:, 0]).astype(int), np.round(xy_p2[:, 1]).astype(int)
-    inside_p = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & (z_p > 0)
-    seen_p = np.zeros(len(z_p), bool)
-    frame_z = frame_depth_hw[rows[inside_p], cols[inside_p]]
-    seen_p[inside_p] = np.abs(frame_z - z_p[inside_p]) <= COVISIBLE_DEPTH_TOLERANCE * z_p[inside_p]
-    return seen_p.reshape(height, width) & (view_depth_hw.astype(np.float64) > 0)
+    xy_hw2, z_hw = reproject_hw(view_depth_hw, K_33, view_c2w_44, frame_c2w_44)
+    cols, rows = np.round(xy_hw2[..., 0]).astype(int), np.round(xy_hw2[..., 1]).astype(int)
+    inside_hw = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & (z_hw > 0)
+    seen_hw = np.zeros((height, width), bool)
+    frame_z = frame_depth_hw[rows[inside_hw], cols[inside_hw]]
+    z_in = z_hw[inside_hw]
+    seen_hw[inside_hw] = np.abs(frame_z - z_in) <= COVISIBLE_DEPTH_TOLERANCE * z_in
+    return seen_hw & (view_depth_hw > 0)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from services.common.geometry import (
     focal_intrinsics_33,
     pixel_grid_hw2,
     project_p2,
+    reproject_hw,
     weighted_rigid_fit,
 )
 
@@ -81,6 +82,25 @@ def test_backprojection_round_trip():
     xy_back_p2, z_p = project_p2(K_33, c2w_44, backproject_p3(K_33, c2w_44, xy_p2, depth_p))
     np.testing.assert_allclose(xy_back_p2, xy_p2, atol=1e-9)
     np.testing.assert_allclose(z_p, depth_p, rtol=1e-12)
+
+
+def test_reprojection_into_a_camera_moved_along_its_axis():
+    """A camera moved 1 unit forward along its own z sees every point 1 unit nearer, at the
+    pixel the pinhole puts it: x' = c + (x - c) * d / (d - 1)."""
+    c2w_a_44 = _pose_44(5)
+    c2w_b_44 = c2w_a_44.copy()
+    c2w_b_44[:3, 3] += c2w_a_44[:3, 2]
+    depth_hw = np.random.default_rng(6).uniform(2.0, 20.0, (48, 64))
+    xy_hw2, z_hw = reproject_hw(depth_hw, K_33, c2w_a_44, c2w_b_44)
+    centre_2 = K_33[:2, 2]
+    expected_hw2 = (
+        centre_2 + (pixel_grid_hw2(48, 64) - centre_2) * (depth_hw / (depth_hw - 1))[..., None]
+    )
+    np.testing.assert_allclose(z_hw, depth_hw - 1.0, rtol=1e-12)
+    np.testing.assert_allclose(xy_hw2, expected_hw2, atol=1e-9)
+    same_hw2, same_z_hw = reproject_hw(depth_hw, K_33, c2w_a_44, c2w_a_44)
+    np.testing.assert_allclose(same_hw2, pixel_grid_hw2(48, 64), atol=1e-9)
+    np.testing.assert_allclose(same_z_hw, depth_hw, rtol=1e-12)
 
 
 def test_weighted_rigid_fit_recovers_a_rigid_motion_and_ignores_zero_weights():
