@@ -11,17 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
-from services.common.sampling import sample_bilinear
-from services.fit.motion import FB_TOLERANCE_PX, inside_image
-
-
-def _step(
-    flow_hw2: np.ndarray, back_hw2: np.ndarray, xy_q2: np.ndarray, fb_tolerance_px: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """One flow step: new positions and whether the pair of flows agrees there."""
-    moved_q2 = xy_q2 + sample_bilinear(flow_hw2, xy_q2)
-    returned_q2 = moved_q2 + sample_bilinear(back_hw2, moved_q2)
-    return moved_q2, np.linalg.norm(returned_q2 - xy_q2, axis=1) <= fb_tolerance_px
+from services.fit.motion import FB_TOLERANCE_PX, flow_round_trip, inside_image
 
 
 def chained_flow_tracks(
@@ -59,7 +49,7 @@ def chained_flow_tracks(
                     flow, back, nxt = flow_fwd_t1hw2[t], flow_bwd_t1hw2[t], t + 1
                 else:
                     flow, back, nxt = flow_bwd_t1hw2[t - 1], flow_fwd_t1hw2[t - 1], t - 1
-                xy_r2, agree_r = _step(flow, back, xy_r2, fb_tolerance_px)
+                xy_r2, agree_r = flow_round_trip(flow, back, xy_r2, fb_tolerance_px)
                 points_qt2[rows, nxt] = xy_r2
                 occluded_qt[rows, nxt] = ~(agree_r & inside_image(xy_r2, H, W))
     return points_qt2.astype(np.float32), occluded_qt

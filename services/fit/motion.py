@@ -47,6 +47,20 @@ def inside_image(xy_n2: np.ndarray, height: int, width: int) -> np.ndarray:
     )
 
 
+def flow_round_trip(
+    flow_hw2: np.ndarray,
+    back_hw2: np.ndarray,
+    xy_n2: np.ndarray,
+    tolerance_px: float = FB_TOLERANCE_PX,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points moved by `flow_hw2` (read bilinearly at them) and bool [N]: `back_hw2`, read where
+    they land, brings them back within `tolerance_px` (where it does not, the point's pixel is
+    hidden in the other frame, or the flow is wrong there)."""
+    moved_n2 = xy_n2 + sample_bilinear(flow_hw2, xy_n2)
+    returned_n2 = moved_n2 + sample_bilinear(back_hw2, moved_n2)
+    return moved_n2, np.linalg.norm(returned_n2 - xy_n2, axis=1) <= tolerance_px
+
+
 def visible_n(
     xy_n2: np.ndarray, z_n: np.ndarray, depth_hw: np.ndarray, alpha_hw: np.ndarray
 ) -> np.ndarray:
