@@ -133,7 +133,7 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
         costs = {name: count - before[name] for name, count in one_time_costs(device).items()}
         image_hw = (cfg.height, cfg.width)
-        tracks = configured_tracks(result, query_rows, fit_cfg, priors.frames_thw3)
+        tracks = configured_tracks(result, query_rows, fit_cfg, priors)
         tapvid = tapvid_row(queries, tracks.points_qt2, tracks.occluded_qt, image_hw)
         other = {}
         if other_readout is not None:

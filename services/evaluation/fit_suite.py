@@ -145,7 +145,7 @@ def fit_clip(
     where given, on the same fit: a change of the track readout alone, measured without the
     fit's run-to-run differences on a GPU)."""
     result = fit(priors, cfg, runtime)
-    tracks = configured_tracks(result, queries_q3, cfg, priors.frames_thw3)
+    tracks = configured_tracks(result, queries_q3, cfg, priors)
     return ClipOutputs(
         c2w_t44=result.c2w_t44,
         depth_thw=result.depth_thw,

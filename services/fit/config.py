@@ -169,6 +169,13 @@ class FitConfig:
     On the CPU accuracy suite it raises occlusion accuracy on 8 rows (pipeline up to +0.09) and AJ
     on 7 (pipeline up to +0.030) and lowers none; on the H200 one row's AJ drops by 0.0006, so it
     is opt-in (docs/fit.md, "Occlusion flags the frames confirm")."""
+    occlusion_from_flow_where_unmeasured: bool = False
+    """Tracks: in a frame whose depth prior measured no pixel (the offline depth backend's smooth
+    prior everywhere: a camera that turns or stays), a point the model reports hidden counts as
+    hidden only where the flow's forward-backward check fails at it too: which Gaussian lies in
+    front there is the filler's guess (tracks.FlowCheck). Priors without backward flow are
+    unaffected. Opt-in, in `--best-tracks` (docs/fit.md, "Occlusion where the depth prior
+    measured nothing")."""
 
     checkpoint_every: int = 5
     """Frames between checkpoints (when a checkpoint sink is given)."""

@@ -106,7 +106,7 @@ def _write_outputs(
         out.file(f"gaussians_{t:04d}", ply_bytes(frame), "application/x-ply", ".ply")
     # No queries give empty track arrays and a trajectories video without tracks.
     queries_q3 = np.zeros((0, 3)) if queries_q3 is None else queries_q3
-    tracks = configured_tracks(result, queries_q3, cfg, priors.frames_thw3)
+    tracks = configured_tracks(result, queries_q3, cfg, priors)
     out.array("tracks_2d", tracks.points_qt2.astype(np.float32), "NTC")
     out.array("tracks_occluded", tracks.occluded_qt, "NT")
     out.array("tracks_3d", tracks.world_qt3.astype(np.float32), "NTC")

@@ -11,7 +11,10 @@ last, and it is reported occluded there. Otherwise it is occluded when it projec
 image or lies behind the rendered surface (its camera z beyond the rendered depth by more than
 `motion.VISIBLE_DEPTH_TOLERANCE`); given the clip's frames (FitConfig's opt-in
 `occlusion_from_frames`), a point the surface hides counts as visible where the frame shows the
-query's colours there (`APPEARANCE_MATCH_LEVELS`).
+query's colours there (`APPEARANCE_MATCH_LEVELS`); given the clip's flows (the opt-in
+`occlusion_from_flow_where_unmeasured`), a point the surface hides in a frame whose depth prior
+measured nothing counts as visible where the flow's forward-backward check holds at it
+(`FlowCheck`).
 
 That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
 moving Gaussian instead moves with the rigid motion of the moving Gaussians around it
@@ -42,7 +45,8 @@ from services.common.geometry import backproject_p3, project_p2, weighted_rigid_
 from services.common.sampling import sample_bilinear
 from services.fit.config import FitConfig, TrackMotion
 from services.fit.engine import FitResult
-from services.fit.motion import inside_image, visible_n
+from services.fit.motion import flow_round_trip, inside_image, visible_n
+from services.fit.priors import FitPriors
 from services.fit.projection import project_gaussians
 from services.fit.rasterizer_torch import gaussian_alpha
 
@@ -303,6 +307,51 @@ def _shows_the_query(
 
 
 @dataclass
+class FlowCheck:
+    """What lets the flow overrule the model's depth order where the depth prior measured
+    nothing (FitConfig's `occlusion_from_flow_where_unmeasured`): in such a frame (the offline
+    depth backend's smooth prior on every pixel: a camera that turns or stays) which of the
+    model's Gaussians lies in front is the filler's guess, not a measurement."""
+
+    flow_fwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from frame t to t+1
+    flow_bwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from t+1 to t
+    unmeasured_t: np.ndarray  # bool [T]: frames whose depth prior measured no pixel
+
+    @classmethod
+    def of(cls, priors: FitPriors) -> FlowCheck | None:
+        """The check the priors allow (None without backward flow)."""
+        if priors.flow_bwd_t1hw2 is None:
+            return None
+        unmeasured_t = np.array(
+            [not priors.depth_measured_hw(t).any() for t in range(len(priors.depth_thw))]
+        )
+        return cls(priors.flow_fwd_t1hw2, priors.flow_bwd_t1hw2, unmeasured_t)
+
+    def disagrees_qt(self, points_qt2: np.ndarray, queries_q3: np.ndarray) -> np.ndarray:
+        """Bool [Q, T]: the flow's forward-backward check fails at the track point, taken towards
+        the query frame (a frame after it: back to the previous frame and forward again; before
+        it: forward, then back). False at the query frame."""
+        Q, T = points_qt2.shape[:2]
+        t_q = queries_q3[:, 0].astype(int)
+        disagrees_qt = np.zeros((Q, T), bool)
+        for t in range(T):
+            xy_q2 = points_qt2[:, t].astype(np.float64)
+            if t > 0:
+                after = t > t_q
+                _, agree = flow_round_trip(
+                    self.flow_bwd_t1hw2[t - 1], self.flow_fwd_t1hw2[t - 1], xy_q2[after]
+                )
+                disagrees_qt[after, t] = ~agree
+            if t < T - 1:
+                before = t < t_q
+                _, agree = flow_round_trip(
+                    self.flow_fwd_t1hw2[t], self.flow_bwd_t1hw2[t], xy_q2[before]
+                )
+                disagrees_qt[before, t] = ~agree
+        return disagrees_qt
+
+
+@dataclass
 class Tracks:
     """Tracks of Q query points over T frames: what the fit stage writes and draws."""
 
@@ -318,10 +367,13 @@ def track_queries(
     queries_q3: np.ndarray,
     motion: TrackMotion = "local_rigid",
     frames_thw3: np.ndarray | None = None,
+    flow_check: FlowCheck | None = None,
 ) -> Tracks:
     """track_2d, track_3d and the moving flag of query rows (t, y, x), attaching them once.
     `frames_thw3` (the fitted clip's uint8 RGB frames [T, H, W, 3]) lets the frames confirm
-    points the model hides (`APPEARANCE_MATCH_LEVELS`); None: the model's flags as they are.
+    points the model hides (`APPEARANCE_MATCH_LEVELS`); `flow_check` lets the flow overrule the
+    model's hiding of points in frames whose depth prior measured nothing (`FlowCheck`); None:
+    the model's flags as they are.
 
     No queries give arrays with Q = 0."""
     queries_q3 = _check_queries(result, queries_q3)
@@ -350,16 +402,24 @@ def track_queries(
         points_qt2, _, in_view_qt = _project_tracks(result, world_qt3, alive_qt)
     if frames_thw3 is not None:
         occluded_qt &= ~(in_view_qt & _shows_the_query(frames_thw3, queries_q3, points_qt2))
+    if flow_check is not None:
+        overruled_qt = in_view_qt & flow_check.unmeasured_t[None, :]
+        occluded_qt &= ~(overruled_qt & ~flow_check.disagrees_qt(points_qt2, queries_q3))
     return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
 
 
 def configured_tracks(
-    result: FitResult, queries_q3: np.ndarray, cfg: FitConfig, frames_thw3: np.ndarray
+    result: FitResult, queries_q3: np.ndarray, cfg: FitConfig, priors: FitPriors
 ) -> Tracks:
-    """track_queries as a fit configured by `cfg` reads its tracks: with its `track_motion`, and
-    with the clip's frames (uint8 [T, H, W, 3]) only where `occlusion_from_frames` asks."""
+    """track_queries as a fit configured by `cfg` reads its tracks: with its `track_motion`, with
+    the clip's frames where `occlusion_from_frames` asks, and with the priors' flows where
+    `occlusion_from_flow_where_unmeasured` asks."""
     return track_queries(
-        result, queries_q3, cfg.track_motion, frames_thw3 if cfg.occlusion_from_frames else None
+        result,
+        queries_q3,
+        cfg.track_motion,
+        priors.frames_thw3 if cfg.occlusion_from_frames else None,
+        FlowCheck.of(priors) if cfg.occlusion_from_flow_where_unmeasured else None,
     )
 
 

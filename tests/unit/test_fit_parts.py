@@ -46,6 +46,7 @@ from services.fit.timing import PhaseTimer
 from services.fit.tracks import (
     APPEARANCE_MATCH_LEVELS,
     FRONT_SURFACE_GAP,
+    FlowCheck,
     attach,
     configured_tracks,
     track_2d,
@@ -610,9 +611,71 @@ def test_the_frames_confirm_a_hidden_point_only_where_they_show_the_query():
         track_2d(result, back_query, frames_thw3=frames_thw3[:2])
     assert caught.value.field == "frames_thw3"
     # A fit's own readout (stage, suite, fit_bench) hands the frames on only with the flag.
+    priors = _priors_of(result, frames_thw3)
     for flag, expected in ((False, True), (True, False)):
         cfg = FitConfig(occlusion_from_frames=flag)
-        assert configured_tracks(result, back_query, cfg, frames_thw3).occluded_qt[0, 3] == expected
+        assert configured_tracks(result, back_query, cfg, priors).occluded_qt[0, 3] == expected
+
+
+def _priors_of(
+    result: FitResult, frames_thw3: np.ndarray, confidence: float | None = None
+) -> FitPriors:
+    """Priors of `result`'s clip with still flows (zero both ways), its rendered depth and
+    `confidence` on every pixel (None: no confidence, all measured)."""
+    T = result.n_frames
+    return FitPriors(
+        frames_thw3=frames_thw3,
+        depth_thw=result.depth_thw,
+        K_33=K_33,
+        flow_fwd_t1hw2=np.zeros((T - 1, H, W, 2), np.float32),
+        flow_bwd_t1hw2=np.zeros((T - 1, H, W, 2), np.float32),
+        moving_thw=np.zeros((T, H, W), np.float32),
+        depth_confidence_thw=None
+        if confidence is None
+        else np.full((T, H, W), confidence, np.float32),
+    )
+
+
+def test_the_flow_check_fails_where_the_round_trip_misses_towards_the_query_frame():
+    """Forward 2 px right and back 2 px left agree everywhere; with no backward motion a point
+    after its query frame (back, then forward: 2 px off) and one before it (forward, then back)
+    both fail, and the query frame itself never does."""
+    T = 4
+    forward = np.zeros((T - 1, H, W, 2), np.float32)
+    forward[..., 0] = 2.0
+    points_qt2 = np.tile(np.array([30.0, 20.0], np.float32), (2, T, 1))
+    queries_q3 = np.array([[0, 20.0, 30.0], [2, 20.0, 30.0]])
+    unmeasured_t = np.ones(T, bool)
+    agreeing = FlowCheck(forward, -forward, unmeasured_t)
+    assert not agreeing.disagrees_qt(points_qt2, queries_q3).any()
+    still_back = FlowCheck(forward, np.zeros_like(forward), unmeasured_t)
+    assert still_back.disagrees_qt(points_qt2, queries_q3).tolist() == [
+        [False, True, True, True],
+        [True, True, False, True],
+    ]
+
+
+def test_the_flow_overrules_a_hidden_point_only_where_the_depth_measured_nothing():
+    """The back point hidden at frame 3 (the tests above): with the flow agreeing there, the flag
+    shows it only in a frame whose depth prior measured no pixel; where the flow's round trip
+    misses there, or no backward flow is given, it stays hidden."""
+    result = _two_layer_result()
+    xy3, _ = project_p2(K_33, np.eye(4), np.array([[0.9, 0.0, 3.0]]))
+    back_query = np.array([[0, 23.5, xy3[0, 0]]])
+    frames_thw3 = np.zeros((result.n_frames, H, W, 3), np.uint8)
+    cfg = FitConfig(occlusion_from_flow_where_unmeasured=True)
+
+    def hidden_at_3(priors: FitPriors, config: FitConfig = cfg) -> bool:
+        return bool(configured_tracks(result, back_query, config, priors).occluded_qt[0, 3])
+
+    filled = _priors_of(result, frames_thw3, confidence=0.0)
+    assert not hidden_at_3(filled)
+    assert hidden_at_3(filled, FitConfig())  # without the flag the model's order holds
+    assert hidden_at_3(_priors_of(result, frames_thw3, confidence=MEASURED_DEPTH_CONFIDENCE))
+    assert hidden_at_3(_priors_of(result, frames_thw3))  # no confidence: measured
+    missing = dataclasses.replace(filled, flow_bwd_t1hw2=np.full_like(filled.flow_bwd_t1hw2, 3.0))
+    assert hidden_at_3(missing)
+    assert hidden_at_3(dataclasses.replace(filled, flow_bwd_t1hw2=None))
 
 
 def test_track_queries_gives_both_tracks_and_the_moving_flag():
