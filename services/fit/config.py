@@ -91,7 +91,9 @@ class FitConfig:
     """Carry Adam's moments of each Gaussian across densification passes and frames (new
     Gaussians start from zero) instead of a fresh optimiser each time, whose first steps shake
     every Gaussian by about its learning rate: the loss falls steadily, PSNR is higher at the same
-    step count (docs/fit.md, "Adam's state across densification and frames")."""
+    step count (docs/fit.md, "Adam's state across densification and frames"). In `--best-tracks`,
+    where it takes back the PSNR the polished flow's masks cost; not the default because some
+    exact-prior figures of the accuracy suite drop slightly."""
 
     rescale_depth_prior: bool = True
     """Re-estimate each frame's depth-prior scale from the model (median rendered still depth over

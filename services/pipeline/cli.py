@@ -55,9 +55,10 @@ class RunCommand:
     fit_preset: FitPresetName | None = None
     # Turn on every opt-in that together gives the best tracks and cameras measured (the flow's
     # polish, depth twice with the segment masks and bundle adjustment, the fit keeping those
-    # cameras; docs/fit.md, "What holds the pipeline rows back"): on the accuracy suite AJ
-    # +0.13..+0.28 against the defaults. It adds the polish and a second depth run and skips
-    # the fit's camera refinement (the demo clip on a 2-core CPU: 70 s against 92 s).
+    # cameras and Adam's moments, occlusion read with the frames and the flow; docs/fit.md,
+    # "Occlusion where the depth prior measured nothing, and Adam's moments"): on the accuracy
+    # suite's pipeline rows AJ +0.20..+0.32 against the defaults, no figure lower. It adds the
+    # polish and a second depth run and skips the fit's camera refinement.
     best_tracks: bool = False
     # Points to track instead of the --track-grid grid: a CSV (optional header line) or .npy
     # file of rows t,x,y in the frames and pixels of the ingested video (fit/tracks_*.npy).

@@ -183,8 +183,10 @@ BEST_TRACKS: dict[str, dict[str, object]] = {
     "segment": {"measured_depth_only": True},
     "fit": {
         "occlusion_from_frames": True,
+        "occlusion_from_flow_where_unmeasured": True,
         "camera_from_prior_poses": True,
         "moving_depth_from_filled_prior": False,
+        "keep_adam_state": True,
     },
 }
 """The stage fields `with_best_tracks` sets, by stage (it also sets `two_pass_depth`)."""
@@ -193,10 +195,10 @@ BEST_TRACKS: dict[str, dict[str, object]] = {
 def with_best_tracks(config: PipelineConfig) -> PipelineConfig:
     """`config` with every opt-in that together gave the best tracks and cameras measured on the
     accuracy suite through the offline depth backend (`BEST_TRACKS` and two-pass depth): AJ
-    +0.13..+0.28 on every clip against the defaults and every moving camera within 0.35 % of
-    its path (CPU, 96x72x12). Not the default because three figures of the suite drop (pan's
-    occlusion accuracy and PSNR, orbit-nonrigid's PSNR; docs/fit.md, "What holds the pipeline
-    rows back")."""
+    +0.20..+0.32 on every clip's pipeline row against the defaults, every moving camera within
+    0.32 % of its path, PSNR higher on every row (CPU, 96x72x12). Not the default because six
+    figures of the exact-prior rows drop slightly, where Adam's kept moments move them
+    (docs/fit.md, "Occlusion where the depth prior measured nothing, and Adam's moments")."""
     stages = {
         stage: dataclasses.replace(getattr(config, stage), **fields)
         for stage, fields in BEST_TRACKS.items()

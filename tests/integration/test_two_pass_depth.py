@@ -90,7 +90,8 @@ def test_a_segment_result_of_another_video_is_refused(local_store):
 def test_best_tracks_runs_every_stage_with_its_opt_in(local_store, monkeypatch):
     """`with_best_tracks` (gflow run --best-tracks) reaches every stage of an embedded run: the
     flow polished, the masks from measured depth only, depth twice with bundle adjustment (the
-    second with the masks), and the fit keeping the depth stage's cameras."""
+    second with the masks), and the fit keeping the depth stage's cameras and Adam's moments, its
+    tracks' occlusion read with the frames and the flow."""
     artifacts = Artifacts(local_store)
     scene = make_scene(SceneConfig())
     video = store_frames(artifacts, scene.frames_thw3, 10.0)
@@ -110,6 +111,7 @@ def test_best_tracks_runs_every_stage_with_its_opt_in(local_store, monkeypatch):
     fit_args = calls["fit"][0][0]
     assert fit_args[1].camera_from_prior_poses and fit_args[1].occlusion_from_frames
     assert not fit_args[1].moving_depth_from_filled_prior
+    assert fit_args[1].keep_adam_state and fit_args[1].occlusion_from_flow_where_unmeasured
     np.testing.assert_array_equal(
         artifacts.get_array(artifact(result.fit, "c2w", "fit")),
         artifacts.get_array(artifact(result.depth, "c2w", "depth")),

@@ -94,7 +94,7 @@ def test_fit_flags_given_with_a_preset_apply_on_top_of_it():
 
 
 def test_best_tracks_is_the_measured_recipe_on_top_of_the_other_flags():
-    """--best-tracks sets what the recipe's seven flags set (README, docs/fit.md) and nothing
+    """--best-tracks sets what the recipe's nine flags set (README, docs/fit.md) and nothing
     else; a fit preset and other flags stay under it."""
     recipe = [
         "--pipeline.flow.dis-polish",
@@ -102,8 +102,10 @@ def test_best_tracks_is_the_measured_recipe_on_top_of_the_other_flags():
         "--pipeline.depth.offline-bundle-adjust",
         "--pipeline.segment.measured-depth-only",
         "--pipeline.fit.occlusion-from-frames",
+        "--pipeline.fit.occlusion-from-flow-where-unmeasured",
         "--pipeline.fit.camera-from-prior-poses",
         "--pipeline.fit.no-moving-depth-from-filled-prior",
+        "--pipeline.fit.keep-adam-state",
     ]
     by_flags = run_config(tyro.cli(RunCommand, args=["clip.mp4", *recipe]), RemoteConfig())
     best = run_config(tyro.cli(RunCommand, args=["clip.mp4", "--best-tracks"]), RemoteConfig())
@@ -115,8 +117,10 @@ def test_best_tracks_is_the_measured_recipe_on_top_of_the_other_flags():
         preset("fast"),
         iters=120,
         occlusion_from_frames=True,
+        occlusion_from_flow_where_unmeasured=True,
         camera_from_prior_poses=True,
         moving_depth_from_filled_prior=False,
+        keep_adam_state=True,
     )
     assert run_config(tyro.cli(RunCommand, args=["clip.mp4"]), RemoteConfig()) == PipelineConfig()
 
