@@ -1,6 +1,7 @@
-"""The fit stage writes the tracks its config's `track_motion` (and `occlusion_from_frames`) asks
-for (docs/fit.md, "Tracks that turn with the object"): a different fit key, the readout called
-with that motion (and the clip's frames), and what it returned stored."""
+"""The fit stage writes the tracks its config's `track_motion` (and `occlusion_from_frames`,
+`occlusion_from_flow_where_unmeasured`) asks for (docs/fit.md, "Tracks that turn with the
+object"): a different fit key, the readout called with that motion (and the clip's frames, the
+priors' flow check), and what it returned stored."""
 
 from __future__ import annotations
 
@@ -24,35 +25,47 @@ def test_the_fit_stage_writes_the_tracks_of_its_track_motion(local_store, monkey
     video = store_frames(artifacts, scene.frames_thw3, 10.0)
     read = []
 
-    def recorded(result, queries_q3, motion, frames_thw3):
-        tracks = track_queries(result, queries_q3, motion, frames_thw3)
-        read.append((motion, tracks, frames_thw3))
+    def recorded(result, queries_q3, motion, frames_thw3, flow_check):
+        tracks = track_queries(result, queries_q3, motion, frames_thw3, flow_check)
+        read.append((motion, tracks, frames_thw3, flow_check))
         return tracks
 
     track_queries = fit_tracks.track_queries
     # The stage reads its tracks through tracks.configured_tracks, which calls this.
     monkeypatch.setattr(fit_tracks, "track_queries", recorded)
     fit_cfg = dataclasses.replace(preset("test"), iters=10)
-    settings = [("gaussian", False), ("local_rigid", False), ("local_rigid", True)]
+    settings = [
+        ("gaussian", False, False),
+        ("local_rigid", False, False),
+        ("local_rigid", True, False),
+        ("local_rigid", False, True),
+    ]
     runs = [
         run_pipeline(
             artifacts,
             video,
             PipelineConfig(
                 fit=dataclasses.replace(
-                    fit_cfg, track_motion=motion, occlusion_from_frames=from_frames
+                    fit_cfg,
+                    track_motion=motion,
+                    occlusion_from_frames=from_frames,
+                    occlusion_from_flow_where_unmeasured=from_flow,
                 ),
                 track_grid=8,
             ),
         )
-        for motion, from_frames in settings
+        for motion, from_frames, from_flow in settings
     ]
-    assert len({run.fit.key for run in runs}) == 3  # the tracks are part of the fit's result
-    assert [motion for motion, _, _ in read] == [motion for motion, _ in settings]
-    # The frames reach the readout only when occlusion_from_frames asks for them.
-    assert read[0][2] is None and read[1][2] is None
+    assert len({run.fit.key for run in runs}) == 4  # the tracks are part of the fit's result
+    assert [motion for motion, *_ in read] == [motion for motion, *_ in settings]
+    # The frames and the flow check reach the readout only when their flags ask for them.
+    assert read[0][2] is None and read[1][2] is None and read[3][2] is None
     np.testing.assert_array_equal(read[2][2], scene.frames_thw3)
-    for run, (_, tracks, _) in zip(runs, read, strict=True):
+    assert [check is None for *_, check in read] == [True, True, True, False]
+    flow_check = read[3][3]
+    assert flow_check.flow_fwd_t1hw2.shape == (7, 48, 64, 2)
+    assert flow_check.unmeasured_t.shape == (8,)
+    for run, (_, tracks, *_) in zip(runs, read, strict=True):
         stored = {
             name: artifacts.get_array(artifact(run.fit, name, "fit"))
             for name in ("tracks_2d", "tracks_occluded", "tracks_3d", "tracks_3d_alive")
