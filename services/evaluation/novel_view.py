@@ -16,6 +16,7 @@ import numpy as np
 from services.common.geometry import reproject_hw, rotation_33
 from services.common.image_metrics import psnr
 from services.fit.gaussians import render_frame
+from services.fit.motion import inside_image, nearest_pixel
 from services.fit.result import FitResult
 from services.synthetic.scene import SyntheticScene, render_view
 
@@ -46,13 +47,11 @@ def covisible_hw(
     `COVISIBLE_DEPTH_TOLERANCE`)."""
     height, width = view_depth_hw.shape
     xy_hw2, z_hw = reproject_hw(view_depth_hw, K_33, view_c2w_44, frame_c2w_44)
-    cols, rows = np.round(xy_hw2[..., 0]).astype(int), np.round(xy_hw2[..., 1]).astype(int)
-    inside_hw = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & (z_hw > 0)
-    seen_hw = np.zeros((height, width), bool)
-    frame_z = frame_depth_hw[rows[inside_hw], cols[inside_hw]]
-    z_in = z_hw[inside_hw]
-    seen_hw[inside_hw] = np.abs(frame_z - z_in) <= COVISIBLE_DEPTH_TOLERANCE * z_in
-    return seen_hw & (view_depth_hw > 0)
+    xy_p2, z_p = xy_hw2.reshape(-1, 2), z_hw.reshape(-1)
+    rows, cols = nearest_pixel(xy_p2, height, width)
+    agrees_p = np.abs(frame_depth_hw[rows, cols] - z_p) <= COVISIBLE_DEPTH_TOLERANCE * z_p
+    seen_p = inside_image(xy_p2, height, width) & (z_p > 0) & agrees_p
+    return seen_p.reshape(height, width) & (view_depth_hw > 0)
 
 
 @dataclass
