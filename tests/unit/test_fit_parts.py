@@ -620,19 +620,16 @@ def test_the_frames_confirm_a_hidden_point_only_where_they_show_the_query():
 def _priors_of(
     result: FitResult, frames_thw3: np.ndarray, confidence: float | None = None
 ) -> FitPriors:
-    """Priors of `result`'s clip with still flows (zero both ways), its rendered depth and
-    `confidence` on every pixel (None: no confidence, all measured)."""
-    T = result.n_frames
-    return FitPriors(
+    """`_priors` of `result`'s clip with `frames_thw3`, still flows both ways and `confidence`
+    on every pixel (None: no confidence, all measured)."""
+    priors = _priors(result.n_frames)
+    return dataclasses.replace(
+        priors,
         frames_thw3=frames_thw3,
-        depth_thw=result.depth_thw,
-        K_33=K_33,
-        flow_fwd_t1hw2=np.zeros((T - 1, H, W, 2), np.float32),
-        flow_bwd_t1hw2=np.zeros((T - 1, H, W, 2), np.float32),
-        moving_thw=np.zeros((T, H, W), np.float32),
+        flow_bwd_t1hw2=np.zeros_like(priors.flow_fwd_t1hw2),
         depth_confidence_thw=None
         if confidence is None
-        else np.full((T, H, W), confidence, np.float32),
+        else np.full(priors.depth_thw.shape, confidence, np.float32),
     )
 
 
