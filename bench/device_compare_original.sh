@@ -3,11 +3,15 @@
 # side with the original GFlow"). Runs in the repo root there, with these carried:
 #   .orig/GFlow, .orig/msplat (+ third_party/glm)  the original's checkouts, exported unchanged
 #   .orig/whl        what the original's import chain needs and the machine lacks: shapely,
-#                    concave_hull (cubao's, on PyPI), imageio-ffmpeg (its mp4 writer); roma comes
-#                    with our own wheels (.whl, MASt3R's): one copy of each, or pip refuses
+#                    concave_hull (cubao's, on PyPI), imageio-ffmpeg (its mp4 writer), roma
 #   .orig/numpy_whl  NumPy 2.3.5, for the original's child process only: its .flo reader takes
 #                    int() of 1-element arrays, an error from NumPy 2.4 on (the machine has 2.5)
-#   .whl             our wheels, as bench/gpu_session.sh takes them (gsplat 1.5.3, tyro, roma, ...)
+#   $OUR_WHEELS      (default .whl) our wheels: gsplat 1.5.3, tyro and what tyro needs
+#                    (docstring_parser, shtab, typeguard, typing_extensions), 6.6 MiB. The
+#                    serving wheels bench/gpu_session.sh's serve-gpus mode takes (grpcio, minio,
+#                    ...) are not needed here; with them beside .orig (51 MiB) the tree passes the
+#                    device's 64 MiB, so keep these in a folder of their own and name it.
+# One copy of each wheel across the folders, or pip refuses.
 # FRAMES (default 16) sets the clip length of both systems; ORIGINAL_TIMEOUT (s) the original's
 # budget; COMPARE_FLAGS more bench/compare_original.py flags (e.g. "--set lambda_isotropic=1").
 # Everything stays within 9 minutes; the figures and logs land in $OUT.
@@ -24,7 +28,7 @@ pip_target() {  # pip_target DIR WHEEL...: install wheels offline into DIR
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$dir" "$@"
 }
-pip_target /tmp/site .whl/*.whl .orig/whl/*.whl || exit 1
+pip_target /tmp/site "${OUR_WHEELS:-.whl}"/*.whl .orig/whl/*.whl || exit 1
 pip_target /tmp/orig_numpy .orig/numpy_whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:/tmp/msplat:$PWD PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST=9.0 TORCH_EXTENSIONS_DIR=/tmp/torch_ext MAX_JOBS=8
