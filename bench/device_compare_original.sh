@@ -7,10 +7,10 @@
 #   .orig/numpy_whl  NumPy 2.3.5, for the original's child process only: its .flo reader takes
 #                    int() of 1-element arrays, an error from NumPy 2.4 on (the machine has 2.5)
 #   $OUR_WHEELS      (default .whl) our wheels: gsplat 1.5.3, tyro and what tyro needs
-#                    (docstring_parser, shtab, typeguard, typing_extensions), 6.6 MiB. The
-#                    serving wheels bench/gpu_session.sh's serve-gpus mode takes (grpcio, minio,
-#                    ...) are not needed here; with them beside .orig (51 MiB) the tree passes the
-#                    device's 64 MiB, so keep these in a folder of their own and name it.
+#                    (docstring_parser, shtab, typeguard, typing_extensions), 6.6 MiB. Wheels
+#                    only the services need (grpcio, minio, pycryptodome, ...) are not needed
+#                    here; a .whl holding them too (18 MiB) beside .orig (51 MiB) takes the tree
+#                    past the device's 64 MiB, so keep these in a folder of their own and name it.
 # One copy of each wheel across the folders, or pip refuses.
 # FRAMES (default 16) sets the clip length of both systems; ORIGINAL_TIMEOUT (s) the original's
 # budget; COMPARE_FLAGS more bench/compare_original.py flags (e.g. "--set lambda_isotropic=1").
