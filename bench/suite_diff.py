@@ -10,6 +10,10 @@ only when the flow does.
 
     .venv/bin/python bench/suite_diff.py before.json after.json
     .venv/bin/python bench/suite_diff.py before.json after.json --tolerance aj=0.002 psnr=0.1
+    .venv/bin/python bench/suite_diff.py before.json after.json --spread before_seed1.json
+
+`--spread` takes runs of the code before the change at other fit seeds (`suite_bench.py --seed
+N`): a figure's drop then counts only beyond how far that row's figure moves by the seed alone.
 
 Exit status 1 when a figure dropped by more than its tolerance (0 unless given), 2 on bad
 input, else 0.
@@ -17,16 +21,18 @@ input, else 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tyro
 
 from services.common.errors import InvalidArgumentError
 from services.evaluation.fit_suite import FIT_FIGURES, FLOOR_FIGURES
+from services.fit.config import preset_with
 
 _PERCENT = ("ate_share", "ate_depths")  # shown as a percentage, as the suite's table does
 
@@ -42,6 +48,22 @@ class SuiteDiff:
     tolerance: tuple[str, ...] = ()
     """name=value per figure (names: the keys of fit_suite.FIT_FIGURES): a drop of at most that
     much is listed but not counted against the change (exit status)."""
+    spread: tuple[Path, ...] = ()
+    """Runs of the code before the change with the same settings at other fit seeds: a drop of at
+    most the row's seed spread (largest minus smallest of that figure over `before` and these
+    runs) is listed but not counted, as a drop within --tolerance is (the larger applies)."""
+
+
+# What a row was run with besides its fit configuration and seed: runs whose rows differ in
+# these are not seeds of one code and setting.
+_STAGE_FIELDS = (
+    "dis_preset",
+    "flow_settings",
+    "depth_settings",
+    "segment_settings",
+    "two_pass_depth",
+    "best_tracks",
+)
 
 
 @dataclass(frozen=True)
@@ -60,9 +82,31 @@ class FigureChange:
             return self.before - self.after
         return self.after - self.before
 
-    def beyond(self, tolerances: dict[str, float]) -> bool:
-        """Whether it dropped by more than its figure's tolerance (0 unless given)."""
-        return self.loss > tolerances.get(self.figure, 0.0)
+    def beyond(self, tolerances: Tolerances) -> bool:
+        """Whether it dropped by more than it may (`Tolerances.allowed`)."""
+        return self.loss > tolerances.allowed(self)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How far a figure may drop without counting against the change: `by_figure` (--tolerance)
+    for every row, `by_row` per (row, figure) (the seed spread of --spread); the larger applies,
+    0 where neither is given."""
+
+    by_figure: dict[str, float] = field(default_factory=dict)
+    by_row: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def allowed(self, change: FigureChange) -> float:
+        return max(
+            self.by_figure.get(change.figure, 0.0),
+            self.by_row.get((change.row, change.figure), 0.0),
+        )
+
+    def describe(self) -> str:
+        parts = [f"{name} {value:g}" for name, value in self.by_figure.items()]
+        if self.by_row:
+            parts.append("each row's seed spread")
+        return ", ".join(parts) or "none given"
 
 
 def row_key(row: dict) -> str:
@@ -113,6 +157,55 @@ def unmatched_rows(before_rows: list[dict], after_rows: list[dict]) -> list[str]
     return notes
 
 
+def _run_differences(before: dict, other: dict) -> list[str]:
+    """How two rows' runs differ besides the fit seed: the fit configurations their preset and
+    --set make (a setting that restates a default is no change), then the other stages' fields."""
+    fits = [
+        dataclasses.asdict(preset_with(row["preset"], tuple(row.get("settings", ())), seed=0))
+        for row in (before, other)
+    ]
+    differences = [
+        f"{name}={fits[1][name]!r} against {value!r}"
+        for name, value in fits[0].items()
+        if fits[1][name] != value
+    ]
+    differences += [
+        f"{name}={other.get(name)!r} against {before.get(name)!r}"
+        for name in _STAGE_FIELDS
+        if other.get(name) != before.get(name)
+    ]
+    return differences
+
+
+def seed_spreads(
+    before_rows: list[dict], spread_runs: list[list[dict]], figures: tuple[str, ...]
+) -> dict[tuple[str, str], float]:
+    """Per (row, figure): the largest minus the smallest value over `before` and the runs of the
+    same code at other seeds that hold the row (NaNs left out). Raises when a spread run's row
+    was run with other settings than `before`'s (then it measures a change, not the seed)."""
+    before = _rows_by_key(before_rows, "before")
+    runs = [_rows_by_key(rows, "spread") for rows in spread_runs]
+    spreads = {}
+    for key, row in before.items():
+        same_row = [row]
+        for run in runs:
+            if key not in run:
+                continue
+            differences = _run_differences(row, run[key])
+            if differences:
+                raise InvalidArgumentError(
+                    "spread",
+                    f"row {key!r} was run with other settings there than before "
+                    f"({'; '.join(differences)}); give runs of the before code and settings at "
+                    "other --seed values",
+                )
+            same_row.append(run[key])
+        for figure in figures:
+            values = [float(r[figure]) for r in same_row if not math.isnan(float(r[figure]))]
+            spreads[(key, figure)] = max(values) - min(values) if values else 0.0
+    return spreads
+
+
 def parse_tolerances(items: tuple[str, ...]) -> dict[str, float]:
     """name=value pairs to {figure: allowed drop}."""
     tolerances = {}
@@ -139,7 +232,7 @@ def _value(figure: str, value: float, signed: bool = False) -> str:
     return f"{value:{sign}.2f}" if figure == "psnr" else f"{value:{sign}.4f}"
 
 
-def drops(changes: list[FigureChange], tolerances: dict[str, float]) -> list[FigureChange]:
+def drops(changes: list[FigureChange], tolerances: Tolerances) -> list[FigureChange]:
     """The changes that lowered a figure by more than its tolerance."""
     return [c for c in changes if c.beyond(tolerances)]
 
@@ -147,7 +240,7 @@ def drops(changes: list[FigureChange], tolerances: dict[str, float]) -> list[Fig
 def report(
     changes: list[FigureChange],
     floor_changes: list[FigureChange],
-    tolerances: dict[str, float],
+    tolerances: Tolerances,
     notes: list[str],
 ) -> str:
     """Markdown: the moved figures, then what the change did in sum."""
@@ -157,7 +250,11 @@ def report(
     for c in moved:
         verdict = ""
         if c.loss > 0:
-            verdict = "**drop**" if c.beyond(tolerances) else "drop within tolerance"
+            verdict = (
+                "**drop**"
+                if c.beyond(tolerances)
+                else f"drop within tolerance ({_value(c.figure, tolerances.allowed(c))})"
+            )
         lines.append(
             f"| {c.row} | {c.figure} | {_value(c.figure, c.before)} | {_value(c.figure, c.after)}"
             f" | {_value(c.figure, c.after - c.before, signed=True)} | {verdict} |"
@@ -168,7 +265,7 @@ def report(
         "",
         f"{len(changes)} figures compared: {up} better, {down} worse, "
         f"{len(changes) - up - down} equal; {len(counted)} drops beyond the tolerance "
-        f"({', '.join(f'{k} {v:g}' for k, v in tolerances.items()) or 'none given'}).",
+        f"({tolerances.describe()}).",
     ]
     for figure in FIT_FIGURES:
         worst = max((c for c in changes if c.figure == figure), key=lambda c: c.loss, default=None)
@@ -190,11 +287,11 @@ def environment_notes(before_rows: list[dict], after_rows: list[dict]) -> list[s
     """Where the runs' library versions or OpenBLAS settings differ (CPU figures move with
     them, docs/fit.md): the comparison then measures the machine as well as the change."""
     notes = []
-    for field in ("versions", "openblas_env"):
-        seen_before = {json.dumps(r.get(field), sort_keys=True) for r in before_rows}
-        seen_after = {json.dumps(r.get(field), sort_keys=True) for r in after_rows}
+    for part in ("versions", "openblas_env"):
+        seen_before = {json.dumps(r.get(part), sort_keys=True) for r in before_rows}
+        seen_after = {json.dumps(r.get(part), sort_keys=True) for r in after_rows}
         if seen_before != seen_after:
-            notes.append(f"{field} differ between the runs: {sorted(seen_before | seen_after)}")
+            notes.append(f"{part} differ between the runs: {sorted(seen_before | seen_after)}")
     return notes
 
 
@@ -210,8 +307,12 @@ def _load(path: Path, field: str) -> list[dict]:
 
 def main(args: SuiteDiff) -> int:
     try:
-        tolerances = parse_tolerances(args.tolerance)
         before_rows, after_rows = _load(args.before, "before"), _load(args.after, "after")
+        spread_runs = [_load(path, "spread") for path in args.spread]
+        tolerances = Tolerances(
+            parse_tolerances(args.tolerance),
+            seed_spreads(before_rows, spread_runs, tuple(FIT_FIGURES)) if spread_runs else {},
+        )
         changes = compare(before_rows, after_rows, tuple(FIT_FIGURES))
         floor_changes = compare(before_rows, after_rows, FLOOR_FIGURES)
     except InvalidArgumentError as exc:

@@ -10,10 +10,12 @@ import pytest
 
 from bench.suite_diff import (
     SuiteDiff,
+    Tolerances,
     compare,
     drops,
     main,
     parse_tolerances,
+    seed_spreads,
     unmatched_rows,
 )
 from services.common.errors import InvalidArgumentError
@@ -35,17 +37,57 @@ def test_each_figure_is_worse_in_its_own_direction():
     assert changes["psnr"].loss == pytest.approx(0.5)  # lower PSNR is worse
     assert changes["ate_share"].loss == pytest.approx(0.002)  # a larger camera error is worse
     assert changes["depth_abs_rel"].loss == pytest.approx(-0.01)
-    assert {c.figure for c in drops(list(changes.values()), {})} == {"psnr", "ate_share"}
+    assert {c.figure for c in drops(list(changes.values()), Tolerances())} == {
+        "psnr",
+        "ate_share",
+    }
 
 
 def test_a_tolerance_keeps_a_small_drop_out_of_the_count():
     before = [suite_row(aj=0.300), suite_row("pan", aj=0.600)]
     after = [suite_row(aj=0.299), suite_row("pan", aj=0.597)]
     changes = compare(before, after, ("aj",))
-    assert len(drops(changes, {})) == 2
-    assert [c.row for c in drops(changes, parse_tolerances(("aj=0.002",)))] == [
+    assert len(drops(changes, Tolerances())) == 2
+    assert [c.row for c in drops(changes, Tolerances(parse_tolerances(("aj=0.002",))))] == [
         "pan pipeline fast 96x72x12"
     ]
+
+
+def test_a_seed_spread_keeps_a_drop_within_it_out_of_the_count_row_by_row():
+    before = [suite_row(aj=0.300, seed=0), suite_row("pan", aj=0.600, seed=0)]
+    seed1 = [suite_row(aj=0.296, seed=1), suite_row("pan", aj=0.600, seed=1)]
+    seed2 = [suite_row(aj=0.301, seed=2)]  # a run may hold fewer rows
+    after = [suite_row(aj=0.297), suite_row("pan", aj=0.599)]
+    spreads = seed_spreads(before, [seed1, seed2], ("aj", "psnr"))
+    assert spreads[("orbit pipeline fast 96x72x12", "aj")] == pytest.approx(0.005)
+    assert spreads[("pan pipeline fast 96x72x12", "aj")] == 0.0
+    assert spreads[("orbit pipeline fast 96x72x12", "psnr")] == 0.0
+    changes = compare(before, after, ("aj",))
+    # orbit fell 0.003, less than its seeds spread it; pan fell 0.001 where the seeds agree
+    assert [c.row for c in drops(changes, Tolerances(by_row=spreads))] == [
+        "pan pipeline fast 96x72x12"
+    ]
+    # the larger of a figure's tolerance and the row's spread applies
+    both = Tolerances(parse_tolerances(("aj=0.002",)), spreads)
+    assert drops(changes, both) == []
+    assert both.allowed(changes[0]) == pytest.approx(0.005)
+
+
+def test_a_spread_run_with_other_settings_is_an_error():
+    before = [suite_row(settings=[], best_tracks=False)]
+    restated = [suite_row(settings=["lambda_isotropic=10"], best_tracks=False, seed=1)]
+    assert seed_spreads(before, [restated], ("aj",))  # the fast preset's own value: no change
+    for other, named in (
+        (
+            suite_row(settings=["keep_adam_state=true"], best_tracks=False, seed=1),
+            "keep_adam_state=True against False",
+        ),
+        (suite_row(settings=[], best_tracks=True, seed=1), "best_tracks=True against False"),
+    ):
+        with pytest.raises(InvalidArgumentError) as excinfo:
+            seed_spreads(before, [[other]], ("aj",))
+        assert excinfo.value.field == "spread"
+        assert named in str(excinfo.value)
 
 
 def test_rows_are_matched_by_name_and_nan_pairs_left_out():
@@ -94,6 +136,12 @@ def test_main_reports_the_drops_and_exits_by_them(tmp_path, capsys):
     assert "the floor moved in 1 figures" in out
     assert main(SuiteDiff(before, after, tolerance=("psnr=0.2",))) == 0
     assert "drop within tolerance" in capsys.readouterr().out
+    seed1 = tmp_path / "before_seed1.json"
+    seed1.write_text(json.dumps([suite_row(aj=0.30, psnr=38.8, seed=1)]))
+    assert main(SuiteDiff(before, after, spread=(seed1,))) == 0
+    out = capsys.readouterr().out
+    assert "| psnr | 39.00 | 38.90 | -0.10 | drop within tolerance (0.20) |" in out
+    assert "(each row's seed spread)" in out
     after.write_text("{}")
     assert main(SuiteDiff(before, after)) == 2
     assert "after:" in capsys.readouterr().err
