@@ -330,11 +330,12 @@ class FlowCheck:
     def disagrees_qt(self, points_qt2: np.ndarray, queries_q3: np.ndarray) -> np.ndarray:
         """Bool [Q, T]: the flow's forward-backward check fails at the track point, taken towards
         the query frame (a frame after it: back to the previous frame and forward again; before
-        it: forward, then back). False at the query frame."""
+        it: forward, then back). False at the query frame and in frames whose depth was measured
+        (the check is only asked there)."""
         Q, T = points_qt2.shape[:2]
         t_q = queries_q3[:, 0].astype(int)
         disagrees_qt = np.zeros((Q, T), bool)
-        for t in range(T):
+        for t in np.flatnonzero(self.unmeasured_t):
             xy_q2 = points_qt2[:, t].astype(np.float64)
             if t > 0:
                 after = t > t_q

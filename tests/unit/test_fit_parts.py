@@ -650,6 +650,11 @@ def test_the_flow_check_fails_where_the_round_trip_misses_towards_the_query_fram
         [False, True, True, True],
         [True, True, False, True],
     ]
+    measured_1 = FlowCheck(forward, np.zeros_like(forward), np.array([True, False, True, True]))
+    assert measured_1.disagrees_qt(points_qt2, queries_q3).tolist() == [
+        [False, False, True, True],
+        [True, False, False, True],
+    ]
 
 
 def test_the_flow_overrules_a_hidden_point_only_where_the_depth_measured_nothing():
