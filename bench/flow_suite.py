@@ -2,7 +2,7 @@
 (services/evaluation/fit_suite.py): mean end-point error against the scene's exact flow (all
 pixels, and the moving objects' alone), how far the flow falls short of the objects' motion (mean
 signed error along it, px per frame), and the AJ of the floor tracker (chained flow from each
-query, services/evaluation/naive_tracker.py) on that flow, beside its AJ on the exact flow. Speed
+query, services/fit/flow_tracks.py) on that flow, beside its AJ on the exact flow. Speed
 is bench/flow_bench.py's job.
 
     .venv/bin/python bench/flow_suite.py                                  # 256x192x24

@@ -26,9 +26,9 @@ from services.common.errors import InvalidArgumentError
 from services.depth.engine import DepthResult, estimate_depth
 from services.depth.flows import PairFlows, from_flow_result
 from services.evaluation import metrics
-from services.evaluation.naive_tracker import chained_flow_tracks
 from services.fit.config import FitConfig, FitRuntime
 from services.fit.engine import FitPriors, FitResult, fit
+from services.fit.flow_tracks import chained_flow_tracks
 from services.fit.tracks import configured_tracks
 from services.flow.engine import compute_flow
 from services.pipeline.config import PipelineConfig
@@ -251,7 +251,7 @@ def floor_row(
     image_hw: tuple[int, int],
 ) -> dict[str, float]:
     """The floor's AJ / delta-avg / OA: chained flow from each query, occluded where forward and
-    backward flow disagree (services/evaluation/naive_tracker.py)."""
+    backward flow disagree (services/fit/flow_tracks.py)."""
     points_qt2, occluded_qt = chained_flow_tracks(
         flow_fwd_t1hw2, flow_bwd_t1hw2, query_rows(queries)
     )

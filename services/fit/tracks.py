@@ -14,7 +14,8 @@ image or lies behind the rendered surface (its camera z beyond the rendered dept
 query's colours there (`APPEARANCE_MATCH_LEVELS`); given the clip's flows (the opt-in
 `occlusion_from_flow_where_unmeasured`), a point the surface hides in a frame whose depth prior
 measured nothing counts as visible where the flow's forward-backward check holds at it
-(`FlowCheck`).
+(`FlowCheck`); with the opt-in `occlusion_from_flow_chain`, a point the surface hides counts as
+visible where the flow chained from the query reaches it (`FlowChain`).
 
 That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
 moving Gaussian instead moves with the rigid motion of the moving Gaussians around it
@@ -45,6 +46,7 @@ from services.common.geometry import backproject_p3, project_p2, weighted_rigid_
 from services.common.sampling import sample_bilinear
 from services.fit.config import FitConfig, TrackMotion
 from services.fit.engine import FitResult
+from services.fit.flow_tracks import chained_flow_tracks
 from services.fit.motion import flow_round_trip, inside_image, visible_n
 from services.fit.priors import FitPriors
 from services.fit.projection import project_gaussians
@@ -91,6 +93,11 @@ APPEARANCE_PATCH_OFFSETS_P2 = np.array(
     [(dx, dy) for dy in (-1.0, 0.0, 1.0) for dx in (-1.0, 0.0, 1.0)]
 )
 """The 3x3 patch compared, as (x, y) offsets in pixels."""
+
+FLOW_CHAIN_AGREEMENT_PX = 1.0
+"""`FlowChain`: the chained flow's point within this many pixels of the track point counts as the
+same point. At 2 px the two agree also where both are off the truth by more than AJ's thresholds
+(CPU suite, `--best-tracks`: orbit exact AJ -0.0002 at 2 px against +0.0034 at 1 px)."""
 
 FRONT_SURFACE_GAP = 0.03
 """A query on a moving Gaussian is lifted at the front surface of its pixel (the first Gaussian
@@ -353,6 +360,43 @@ class FlowCheck:
 
 
 @dataclass
+class FlowChain:
+    """What lets the flow overrule the model's hiding of a point (FitConfig's
+    `occlusion_from_flow_chain`): the query carried by the flow alone, frame by frame, with every
+    forward-backward round trip from the query frame holding (`flow_tracks.chained_flow_tracks`).
+    Where it lands on the model's track point, two trackers that fail differently agree that the
+    surface point is in view, whatever the model's depth order says there (at outlines and on
+    depth the prior filled in it is often wrong)."""
+
+    flow_fwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from frame t to t+1
+    flow_bwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from t+1 to t
+
+    @classmethod
+    def of(cls, priors: FitPriors) -> FlowChain | None:
+        """The chain the priors allow (None without backward flow)."""
+        if priors.flow_bwd_t1hw2 is None:
+            return None
+        return cls(priors.flow_fwd_t1hw2, priors.flow_bwd_t1hw2)
+
+    def agrees_qt(self, points_qt2: np.ndarray, queries_q3: np.ndarray) -> np.ndarray:
+        """Bool [Q, T]: the chained flow reaches frame t from the query frame without a failed
+        round trip or leaving the image on the way, within `FLOW_CHAIN_AGREEMENT_PX` of the
+        track point (at the query frame: where the track point is the query's pixel)."""
+        chained_qt2, lost_qt = chained_flow_tracks(
+            self.flow_fwd_t1hw2, self.flow_bwd_t1hw2, queries_q3
+        )
+        T = points_qt2.shape[1]
+        t_q = queries_q3[:, 0].astype(int)
+        after_qt = np.arange(T)[None, :] > t_q[:, None]
+        before_qt = np.arange(T)[None, :] < t_q[:, None]
+        # Lost once on the way: lost from there on, away from the query frame either way.
+        lost_after_qt = np.cumsum(lost_qt & after_qt, axis=1) > 0
+        lost_before_qt = np.cumsum((lost_qt & before_qt)[:, ::-1], axis=1)[:, ::-1] > 0
+        distance_qt = np.linalg.norm(points_qt2 - chained_qt2, axis=-1)
+        return ~lost_after_qt & ~lost_before_qt & (distance_qt <= FLOW_CHAIN_AGREEMENT_PX)
+
+
+@dataclass
 class Tracks:
     """Tracks of Q query points over T frames: what the fit stage writes and draws."""
 
@@ -369,12 +413,14 @@ def track_queries(
     motion: TrackMotion = "local_rigid",
     frames_thw3: np.ndarray | None = None,
     flow_check: FlowCheck | None = None,
+    flow_chain: FlowChain | None = None,
 ) -> Tracks:
     """track_2d, track_3d and the moving flag of query rows (t, y, x), attaching them once.
     `frames_thw3` (the fitted clip's uint8 RGB frames [T, H, W, 3]) lets the frames confirm
     points the model hides (`APPEARANCE_MATCH_LEVELS`); `flow_check` lets the flow overrule the
-    model's hiding of points in frames whose depth prior measured nothing (`FlowCheck`); None:
-    the model's flags as they are.
+    model's hiding of points in frames whose depth prior measured nothing (`FlowCheck`);
+    `flow_chain` lets the flow chained from the query overrule it where it reaches the track
+    point (`FlowChain`); None: the model's flags as they are.
 
     No queries give arrays with Q = 0."""
     queries_q3 = _check_queries(result, queries_q3)
@@ -406,6 +452,8 @@ def track_queries(
     if flow_check is not None:
         overruled_qt = in_view_qt & flow_check.unmeasured_t[None, :]
         occluded_qt &= ~(overruled_qt & ~flow_check.disagrees_qt(points_qt2, queries_q3))
+    if flow_chain is not None:
+        occluded_qt &= ~(in_view_qt & flow_chain.agrees_qt(points_qt2, queries_q3))
     return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
 
 
@@ -414,13 +462,14 @@ def configured_tracks(
 ) -> Tracks:
     """track_queries as a fit configured by `cfg` reads its tracks: with its `track_motion`, with
     the clip's frames where `occlusion_from_frames` asks, and with the priors' flows where
-    `occlusion_from_flow_where_unmeasured` asks."""
+    `occlusion_from_flow_where_unmeasured` or `occlusion_from_flow_chain` asks."""
     return track_queries(
         result,
         queries_q3,
         cfg.track_motion,
         priors.frames_thw3 if cfg.occlusion_from_frames else None,
         FlowCheck.of(priors) if cfg.occlusion_from_flow_where_unmeasured else None,
+        FlowChain.of(priors) if cfg.occlusion_from_flow_chain else None,
     )
 
 

@@ -55,7 +55,8 @@ class RunCommand:
     fit_preset: FitPresetName | None = None
     # Turn on every opt-in that together gives the best tracks and cameras measured (the flow's
     # polish, depth twice with the segment masks and bundle adjustment, the fit keeping those
-    # cameras and Adam's moments, occlusion read with the frames and the flow; docs/fit.md,
+    # cameras and Adam's moments, occlusion read with the frames, the flow and the flow chained
+    # from the query; docs/fit.md,
     # "Occlusion where the depth prior measured nothing, and Adam's moments"): on the accuracy
     # suite's pipeline rows AJ +0.20..+0.32 against the defaults, no figure lower. It adds the
     # polish and a second depth run and skips the fit's camera refinement.

@@ -1,7 +1,8 @@
 """The fit stage writes the tracks its config's `track_motion` (and `occlusion_from_frames`,
-`occlusion_from_flow_where_unmeasured`) asks for (docs/fit.md, "Tracks that turn with the
-object"): a different fit key, the readout called with that motion (and the clip's frames, the
-priors' flow check), and what it returned stored."""
+`occlusion_from_flow_where_unmeasured`, `occlusion_from_flow_chain`) asks for (docs/fit.md,
+"Tracks that turn with the object"): a different fit key, the readout called with that motion
+(and the clip's frames, the priors' flow check, their flow chain), and what it returned
+stored."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ def test_the_fit_stage_writes_the_tracks_of_its_track_motion(local_store, monkey
     video = store_frames(artifacts, scene.frames_thw3, 10.0)
     read = []
 
-    def recorded(result, queries_q3, motion, frames_thw3, flow_check):
-        tracks = track_queries(result, queries_q3, motion, frames_thw3, flow_check)
-        read.append((motion, tracks, frames_thw3, flow_check))
+    def recorded(result, queries_q3, motion, frames_thw3, flow_check, flow_chain):
+        tracks = track_queries(result, queries_q3, motion, frames_thw3, flow_check, flow_chain)
+        read.append((motion, tracks, frames_thw3, flow_check, flow_chain))
         return tracks
 
     track_queries = fit_tracks.track_queries
@@ -35,10 +36,11 @@ def test_the_fit_stage_writes_the_tracks_of_its_track_motion(local_store, monkey
     monkeypatch.setattr(fit_tracks, "track_queries", recorded)
     fit_cfg = dataclasses.replace(preset("test"), iters=10)
     settings = [
-        ("gaussian", False, False),
-        ("local_rigid", False, False),
-        ("local_rigid", True, False),
-        ("local_rigid", False, True),
+        ("gaussian", False, False, False),
+        ("local_rigid", False, False, False),
+        ("local_rigid", True, False, False),
+        ("local_rigid", False, True, False),
+        ("local_rigid", False, False, True),
     ]
     runs = [
         run_pipeline(
@@ -50,21 +52,25 @@ def test_the_fit_stage_writes_the_tracks_of_its_track_motion(local_store, monkey
                     track_motion=motion,
                     occlusion_from_frames=from_frames,
                     occlusion_from_flow_where_unmeasured=from_flow,
+                    occlusion_from_flow_chain=from_chain,
                 ),
                 track_grid=8,
             ),
         )
-        for motion, from_frames, from_flow in settings
+        for motion, from_frames, from_flow, from_chain in settings
     ]
-    assert len({run.fit.key for run in runs}) == 4  # the tracks are part of the fit's result
+    assert len({run.fit.key for run in runs}) == 5  # the tracks are part of the fit's result
     assert [motion for motion, *_ in read] == [motion for motion, *_ in settings]
-    # The frames and the flow check reach the readout only when their flags ask for them.
-    assert read[0][2] is None and read[1][2] is None and read[3][2] is None
+    # The frames, the flow check and the chain reach the readout only when their flags ask.
+    assert [frames is None for _, _, frames, *_ in read] == [True, True, False, True, True]
     np.testing.assert_array_equal(read[2][2], scene.frames_thw3)
-    assert [check is None for *_, check in read] == [True, True, True, False]
+    assert [check is None for *_, check, _ in read] == [True, True, True, False, True]
     flow_check = read[3][3]
     assert flow_check.flow_fwd_t1hw2.shape == (7, 48, 64, 2)
     assert flow_check.unmeasured_t.shape == (8,)
+    assert [chain is None for *_, chain in read] == [True, True, True, True, False]
+    flow_chain = read[4][4]
+    assert flow_chain.flow_bwd_t1hw2.shape == (7, 48, 64, 2)
     for run, (_, tracks, *_) in zip(runs, read, strict=True):
         stored = {
             name: artifacts.get_array(artifact(run.fit, name, "fit"))

@@ -46,6 +46,7 @@ from services.fit.timing import PhaseTimer
 from services.fit.tracks import (
     APPEARANCE_MATCH_LEVELS,
     FRONT_SURFACE_GAP,
+    FlowChain,
     FlowCheck,
     attach,
     configured_tracks,
@@ -678,6 +679,58 @@ def test_the_flow_overrules_a_hidden_point_only_where_the_depth_measured_nothing
     missing = dataclasses.replace(filled, flow_bwd_t1hw2=np.full_like(filled.flow_bwd_t1hw2, 3.0))
     assert hidden_at_3(missing)
     assert hidden_at_3(dataclasses.replace(filled, flow_bwd_t1hw2=None))
+
+
+def test_the_flow_chain_agrees_where_it_reaches_the_point_unbroken():
+    """Flow 1 px right and back: the chain from a query at frame 1 agrees with points on its path
+    and not with one 1.5 px off it. A backward flow that turns the round trip between frames 1
+    and 2 into 2 px loses the chain there for good, away from the query frame either way: after
+    a query at frame 1, before one at frame 3, even where the point sits on the chain."""
+    T = 4
+    forward = np.zeros((T - 1, H, W, 2), np.float32)
+    forward[..., 0] = 1.0
+    queries_q3 = np.array([[1, 20.0, 30.0], [3, 20.0, 30.0]])
+    points_qt2 = np.zeros((2, T, 2), np.float32)
+    points_qt2[..., 1] = 20.0
+    points_qt2[0, :, 0] = [27.5, 30.0, 31.0, 32.0]  # frame 0: 1.5 px left of the chain
+    points_qt2[1, :, 0] = [27.0, 28.0, 29.0, 30.0]
+    agreeing = FlowChain(forward, -forward)
+    assert agreeing.agrees_qt(points_qt2, queries_q3).tolist() == [
+        [False, True, True, True],
+        [True, True, True, True],
+    ]
+    broken = -forward
+    broken[1] = 1.0  # from frame 2 back to 1: 1 px right, the round trip 2 px off
+    points_qt2[1, :2, 0] = [29.0, 30.0]  # where the broken chain puts them
+    assert FlowChain(forward, broken).agrees_qt(points_qt2, queries_q3).tolist() == [
+        [False, True, False, False],
+        [False, False, True, True],
+    ]
+
+
+def test_the_chained_flow_overrules_a_hidden_point_where_it_reaches_it():
+    """The back point hidden at frame 3 (the tests above) under still flow: the chain stays on the
+    query pixel, where the point stays, so the flag shows it in every frame, measured depth or
+    not; a chain that leaves the point (flow 2 px right and back), one whose round trips miss, or
+    no backward flow keep it hidden."""
+    result = _two_layer_result()
+    xy3, _ = project_p2(K_33, np.eye(4), np.array([[0.9, 0.0, 3.0]]))
+    back_query = np.array([[0, 23.5, xy3[0, 0]]])
+    frames_thw3 = np.zeros((result.n_frames, H, W, 3), np.uint8)
+    cfg = FitConfig(occlusion_from_flow_chain=True)
+
+    def hidden_at_3(priors: FitPriors, config: FitConfig = cfg) -> bool:
+        return bool(configured_tracks(result, back_query, config, priors).occluded_qt[0, 3])
+
+    still = _priors_of(result, frames_thw3)  # no confidence: measured everywhere
+    assert not hidden_at_3(still)
+    assert hidden_at_3(still, FitConfig())  # without the flag the model's order holds
+    moving = np.zeros_like(still.flow_fwd_t1hw2)
+    moving[..., 0] = 2.0
+    assert hidden_at_3(dataclasses.replace(still, flow_fwd_t1hw2=moving, flow_bwd_t1hw2=-moving))
+    missing = dataclasses.replace(still, flow_bwd_t1hw2=np.full_like(still.flow_bwd_t1hw2, 3.0))
+    assert hidden_at_3(missing)
+    assert hidden_at_3(dataclasses.replace(still, flow_bwd_t1hw2=None))
 
 
 def test_track_queries_gives_both_tracks_and_the_moving_flag():

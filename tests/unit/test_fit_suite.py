@@ -25,8 +25,8 @@ from services.evaluation.fit_suite import (
     suite_clip,
     tapvid_row,
 )
-from services.evaluation.naive_tracker import chained_flow_tracks
 from services.fit.config import preset
+from services.fit.flow_tracks import chained_flow_tracks
 from services.fit.tracks import track_2d
 from services.synthetic.scene import SceneConfig, make_scene
 

@@ -1,4 +1,5 @@
-"""The floor every tracking table shows: chained optical flow from the query, no 3D at all.
+"""Tracks carried by the optical flow alone, no 3D at all: the accuracy suite's floor, and the
+evidence the fit's track readout checks its occlusion flags against (`tracks.FlowChain`).
 
 A query pixel is carried frame to frame by the forward flow (and, before its query frame, by the
 backward flow), read bilinearly at its sub-pixel position. It is reported occluded where the flow
