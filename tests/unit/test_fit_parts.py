@@ -581,12 +581,23 @@ def test_a_moving_query_is_lifted_at_the_front_surface_not_at_the_blended_depth(
     assert world[0, 0, 2] == pytest.approx(faint_depth, abs=1e-4)
 
 
+def _back_query() -> np.ndarray:
+    """The query row (t, y, x) on `_two_layer_result`'s still back point under the front
+    Gaussian's path at frame 3, where the front one hides it."""
+    xy3, _ = project_p2(K_33, np.eye(4), np.array([[0.9, 0.0, 3.0]]))
+    return np.array([[0, 23.5, xy3[0, 0]]])
+
+
+def _back_point_hidden_at_3(priors: FitPriors, cfg: FitConfig) -> bool:
+    """The readout `cfg` configures (`configured_tracks`) flags the back point hidden at 3."""
+    tracks = configured_tracks(_two_layer_result(), _back_query(), cfg, priors)
+    return bool(tracks.occluded_qt[0, 3])
+
+
 def test_track_behind_the_surface_is_occluded():
     result = _two_layer_result()
     # The still point under the front Gaussian's path at frame 3 is hidden there, seen at 0.
-    xy3, _ = project_p2(K_33, np.eye(4), np.array([[0.9, 0.0, 3.0]]))
-    hidden_x = xy3[0, 0]
-    back_query = np.array([[0, 23.5, hidden_x]])
+    back_query = _back_query()
     assert attach(result, back_query).tolist() == [3]
     _, occluded = track_2d(result, back_query)
     assert occluded[0].tolist() == [False, False, False, True]
@@ -597,8 +608,7 @@ def test_the_frames_confirm_a_hidden_point_only_where_they_show_the_query():
     query's colours there it is reported visible; with frames that differ there by more than
     APPEARANCE_MATCH_LEVELS it stays hidden. Points the model sees keep their flags."""
     result = _two_layer_result()
-    xy3, _ = project_p2(K_33, np.eye(4), np.array([[0.9, 0.0, 3.0]]))
-    back_query = np.array([[0, 23.5, xy3[0, 0]]])
+    back_query = _back_query()
     frames_thw3 = np.full((result.n_frames, result.height, result.width, 3), 100, np.uint8)
     _, occluded = track_2d(result, back_query, frames_thw3=frames_thw3)
     assert occluded[0].tolist() == [False, False, False, False]
@@ -663,22 +673,18 @@ def test_the_flow_overrules_a_hidden_point_only_where_the_depth_measured_nothing
     shows it only in a frame whose depth prior measured no pixel; where the flow's round trip
     misses there, or no backward flow is given, it stays hidden."""
     result = _two_layer_result()
-    xy3, _ = project_p2(K_33, np.eye(4), np.array([[0.9, 0.0, 3.0]]))
-    back_query = np.array([[0, 23.5, xy3[0, 0]]])
     frames_thw3 = np.zeros((result.n_frames, H, W, 3), np.uint8)
     cfg = FitConfig(occlusion_from_flow_where_unmeasured=True)
-
-    def hidden_at_3(priors: FitPriors, config: FitConfig = cfg) -> bool:
-        return bool(configured_tracks(result, back_query, config, priors).occluded_qt[0, 3])
-
     filled = _priors_of(result, frames_thw3, confidence=0.0)
-    assert not hidden_at_3(filled)
-    assert hidden_at_3(filled, FitConfig())  # without the flag the model's order holds
-    assert hidden_at_3(_priors_of(result, frames_thw3, confidence=MEASURED_DEPTH_CONFIDENCE))
-    assert hidden_at_3(_priors_of(result, frames_thw3))  # no confidence: measured
+    assert not _back_point_hidden_at_3(filled, cfg)
+    assert _back_point_hidden_at_3(filled, FitConfig())  # without the flag the model's order holds
+    assert _back_point_hidden_at_3(
+        _priors_of(result, frames_thw3, confidence=MEASURED_DEPTH_CONFIDENCE), cfg
+    )
+    assert _back_point_hidden_at_3(_priors_of(result, frames_thw3), cfg)  # no confidence: measured
     missing = dataclasses.replace(filled, flow_bwd_t1hw2=np.full_like(filled.flow_bwd_t1hw2, 3.0))
-    assert hidden_at_3(missing)
-    assert hidden_at_3(dataclasses.replace(filled, flow_bwd_t1hw2=None))
+    assert _back_point_hidden_at_3(missing, cfg)
+    assert _back_point_hidden_at_3(dataclasses.replace(filled, flow_bwd_t1hw2=None), cfg)
 
 
 def test_the_flow_chain_agrees_where_it_reaches_the_point_unbroken():
@@ -714,23 +720,19 @@ def test_the_chained_flow_overrules_a_hidden_point_where_it_reaches_it():
     not; a chain that leaves the point (flow 2 px right and back), one whose round trips miss, or
     no backward flow keep it hidden."""
     result = _two_layer_result()
-    xy3, _ = project_p2(K_33, np.eye(4), np.array([[0.9, 0.0, 3.0]]))
-    back_query = np.array([[0, 23.5, xy3[0, 0]]])
-    frames_thw3 = np.zeros((result.n_frames, H, W, 3), np.uint8)
+    # No confidence: measured everywhere.
+    still = _priors_of(result, np.zeros((result.n_frames, H, W, 3), np.uint8))
     cfg = FitConfig(occlusion_from_flow_chain=True)
-
-    def hidden_at_3(priors: FitPriors, config: FitConfig = cfg) -> bool:
-        return bool(configured_tracks(result, back_query, config, priors).occluded_qt[0, 3])
-
-    still = _priors_of(result, frames_thw3)  # no confidence: measured everywhere
-    assert not hidden_at_3(still)
-    assert hidden_at_3(still, FitConfig())  # without the flag the model's order holds
+    assert not _back_point_hidden_at_3(still, cfg)
+    assert _back_point_hidden_at_3(still, FitConfig())  # without the flag the model's order holds
     moving = np.zeros_like(still.flow_fwd_t1hw2)
     moving[..., 0] = 2.0
-    assert hidden_at_3(dataclasses.replace(still, flow_fwd_t1hw2=moving, flow_bwd_t1hw2=-moving))
+    assert _back_point_hidden_at_3(
+        dataclasses.replace(still, flow_fwd_t1hw2=moving, flow_bwd_t1hw2=-moving), cfg
+    )
     missing = dataclasses.replace(still, flow_bwd_t1hw2=np.full_like(still.flow_bwd_t1hw2, 3.0))
-    assert hidden_at_3(missing)
-    assert hidden_at_3(dataclasses.replace(still, flow_bwd_t1hw2=None))
+    assert _back_point_hidden_at_3(missing, cfg)
+    assert _back_point_hidden_at_3(dataclasses.replace(still, flow_bwd_t1hw2=None), cfg)
 
 
 def test_track_queries_gives_both_tracks_and_the_moving_flag():
