@@ -12,10 +12,11 @@
 #   SUITE_A="..." SUITE_B="..." [SUITE_A_CODE=dir] bash bench/gpu_session.sh suite-ab  # the
 #     accuracy suite twice at once, each side with its own suite_bench flags (and side A, where
 #     SUITE_A_CODE is set, with another version's code): a change against the code without it
-#   FIT_A_CODE=dir [FIT_FLAGS="..."] bash bench/gpu_session.sh fit-ab  # bench/fit_bench.py with
-#     the same flags on another version's code (a folder with its services/ and bench/, as
-#     SUITE_A_CODE) and then on this one, alone on GPU 0 one after the other: a code change's
-#     speed and accuracy on the same host (speeds differ by up to a quarter between hosts)
+#   FIT_A_CODE=dir [FIT_FLAGS="..."] [FIT_AB_ROUNDS=2] bash bench/gpu_session.sh fit-ab  #
+#     bench/fit_bench.py with the same flags on another version's code (a folder with its
+#     services/ and bench/, as SUITE_A_CODE) and on this one, alone on GPU 0, the sides
+#     alternating over the rounds (a b a b): a code change's speed and accuracy on the same host
+#     (speeds differ by up to a quarter between hosts, and drift within a call)
 #   bash bench/gpu_session.sh profile  # phases of 16-frame default and fast fits, operators of frames 14-15
 #   bash bench/gpu_session.sh profile fit-fast  # several modes run in order
 #   bash bench/gpu_session.sh depth-artefact  # MASt3R ViT-L stripes: the stage against the network
@@ -113,12 +114,17 @@ case "$mode" in
     tar -czf "$OUT/suite_ab.tar.gz" -C "$OUT" suite_a suite_b && rm -r "$OUT/suite_a" "$OUT/suite_b"
     ;;
   fit-ab)
-    for side in a b; do
-      code=$([ "$side" = a ] && realpath "$FIT_A_CODE" || echo "$PWD")
-      CUDA_VISIBLE_DEVICES=0 PYTHONPATH="/tmp/site:$code:$PWD" python3 "$code/bench/fit_bench.py" \
-        ${FIT_FLAGS:---presets fast --compile --repeats 2} --json-out "$OUT/fit_ab_$side.json" \
-        > "$OUT/fit_ab_$side.log" 2>&1
-      echo "side $side ($code):"; grep -hE "^\| (fast|default|phase|optimise|camera_refine|densify|split_and_move|finish_frame) |warm-up" "$OUT/fit_ab_$side.log"
+    # Rounds alternate the sides (a b a b ...), so a host that drifts over the call weighs on
+    # both alike (stop 53: one round, the second side slower in every phase).
+    for round in $(seq 1 "${FIT_AB_ROUNDS:-2}"); do
+      for side in a b; do
+        code=$([ "$side" = a ] && realpath "$FIT_A_CODE" || echo "$PWD")
+        run="fit_ab_${side}_r$round"
+        CUDA_VISIBLE_DEVICES=0 PYTHONPATH="/tmp/site:$code:$PWD" python3 "$code/bench/fit_bench.py" \
+          ${FIT_FLAGS:---presets fast --compile --repeats 1} --json-out "$OUT/$run.json" \
+          > "$OUT/$run.log" 2>&1
+        echo "round $round, side $side ($code):"; grep -hE "^\| (fast|default|phase|optimise|camera_refine|densify|split_and_move|finish_frame) |warm-up" "$OUT/$run.log"
+      done
     done
     ;;
   profile)
