@@ -178,7 +178,7 @@ class FitConfig:
     front there is the filler's guess (tracks.FlowCheck). Priors without backward flow are
     unaffected. Opt-in, in `--best-tracks` (docs/fit.md, "Occlusion where the depth prior
     measured nothing")."""
-    occlusion_from_flow_chain: bool = False
+    tracks_with_flow_chain: bool = False
     """Tracks: a point the model reports hidden counts as visible where the flow, chained from the
     query with every round trip holding (the accuracy suite's floor tracker), reaches within
     `tracks.FLOW_CHAIN_AGREEMENT_PX` of it: two independent trackers put a visible surface point

@@ -14,7 +14,7 @@ image or lies behind the rendered surface (its camera z beyond the rendered dept
 query's colours there (`APPEARANCE_MATCH_LEVELS`); given the clip's flows (the opt-in
 `occlusion_from_flow_where_unmeasured`), a point the surface hides in a frame whose depth prior
 measured nothing counts as visible where the flow's forward-backward check holds at it
-(`FlowCheck`); with the opt-in `occlusion_from_flow_chain`, a point the surface hides counts as
+(`FlowCheck`); with the opt-in `tracks_with_flow_chain`, a point the surface hides counts as
 visible where the flow chained from the query reaches it (`FlowChain`).
 
 That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
@@ -362,7 +362,7 @@ class FlowCheck:
 @dataclass
 class FlowChain:
     """What lets the flow overrule the model's hiding of a point (FitConfig's
-    `occlusion_from_flow_chain`): the query carried by the flow alone, frame by frame, with every
+    `tracks_with_flow_chain`): the query carried by the flow alone, frame by frame, with every
     forward-backward round trip from the query frame holding (`flow_tracks.chained_flow_tracks`).
     Where it lands on the model's track point, two trackers that fail differently agree that the
     surface point is in view, whatever the model's depth order says there (at outlines and on
@@ -378,10 +378,13 @@ class FlowChain:
             return None
         return cls(priors.flow_fwd_t1hw2, priors.flow_bwd_t1hw2)
 
-    def agrees_qt(self, points_qt2: np.ndarray, queries_q3: np.ndarray) -> np.ndarray:
-        """Bool [Q, T]: the chained flow reaches frame t from the query frame without a failed
-        round trip or leaving the image on the way, within `FLOW_CHAIN_AGREEMENT_PX` of the
-        track point (at the query frame: where the track point is the query's pixel)."""
+    def agreement(
+        self, points_qt2: np.ndarray, queries_q3: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(agrees bool [Q, T], the chained flow's points float32 [Q, T, 2]): agrees where the
+        chained flow reaches frame t from the query frame without a failed round trip or leaving
+        the image on the way, within `FLOW_CHAIN_AGREEMENT_PX` of the track point (at the query
+        frame: where the track point is the query's pixel)."""
         chained_qt2, lost_qt = chained_flow_tracks(
             self.flow_fwd_t1hw2, self.flow_bwd_t1hw2, queries_q3
         )
@@ -393,7 +396,8 @@ class FlowChain:
         lost_after_qt = np.cumsum(lost_qt & after_qt, axis=1) > 0
         lost_before_qt = np.cumsum((lost_qt & before_qt)[:, ::-1], axis=1)[:, ::-1] > 0
         distance_qt = np.linalg.norm(points_qt2 - chained_qt2, axis=-1)
-        return ~lost_after_qt & ~lost_before_qt & (distance_qt <= FLOW_CHAIN_AGREEMENT_PX)
+        agrees_qt = ~lost_after_qt & ~lost_before_qt & (distance_qt <= FLOW_CHAIN_AGREEMENT_PX)
+        return agrees_qt, chained_qt2
 
 
 @dataclass
@@ -453,8 +457,31 @@ def track_queries(
         overruled_qt = in_view_qt & flow_check.unmeasured_t[None, :]
         occluded_qt &= ~(overruled_qt & ~flow_check.disagrees_qt(points_qt2, queries_q3))
     if flow_chain is not None:
-        occluded_qt &= ~(in_view_qt & flow_chain.agrees_qt(points_qt2, queries_q3))
+        agrees_qt, chained_qt2 = flow_chain.agreement(points_qt2, queries_q3)
+        occluded_qt &= ~(in_view_qt & agrees_qt)
+        points_qt2, world_qt3 = _midway(result, points_qt2, world_qt3, chained_qt2, agrees_qt)
     return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
+
+
+def _midway(
+    result: FitResult,
+    points_qt2: np.ndarray,
+    world_qt3: np.ndarray,
+    chained_qt2: np.ndarray,
+    agrees_qt: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where `agrees_qt`, the pixel midway between the track point and the chained flow's, and
+    the world point moved to it at its camera z (so the 3D track still projects onto the 2D
+    one): the mean of two trackers whose errors differ."""
+    points_qt2 = points_qt2.copy()
+    world_qt3 = world_qt3.copy()
+    for t in np.flatnonzero(agrees_qt.any(axis=0)):
+        rows = agrees_qt[:, t]
+        midway_r2 = 0.5 * (points_qt2[rows, t].astype(np.float64) + chained_qt2[rows, t])
+        _, z_r = project_p2(result.K_33, result.c2w_t44[t], world_qt3[rows, t].astype(np.float64))
+        points_qt2[rows, t] = midway_r2
+        world_qt3[rows, t] = backproject_p3(result.K_33, result.c2w_t44[t], midway_r2, z_r)
+    return points_qt2, world_qt3
 
 
 def configured_tracks(
@@ -462,14 +489,14 @@ def configured_tracks(
 ) -> Tracks:
     """track_queries as a fit configured by `cfg` reads its tracks: with its `track_motion`, with
     the clip's frames where `occlusion_from_frames` asks, and with the priors' flows where
-    `occlusion_from_flow_where_unmeasured` or `occlusion_from_flow_chain` asks."""
+    `occlusion_from_flow_where_unmeasured` or `tracks_with_flow_chain` asks."""
     return track_queries(
         result,
         queries_q3,
         cfg.track_motion,
         priors.frames_thw3 if cfg.occlusion_from_frames else None,
         FlowCheck.of(priors) if cfg.occlusion_from_flow_where_unmeasured else None,
-        FlowChain.of(priors) if cfg.occlusion_from_flow_chain else None,
+        FlowChain.of(priors) if cfg.tracks_with_flow_chain else None,
     )
 
 

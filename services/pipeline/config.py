@@ -184,7 +184,7 @@ BEST_TRACKS: dict[str, dict[str, object]] = {
     "fit": {
         "occlusion_from_frames": True,
         "occlusion_from_flow_where_unmeasured": True,
-        "occlusion_from_flow_chain": True,
+        "tracks_with_flow_chain": True,
         "camera_from_prior_poses": True,
         "moving_depth_from_filled_prior": False,
         "keep_adam_state": True,

@@ -1,5 +1,5 @@
 """The fit stage writes the tracks its config's `track_motion` (and `occlusion_from_frames`,
-`occlusion_from_flow_where_unmeasured`, `occlusion_from_flow_chain`) asks for (docs/fit.md,
+`occlusion_from_flow_where_unmeasured`, `tracks_with_flow_chain`) asks for (docs/fit.md,
 "Tracks that turn with the object"): a different fit key, the readout called with that motion
 (and the clip's frames, the priors' flow check, their flow chain), and what it returned
 stored."""
@@ -52,7 +52,7 @@ def test_the_fit_stage_writes_the_tracks_of_its_track_motion(local_store, monkey
                     track_motion=motion,
                     occlusion_from_frames=from_frames,
                     occlusion_from_flow_where_unmeasured=from_flow,
-                    occlusion_from_flow_chain=from_chain,
+                    tracks_with_flow_chain=from_chain,
                 ),
                 track_grid=8,
             ),

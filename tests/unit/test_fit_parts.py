@@ -700,18 +700,38 @@ def test_the_flow_chain_agrees_where_it_reaches_the_point_unbroken():
     points_qt2[..., 1] = 20.0
     points_qt2[0, :, 0] = [27.5, 30.0, 31.0, 32.0]  # frame 0: 1.5 px left of the chain
     points_qt2[1, :, 0] = [27.0, 28.0, 29.0, 30.0]
-    agreeing = FlowChain(forward, -forward)
-    assert agreeing.agrees_qt(points_qt2, queries_q3).tolist() == [
-        [False, True, True, True],
-        [True, True, True, True],
-    ]
+    agrees_qt, chained_qt2 = FlowChain(forward, -forward).agreement(points_qt2, queries_q3)
+    assert agrees_qt.tolist() == [[False, True, True, True], [True, True, True, True]]
+    np.testing.assert_allclose(chained_qt2[0, :, 0], [29.0, 30.0, 31.0, 32.0])
     broken = -forward
     broken[1] = 1.0  # from frame 2 back to 1: 1 px right, the round trip 2 px off
     points_qt2[1, :2, 0] = [29.0, 30.0]  # where the broken chain puts them
-    assert FlowChain(forward, broken).agrees_qt(points_qt2, queries_q3).tolist() == [
+    assert FlowChain(forward, broken).agreement(points_qt2, queries_q3)[0].tolist() == [
         [False, True, False, False],
         [False, False, True, True],
     ]
+
+
+def test_where_the_chained_flow_agrees_the_point_is_reported_midway():
+    """Flow 0.25 px right per frame: the chain from the back point's query stays within 1 px of
+    the still point, so each frame reports the pixel midway (0.125 px right per frame) and the
+    3D track moves with it at its camera z; without the flag, the model's point."""
+    result = _two_layer_result()
+    priors = _priors_of(result, np.zeros((result.n_frames, H, W, 3), np.uint8))
+    drift = np.zeros_like(priors.flow_fwd_t1hw2)
+    drift[..., 0] = 0.25
+    priors = dataclasses.replace(priors, flow_fwd_t1hw2=drift, flow_bwd_t1hw2=-drift)
+    model = configured_tracks(result, _back_query(), FitConfig(), priors)
+    cfg = FitConfig(tracks_with_flow_chain=True)
+    tracks = configured_tracks(result, _back_query(), cfg, priors)
+    shift_t = tracks.points_qt2[0, :, 0] - model.points_qt2[0, :, 0]
+    np.testing.assert_allclose(shift_t, [0.0, 0.125, 0.25, 0.375], atol=1e-4)
+    for t in range(result.n_frames):
+        xy, z = project_p2(K_33, result.c2w_t44[t], tracks.world_qt3[0, t][None].astype(float))
+        np.testing.assert_allclose(xy[0], tracks.points_qt2[0, t], atol=1e-4)
+        _, model_z = project_p2(K_33, result.c2w_t44[t], model.world_qt3[0, t][None].astype(float))
+        assert z[0] == pytest.approx(model_z[0])
+    assert tracks.occluded_qt[0].tolist() == [False] * result.n_frames
 
 
 def test_the_chained_flow_overrules_a_hidden_point_where_it_reaches_it():
@@ -722,7 +742,7 @@ def test_the_chained_flow_overrules_a_hidden_point_where_it_reaches_it():
     result = _two_layer_result()
     # No confidence: measured everywhere.
     still = _priors_of(result, np.zeros((result.n_frames, H, W, 3), np.uint8))
-    cfg = FitConfig(occlusion_from_flow_chain=True)
+    cfg = FitConfig(tracks_with_flow_chain=True)
     assert not _back_point_hidden_at_3(still, cfg)
     assert _back_point_hidden_at_3(still, FitConfig())  # without the flag the model's order holds
     moving = np.zeros_like(still.flow_fwd_t1hw2)
