@@ -179,15 +179,14 @@ class FitConfig:
     unaffected. Opt-in, in `--best-tracks` (docs/fit.md, "Occlusion where the depth prior
     measured nothing")."""
     tracks_with_flow_chain: bool = False
-    """Tracks: a point the model reports hidden counts as visible where the flow, chained from the
-    query with every round trip holding (the accuracy suite's floor tracker), reaches within
-    `tracks.FLOW_CHAIN_AGREEMENT_PX` of it: two independent trackers put a visible surface point
-    there (tracks.FlowChain). On the CPU accuracy suite's fits (the defaults' and `--best-tracks`'
-    rows, read without and with it) it raises OA on 18 of the 20 rows and AJ on 17 by up to
-    0.037, and lowers one figure, the defaults' pan pipeline AJ by 0.0004 (both trackers agree
-    there 3.6-7.3 px off the truth); none with `--best-tracks`. Priors without backward flow are
-    unaffected. Opt-in, in `--best-tracks` (docs/fit.md, "Occlusion the chained flow
-    overrules")."""
+    """Tracks: where the flow, chained from the query with every round trip holding (the accuracy
+    suite's floor tracker), reaches within `tracks.FLOW_CHAIN_AGREEMENT_PX` of the track point,
+    two trackers whose errors differ agree: the point counts as visible whatever the model's
+    depth order says, and is reported midway between the two (tracks.FlowChain). On the CPU
+    accuracy suite's fits (the defaults' and `--best-tracks`' rows, read without and with it) AJ
+    rises on 19 of the 20 rows by 0.003-0.048 and OA on 18; the defaults' static pipeline row
+    loses 0.009 AJ, none with `--best-tracks`. Priors without backward flow are unaffected.
+    Opt-in, in `--best-tracks` (docs/fit.md, "Tracks the chained flow confirms")."""
 
     checkpoint_every: int = 5
     """Frames between checkpoints (when a checkpoint sink is given)."""

@@ -14,8 +14,9 @@ image or lies behind the rendered surface (its camera z beyond the rendered dept
 query's colours there (`APPEARANCE_MATCH_LEVELS`); given the clip's flows (the opt-in
 `occlusion_from_flow_where_unmeasured`), a point the surface hides in a frame whose depth prior
 measured nothing counts as visible where the flow's forward-backward check holds at it
-(`FlowCheck`); with the opt-in `tracks_with_flow_chain`, a point the surface hides counts as
-visible where the flow chained from the query reaches it (`FlowChain`).
+(`FlowCheck`); with the opt-in `tracks_with_flow_chain`, where the flow chained from the query
+reaches the track point, the point counts as visible and is reported midway between the two
+(`FlowChain`).
 
 That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
 moving Gaussian instead moves with the rigid motion of the moving Gaussians around it
@@ -366,7 +367,8 @@ class FlowChain:
     forward-backward round trip from the query frame holding (`flow_tracks.chained_flow_tracks`).
     Where it lands on the model's track point, two trackers that fail differently agree that the
     surface point is in view, whatever the model's depth order says there (at outlines and on
-    depth the prior filled in it is often wrong)."""
+    depth the prior filled in it is often wrong), and their mean is nearer the truth than
+    either."""
 
     flow_fwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from frame t to t+1
     flow_bwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from t+1 to t

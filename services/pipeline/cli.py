@@ -58,7 +58,7 @@ class RunCommand:
     # cameras and Adam's moments, occlusion read with the frames, the flow and the flow chained
     # from the query; docs/fit.md,
     # "Occlusion where the depth prior measured nothing, and Adam's moments"): on the accuracy
-    # suite's pipeline rows AJ +0.20..+0.32 against the defaults, no figure lower. It adds the
+    # suite's pipeline rows AJ +0.14..+0.33 against the defaults, no figure lower. It adds the
     # polish and a second depth run and skips the fit's camera refinement.
     best_tracks: bool = False
     # Points to track instead of the --track-grid grid: a CSV (optional header line) or .npy

@@ -196,10 +196,11 @@ BEST_TRACKS: dict[str, dict[str, object]] = {
 def with_best_tracks(config: PipelineConfig) -> PipelineConfig:
     """`config` with every opt-in that together gave the best tracks and cameras measured on the
     accuracy suite through the offline depth backend (`BEST_TRACKS` and two-pass depth): AJ
-    +0.14..+0.32 on every clip's pipeline row against the defaults, every moving camera within
+    +0.14..+0.33 on every clip's pipeline row against the defaults, every moving camera within
     0.34 % of its path, PSNR higher on every row (CPU, 96x72x12, stop 54). Not the default
-    because some figures of the exact-prior rows drop slightly (11 of 48 on stop 54's CPU), where
-    Adam's kept moments move them (docs/fit.md, "Occlusion the chained flow overrules")."""
+    because some figures of the exact-prior rows drop slightly (7 of 48 on stop 54's CPU, no
+    track position among them), where Adam's kept moments move them (docs/fit.md, "Tracks the
+    chained flow confirms")."""
     stages = {
         stage: dataclasses.replace(getattr(config, stage), **fields)
         for stage, fields in BEST_TRACKS.items()
