@@ -362,9 +362,10 @@ class FlowCheck:
 
 @dataclass
 class FlowChain:
-    """What lets the flow overrule the model's hiding of a point (FitConfig's
-    `tracks_with_flow_chain`): the query carried by the flow alone, frame by frame, with every
-    forward-backward round trip from the query frame holding (`flow_tracks.chained_flow_tracks`).
+    """What lets the flow overrule the model's hiding of a point and share in its position
+    (FitConfig's `tracks_with_flow_chain`): the query carried by the flow alone, frame by
+    frame, with every forward-backward round trip from the query frame holding
+    (`flow_tracks.chained_flow_tracks`).
     Where it lands on the model's track point, two trackers that fail differently agree that the
     surface point is in view, whatever the model's depth order says there (at outlines and on
     depth the prior filled in it is often wrong), and their mean is nearer the truth than
@@ -426,7 +427,8 @@ def track_queries(
     points the model hides (`APPEARANCE_MATCH_LEVELS`); `flow_check` lets the flow overrule the
     model's hiding of points in frames whose depth prior measured nothing (`FlowCheck`);
     `flow_chain` lets the flow chained from the query overrule it where it reaches the track
-    point (`FlowChain`); None: the model's flags as they are.
+    point, and reports the point midway between the two there (`FlowChain`); None: the model's
+    flags and points as they are.
 
     No queries give arrays with Q = 0."""
     queries_q3 = _check_queries(result, queries_q3)
