@@ -17,6 +17,10 @@
 #     services/ and bench/, as SUITE_A_CODE) and on this one, alone on GPU 0, the sides
 #     alternating over the rounds (a b a b): a code change's speed and accuracy on the same host
 #     (speeds differ by up to a quarter between hosts, and drift within a call)
+#   FIT_SETS="a=1 | a=1 b=2 | " [FIT_FLAGS="..."] bash bench/gpu_session.sh fit-sets  #
+#     bench/fit_bench.py once per FitConfig setting list (separated by |, an empty one runs the
+#     preset as is), each in its own process after its warm-up fit, in the order given: what
+#     a setting costs and gives on one host (repeat the first list at the end to bound drift)
 #   bash bench/gpu_session.sh profile  # phases of 16-frame default and fast fits, operators of frames 14-15
 #   bash bench/gpu_session.sh profile fit-fast  # several modes run in order
 #   bash bench/gpu_session.sh depth-artefact  # MASt3R ViT-L stripes: the stage against the network
@@ -125,6 +129,17 @@ case "$mode" in
           > "$OUT/$run.log" 2>&1
         echo "round $round, side $side ($code):"; grep -hE "^\| (fast|default|phase|optimise|camera_refine|densify|split_and_move|finish_frame) |warm-up" "$OUT/$run.log"
       done
+    done
+    ;;
+  fit-sets)
+    IFS='|' read -ra sets <<< "${FIT_SETS:?FIT_SETS: setting lists separated by |}"
+    for i in "${!sets[@]}"; do
+      settings=$(echo ${sets[$i]})  # trimmed; empty: the preset as is
+      run="fit_set_$i"
+      echo "setting list $i: ${settings:-(as is)}"
+      CUDA_VISIBLE_DEVICES=0 python3 bench/fit_bench.py ${FIT_FLAGS:---presets fast --compile --repeats 1} \
+        ${settings:+--set $settings} --json-out "$OUT/$run.json" > "$OUT/$run.log" 2>&1
+      grep -hE "^\| (fast|default|phase|optimise|camera_refine|densify|split_and_move|finish_frame) |warm-up" "$OUT/$run.log"
     done
     ;;
   profile)
