@@ -27,8 +27,6 @@ from services.fit.config import FitConfig, FitRuntime, preset_with
 from services.fit.engine import fit
 from services.synthetic.scene import make_scene
 
-logger = logging.getLogger("loss_curve")
-
 
 @dataclass
 class LossCurve:
