@@ -10,9 +10,9 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import grey_dilation
 
 from services.common.errors import InvalidArgumentError
+from services.common.masks import widened_scores_thw
 from services.depth.config import MEASURED_DEPTH_CONFIDENCE
 
 
@@ -39,12 +39,10 @@ class FitPriors:
 
     def with_moving_widened(self, pixels: int) -> FitPriors:
         """The priors with each pixel's moving score raised to the highest within `pixels` of it
-        (a square window): every moving mask `pixels` wider on each side."""
+        (`widened_scores_thw`): every moving mask `pixels` wider on each side."""
         if pixels == 0:
             return self
-        size = (1, 2 * pixels + 1, 2 * pixels + 1)
-        widened_thw = grey_dilation(np.asarray(self.moving_thw, np.float32), size=size)
-        return dataclasses.replace(self, moving_thw=widened_thw)
+        return dataclasses.replace(self, moving_thw=widened_scores_thw(self.moving_thw, pixels))
 
     def first_frames(self, n: int) -> FitPriors:
         """The clip's first n frames and their priors (a warm-up fit, a shorter study)."""

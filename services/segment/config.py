@@ -54,6 +54,14 @@ class SegmentConfig:
     refine: MaskRefineConfig = field(default_factory=MaskRefineConfig)
     """Edge-aware refinement by the image and temporal support of components (needs the frames;
     see services/segment/refine.py)."""
+    score_margin_px: int = 0
+    """Pixels by which the moving scores handed on (what the fit reads as its moving prior)
+    reach beyond the masks: each score raised to the highest within this many pixels, the masks
+    as they are. Estimated masks miss an object's rim where the flow smears, and the fit then
+    holds the rim's Gaussians still; 1 takes back the PSNR the flow's polish costs and with
+    `--best-tracks`' other fields but Adam's moments lowers no figure of the accuracy suite
+    against the defaults (docs/fit.md, "A set of opt-ins that lowers no figure"). 0: off.
+    Masks the user gives are handed on as they are."""
     seed: int = 0
     """Seed for point sampling and the robust estimators, so results are deterministic (OpenCV's
     global RNG is reseeded before each F / H fit)."""

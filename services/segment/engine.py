@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from services.common.errors import InvalidArgumentError, ProgressFn, no_progress
+from services.common.masks import widened_scores_thw
 from services.depth.config import MEASURED_DEPTH_CONFIDENCE
 from services.flow.consistency import forward_backward_consistency, warp_image
 from services.segment.config import SegmentConfig
@@ -170,6 +171,7 @@ def segment_motion(
         )
         if ev.degenerate is not None:
             logger.info("frame %d degenerate: %s", t, ev.degenerate)
+    scores_thw = widened_scores_thw(scores_thw, cfg.score_margin_px)
     return SegmentResult(masks_thw=masks_thw, scores_thw=scores_thw, stats=stats)
 
 
@@ -235,7 +237,7 @@ def _check_config(cfg: SegmentConfig) -> None:
         )
     if cfg.max_fit_points < _MIN_FIT_POINTS:
         raise InvalidArgumentError("max_fit_points", f"{cfg.max_fit_points} < {_MIN_FIT_POINTS}")
-    for name in ("morph_open_px", "morph_close_px"):
+    for name in ("morph_open_px", "morph_close_px", "score_margin_px"):
         if getattr(cfg, name) < 0:
             raise InvalidArgumentError(name, f"{getattr(cfg, name)} must be >= 0 (0: off)")
     check_refine_config(cfg.refine)

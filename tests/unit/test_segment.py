@@ -163,6 +163,23 @@ def test_scores_cross_half_at_the_threshold(scenes):
     assert result.stats[0].threshold_px == pytest.approx(2.0)
 
 
+def test_score_margin_widens_the_scores_handed_on_and_leaves_the_masks(scenes):
+    """Each score becomes the highest within the margin (a square window clipped at the image),
+    here against a brute-force maximum; the masks stay as they were."""
+    scene = scenes["moving"]
+    plain = segment_motion(scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2, SegmentConfig())
+    wide = segment_motion(
+        scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2, SegmentConfig(score_margin_px=2)
+    )
+    np.testing.assert_array_equal(wide.masks_thw, plain.masks_thw)
+    padded = np.pad(plain.scores_thw, ((0, 0), (2, 2), (2, 2)), constant_values=-np.inf)
+    highest_thw = np.max(
+        [padded[:, dy : dy + H, dx : dx + W] for dy in range(5) for dx in range(5)], axis=0
+    )
+    np.testing.assert_array_equal(wide.scores_thw, highest_thw)
+    assert (wide.scores_thw >= 0.5).sum() > (plain.scores_thw >= 0.5).sum()
+
+
 def test_temporal_smoothing_restores_a_dropped_frame(scenes):
     """The object's flow is zeroed in pair 3, so frame 3 alone sees it as still; the neighbour
     masks warped by flow vote it back. A fake blob in frame 5 alone is voted away."""
@@ -315,6 +332,7 @@ def test_bad_inputs_name_the_field():
         (dict(cfg=SegmentConfig(threshold=0.0)), "threshold"),
         (dict(cfg=SegmentConfig(fb_threshold_px=float("nan"))), "fb_threshold_px"),
         (dict(cfg=SegmentConfig(morph_open_px=-1)), "morph_open_px"),
+        (dict(cfg=SegmentConfig(score_margin_px=-1)), "score_margin_px"),
         (dict(cfg=SegmentConfig(min_consistent_share=1.0)), "min_consistent_share"),
         (dict(cfg=SegmentConfig(max_moving_share=0.0)), "max_moving_share"),
     ]
