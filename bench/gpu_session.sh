@@ -56,6 +56,13 @@ build_gsplat() {  # gsplat's JIT build (or GSPLAT_SO's import); the module to $O
   echo "gsplat JIT build took $(( $(date +%s) - start )) s"
   cp "$TORCH_EXTENSIONS_DIR/gsplat_cuda/gsplat_cuda.so" "$OUT/" 2>/dev/null || true
 }
+fit_bench_rows() {  # code folder, run name, more fit_bench flags: one fit_bench process alone on
+  # GPU 0 (FIT_FLAGS, default fast, compiled, one fit), its log and JSON to $OUT, its rows shown
+  CUDA_VISIBLE_DEVICES=0 PYTHONPATH="/tmp/site:$1:$PWD" python3 "$1/bench/fit_bench.py" \
+    ${FIT_FLAGS:---presets fast --compile --repeats 1} "${@:3}" --json-out "$OUT/$2.json" \
+    > "$OUT/$2.log" 2>&1
+  grep -hE "^\| (fast|default|phase|optimise|camera_refine|densify|split_and_move|finish_frame) |warm-up" "$OUT/$2.log"
+}
 for mode in "${@:-render}"; do
 case "$mode" in
   jit)
@@ -123,11 +130,8 @@ case "$mode" in
     for round in $(seq 1 "${FIT_AB_ROUNDS:-2}"); do
       for side in a b; do
         code=$([ "$side" = a ] && realpath "$FIT_A_CODE" || echo "$PWD")
-        run="fit_ab_${side}_r$round"
-        CUDA_VISIBLE_DEVICES=0 PYTHONPATH="/tmp/site:$code:$PWD" python3 "$code/bench/fit_bench.py" \
-          ${FIT_FLAGS:---presets fast --compile --repeats 1} --json-out "$OUT/$run.json" \
-          > "$OUT/$run.log" 2>&1
-        echo "round $round, side $side ($code):"; grep -hE "^\| (fast|default|phase|optimise|camera_refine|densify|split_and_move|finish_frame) |warm-up" "$OUT/$run.log"
+        echo "round $round, side $side ($code):"
+        fit_bench_rows "$code" "fit_ab_${side}_r$round"
       done
     done
     ;;
@@ -135,11 +139,8 @@ case "$mode" in
     IFS='|' read -ra sets <<< "${FIT_SETS:?FIT_SETS: setting lists separated by |}"
     for i in "${!sets[@]}"; do
       settings=$(echo ${sets[$i]})  # trimmed; empty: the preset as is
-      run="fit_set_$i"
       echo "setting list $i: ${settings:-(as is)}"
-      CUDA_VISIBLE_DEVICES=0 python3 bench/fit_bench.py ${FIT_FLAGS:---presets fast --compile --repeats 1} \
-        ${settings:+--set $settings} --json-out "$OUT/$run.json" > "$OUT/$run.log" 2>&1
-      grep -hE "^\| (fast|default|phase|optimise|camera_refine|densify|split_and_move|finish_frame) |warm-up" "$OUT/$run.log"
+      fit_bench_rows "$PWD" "fit_set_$i" ${settings:+--set $settings}
     done
     ;;
   profile)
