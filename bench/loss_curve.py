@@ -24,6 +24,7 @@ import tyro
 from services.evaluation.fit_suite import exact_priors, suite_clip
 from services.fit import losses
 from services.fit.config import FitConfig, FitRuntime, preset_with
+from services.fit.densify import DensifyStrategy
 from services.fit.engine import fit
 from services.synthetic.scene import make_scene
 
@@ -74,8 +75,8 @@ def main(bench: LossCurve) -> None:
     cfg = preset_with(bench.preset, bench.set, bench.seed)
     step_losses = recorded_fit(bench, cfg)
     later_fi = np.asarray(step_losses[cfg.iters_first :]).reshape(-1, cfg.iters)
-    every = cfg.densify_every or cfg.iters  # a fresh optimiser at each pass (and at step 0)
-    fresh = range(0, cfg.iters, every)
+    schedule = DensifyStrategy(cfg)  # a later frame starts with a pass; each starts an optimiser
+    fresh = [it for it in range(cfg.iters) if schedule.is_due(it, first_pass=True)]
     settings = " ".join(bench.set) or "as is"
     print(f"| {bench.clip}, {bench.preset} ({settings}) | mean over frames 1-{len(later_fi)} |")
     print("|---|---|")
