@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from threadpoolctl import threadpool_limits
 
 from gflow.v1 import common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from services.common import codec
@@ -65,11 +66,15 @@ def one_thread():
     """Both runs (this process and the service processes it starts) compute on one thread, so no
     parallel reduction can sum in another order. With the default threads, one CI run under heavy
     load saw the fit's cameras differ by 4e-6 at frame 1, growing to 1e-3 by frame 7 (a float32
-    rounding difference amplified by the optimisation), while every other run was bit-identical."""
+    rounding difference amplified by the optimisation), while every other run was bit-identical.
+    NumPy's BLAS too: with this process's two OpenBLAS threads against the services' one, the
+    depth stage's bundle adjustment gave cameras 5e-12 apart, and the fit's depth ended up to 0.14
+    apart."""
     threads = torch.get_num_threads(), cv2.getNumThreads()
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM"):
+    with pytest.MonkeyPatch.context() as patch, threadpool_limits(limits=1, user_api="blas"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             patch.setenv(name, "1")
+        patch.setenv("OPENCV_FOR_THREADS_NUM", "1")
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
         yield
