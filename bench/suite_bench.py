@@ -75,9 +75,9 @@ class SuiteBench:
     segment_set: tuple[str, ...] = ()
     """SegmentConfig fields to change for the pipeline rows, as name=value (e.g.
     measured_depth_only=true); the rows record them."""
-    two_pass_depth: bool = False
+    two_pass_depth: bool = PipelineConfig().two_pass_depth
     """The pipeline rows run depth a second time with the segment masks (the pipeline's
-    --pipeline.two-pass-depth); the rows record it."""
+    --pipeline.two-pass-depth, on by default; --no-two-pass-depth: once); the rows record it."""
     best_tracks: bool = False
     """Every opt-in of `gflow run --best-tracks` (`with_best_tracks`,
     services/pipeline/config.py) on top of the settings above: the pipeline rows' stages and

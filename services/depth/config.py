@@ -62,14 +62,13 @@ class DepthConfig:
     """offline: median flow that no pure rotation explains, likewise, in px at a 512-px long
     side (scaled with the working size, never below 0.5 px); a frame with no such partner (the
     camera barely translates) gets the smooth prior."""
-    offline_bundle_adjust: bool = False
+    offline_bundle_adjust: bool = True
     """offline: refine every camera of a window and a sample of still points together on the
     flow of all its frame pairs (Levenberg-Marquardt; points left far off, e.g. on moving
     objects, dropped), then triangulate each frame again with those poses; a window with a frame
-    on the prior skips it. The depth stage's cameras come out 6-23x closer to the truth and the
-    accuracy suite's pipeline tracks gain 0.02-0.06 AJ, but some camera, mask and PSNR figures
-    of the fit drop (orbit-nonrigid's camera on the GPU by 0.8 % of its path), so it is opt-in
-    (docs/depth.md, "Bundle adjustment")."""
+    on the prior skips it. The depth stage's cameras come out 6-23x closer to the truth and,
+    kept by the fit (its `camera_from_prior_poses`), the accuracy suite's moving cameras within
+    0.4 % of their path (docs/depth.md, "Bundle adjustment"). False: the chained poses alone."""
     max_fill_share: float = 0.3
     """A frame with more bad depths than this share is re-run rather than filled."""
     stitch_shift: bool = False

@@ -71,7 +71,7 @@ class EvalCommand:
     # Start the fit from a named preset (as `gflow run --fit-preset`); --pipeline.fit.* flags
     # that change a field from its default apply on top of it.
     fit_preset: FitPresetName | None = None
-    # Every opt-in of the best tracks measured (as `gflow run --best-tracks`).
+    # The defaults' tracking settings and Adam's kept moments (as `gflow run --best-tracks`).
     best_tracks: bool = False
     # How every stage computes (the same flags as `gflow run`).
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

@@ -4,7 +4,7 @@ Each clip is a `SceneConfig` (textured static background, moving objects, a came
 only rotates or stands still). A clip is fitted two ways: with its exact priors (depth, flow,
 masks, intrinsics: the engine alone) and through the whole default pipeline (DIS flow, offline
 depth, segmentation, fit: what a user gets; the stage engines chained in-process as the stages
-chain them, without the store, with a second depth pass where `two_pass_depth` asks for one).
+chain them, without the store, with a second depth pass where `second_depth_pass` says so).
 Every row is scored with TAP-Vid query-first average Jaccard / delta-avg / occlusion accuracy,
 camera ATE after Sim(3) as a share of the camera path's extent, RPE, depth abs-rel, moving-mask J
 and PSNR, and beside it stands the floor: chained optical flow from the query (the same flow the
@@ -182,7 +182,7 @@ def pipeline_flow_and_depth(
 
 def pipeline_priors(scene: SyntheticScene, config: PipelineConfig) -> FitPriors:
     """The default pipeline's priors for the clip's frames: the flow, depth and segment engines
-    chained as their stages chain them (with `config.two_pass_depth`, depth again with the
+    chained as their stages chain them (with `config.second_depth_pass`, depth again with the
     segment masks, as services/pipeline/engine.py does)."""
     frames_thw3 = scene.frames_thw3
     flow_fwd_t1hw2, flow_bwd_t1hw2, pair_flows = pipeline_flow(frames_thw3, config)
@@ -201,7 +201,7 @@ def pipeline_priors(scene: SyntheticScene, config: PipelineConfig) -> FitPriors:
         frames_thw3=frames_thw3,
         depth_confidence_thw=depth.confidence_thw,
     )
-    if config.two_pass_depth:
+    if config.second_depth_pass:
         depth = depth_with(segment.masks_thw)
     fx, fy, cx, cy = depth.intrinsics
     return FitPriors(

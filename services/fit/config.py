@@ -91,9 +91,9 @@ class FitConfig:
     """Carry Adam's moments of each Gaussian across densification passes and frames (new
     Gaussians start from zero) instead of a fresh optimiser each time, whose first steps shake
     every Gaussian by about its learning rate: the loss falls steadily, PSNR is higher at the same
-    step count (docs/fit.md, "Adam's state across densification and frames"). In `--best-tracks`,
-    where it takes back the PSNR the polished flow's masks cost; not the default because some
-    exact-prior figures of the accuracy suite drop slightly."""
+    step count (docs/fit.md, "Adam's state across densification and frames"). In `--best-tracks`;
+    not the default because some figures of the accuracy suite drop (moving pipeline cameras on
+    the CPU, PSNR at 854x480 on the GPU: docs/fit.md, "Adam's first steps from fresh moments")."""
 
     rescale_depth_prior: bool = True
     """Re-estimate each frame's depth-prior scale from the model (median rendered still depth over
@@ -114,22 +114,23 @@ class FitConfig:
     and the PnP no longer overlaps the previous frame's optimisation: opt-in (docs/fit.md,
     "Cameras tracked against the model's depth")."""
 
-    camera_from_prior_poses: bool = False
+    camera_from_prior_poses: bool = True
     """Take the priors' camera poses (the depth stage's `c2w`) as the fit's cameras, frame for
     frame, instead of the PnP start and the photometric refinement; where the priors hold no
     poses the fit finds its own as usual. For a depth stage whose poses are better than the
     fit's tracking: the offline backend's bundle adjustment (`offline_bundle_adjust`), whose
     poses the refinement walks away from (docs/fit.md, "Keeping a bundle-adjusted depth stage's
-    cameras"). Its chained poses without the adjustment are worse than the fit's own."""
+    cameras"). Its chained poses without the adjustment are worse than the fit's own, and the
+    MASt3R backend's have not been measured against them: False lets the fit track its own."""
 
-    moving_depth_from_filled_prior: bool = True
+    moving_depth_from_filled_prior: bool = False
     """A moving Gaussian's camera z follows the depth prior's change along its flow also where
     the prior was filled in rather than measured (confidence below `MEASURED_DEPTH_CONFIDENCE`
     of services/depth/config.py: the offline depth backend fills every moving object from
     its surroundings). False keeps such a Gaussian at the z its unmoved centre has in the new
-    camera. Through the offline backend that raises occlusion accuracy and PSNR on moving-camera
-    clips but not every figure of the accuracy suite, so it is opt-in (docs/fit.md, "Moving depth
-    where the prior was filled in"); priors without a confidence are unaffected."""
+    camera: through the offline backend that raises occlusion accuracy and PSNR on moving-camera
+    clips (docs/fit.md, "Moving depth where the prior was filled in"). Priors without a
+    confidence are unaffected."""
 
     mask_threshold: float = 0.5
     """Moving-mask score at or above which a pixel counts as moving."""
@@ -137,9 +138,10 @@ class FitConfig:
     """Pixels by which the fit widens the moving masks it is given (each score raised to the
     highest within this many pixels) before it reads them: Gaussians on an object's rim then
     move with it instead of being held where they were as still ones. For estimated masks and
-    flow: with `--best-tracks` on the accuracy suite's pipeline rows 1 adds 0.7-1.4 dB PSNR on
-    every clip, costs the fit's own masks 0.01-0.13 J and leaves the tracks where they were;
-    exact masks lose by it, so 0 = off (docs/fit.md, "A margin around the moving masks")."""
+    flow a user brings (the pipeline's segment stage widens its own scores: its
+    `score_margin_px`): with `--best-tracks` on the accuracy suite's pipeline rows 1 adds 0.7-1.4
+    dB PSNR on every clip, costs the fit's own masks 0.01-0.13 J and leaves the tracks where they
+    were; exact masks lose by it, so 0 = off (docs/fit.md, "A margin around the moving masks")."""
     cluster_min_motion_px: float = 0.5
     """Below this gap between the two k-means centres (pixels of residual motion) the displacement
     carries no evidence and the masks alone decide still/moving."""
@@ -165,28 +167,27 @@ class FitConfig:
     with exact priors AJ +0.02-0.05 on every clip of the suite, through DIS flow a few rows lose
     up to 0.007, so it is opt-in (docs/fit.md, "Tracks that follow the image motion around them").
     Occlusion flags are the same in all three."""
-    occlusion_from_frames: bool = False
+    occlusion_from_frames: bool = True
     """Tracks: a point the model reports hidden (behind or off its rendered surface) counts as
     visible where the frame shows the query's colours there (`tracks.APPEARANCE_MATCH_LEVELS`).
     On the CPU accuracy suite it raises occlusion accuracy on 8 rows (pipeline up to +0.09) and AJ
-    on 7 (pipeline up to +0.030) and lowers none; on the H200 one row's AJ drops by 0.0006, so it
-    is opt-in (docs/fit.md, "Occlusion flags the frames confirm")."""
-    occlusion_from_flow_where_unmeasured: bool = False
+    on 7 (pipeline up to +0.030) and lowers none (docs/fit.md, "Occlusion flags the frames
+    confirm"). False: the model's depth order alone."""
+    occlusion_from_flow_where_unmeasured: bool = True
     """Tracks: in a frame whose depth prior measured no pixel (the offline depth backend's smooth
     prior everywhere: a camera that turns or stays), a point the model reports hidden counts as
     hidden only where the flow's forward-backward check fails at it too: which Gaussian lies in
     front there is the filler's guess (tracks.FlowCheck). Priors without backward flow are
-    unaffected. Opt-in, in `--best-tracks` (docs/fit.md, "Occlusion where the depth prior
-    measured nothing")."""
-    tracks_with_flow_chain: bool = False
+    unaffected (docs/fit.md, "Occlusion where the depth prior measured nothing")."""
+    tracks_with_flow_chain: bool = True
     """Tracks: where the flow, chained from the query with every round trip holding (the accuracy
     suite's floor tracker), reaches within `tracks.FLOW_CHAIN_AGREEMENT_PX` of the track point,
     two trackers whose errors differ agree: the point counts as visible whatever the model's
     depth order says, and is reported midway between the two (tracks.FlowChain). On the CPU
     accuracy suite's fits (the defaults' and `--best-tracks`' rows, read without and with it) AJ
-    rises on 19 of the 20 rows by 0.003-0.048 and OA on 18; the defaults' static pipeline row
-    loses 0.009 AJ, none with `--best-tracks`. Priors without backward flow are unaffected.
-    Opt-in, in `--best-tracks` (docs/fit.md, "Tracks the chained flow confirms")."""
+    rises on 19 of the 20 rows by 0.003-0.048 and OA on 18; the old defaults' static pipeline row
+    lost 0.009 AJ by it, none with the stages' current defaults. Priors without backward flow are
+    unaffected (docs/fit.md, "Tracks the chained flow confirms")."""
 
     checkpoint_every: int = 5
     """Frames between checkpoints (when a checkpoint sink is given)."""

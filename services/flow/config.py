@@ -28,10 +28,10 @@ class FlowConfig:
     default, see docs/flow.md, "DIS presets")."""
     variational_refinement: bool = True
     """DIS: 5 variational refinement iterations after the patch search (False: none)."""
-    dis_polish: bool = False
+    dis_polish: bool = True
     """DIS: then 3 Lucas-Kanade steps on the colour frames and another 5 refinement iterations
     (services/flow/polish.py), which take out DIS's lag on small moving objects (docs/flow.md,
-    "Polish")."""
+    "Polish"). False: DIS's field as it is (faster; the accuracy suite's tracks lose by it)."""
     raft_model: Literal["small", "large"] = "small"
     """Which torchvision RAFT; the weights file must be for this one."""
     raft_weights: Path | None = None

@@ -53,13 +53,11 @@ class RunCommand:
     # Start the fit from a named preset (default = the original's settings, fast, test);
     # --pipeline.fit.* flags that change a field from its default apply on top of it.
     fit_preset: FitPresetName | None = None
-    # Turn on every opt-in that together gives the best tracks and cameras measured (the flow's
-    # polish, depth twice with the segment masks and bundle adjustment, the fit keeping those
-    # cameras and Adam's moments, occlusion read with the frames, the flow and the flow chained
-    # from the query; docs/fit.md,
-    # "Occlusion where the depth prior measured nothing, and Adam's moments"): on the accuracy
-    # suite's pipeline rows AJ +0.14..+0.33 against the defaults, no figure lower. It adds the
-    # polish and a second depth run and skips the fit's camera refinement.
+    # The defaults' tracking settings (the flow's polish, depth twice with the segment masks
+    # and bundle adjustment, the fit keeping those cameras, occlusion read with the frames, the
+    # flow and the flow chained from the query), whatever --pipeline.* flags turned off, and
+    # Adam's moments kept across frames: higher PSNR on the accuracy suite, though some of its
+    # other figures drop (docs/fit.md, "Adam's first steps from fresh moments").
     best_tracks: bool = False
     # Points to track instead of the --track-grid grid: a CSV (optional header line) or .npy
     # file of rows t,x,y in the frames and pixels of the ingested video (fit/tracks_*.npy).

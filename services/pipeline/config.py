@@ -103,8 +103,9 @@ class PipelineConfig:
     track_grid: Annotated[int, tyro.conf.arg(prefix_name=False)] = DEFAULT_TRACK_GRID
     # Depth a second time with the segment stage's masks, which keep the moving objects out of
     # the depth stage's geometry (triangulation, scale chain, bundle adjustment), and hand the
-    # fit that depth (docs/depth.md, "Two-pass depth"). Costs one more depth run.
-    two_pass_depth: bool = False
+    # fit that depth (docs/depth.md, "Two-pass depth"). Costs one more depth run. The offline
+    # backend only: MASt3R does not use the masks, so with it the second run is skipped.
+    two_pass_depth: bool = True
 
     def __post_init__(self) -> None:
         if self.track_grid < 0:
@@ -139,17 +140,17 @@ class PipelineConfig:
             found.append(
                 "fit.camera_from_prior_poses keeps the offline depth backend's poses, which "
                 "without its bundle adjustment are chained pair by pair and drift further than "
-                "the fit's own cameras: set depth.offline_bundle_adjust too "
-                "(--pipeline.depth.offline-bundle-adjust)"
-            )
-        if self.two_pass_depth and self.depth.backend == "mast3r":
-            found.append(
-                "two_pass_depth runs the depth stage again with the segment masks, but MASt3R "
-                "does not use them (only its offline fallback windows and the scale-drift figure "
-                "do): the second depth run costs time and changes nearly nothing; leave "
-                "--pipeline.two-pass-depth off with the mast3r backend"
+                "the fit's own cameras: keep depth.offline_bundle_adjust on "
+                "(--pipeline.depth.offline-bundle-adjust) or let the fit track its own cameras "
+                "(--pipeline.fit.no-camera-from-prior-poses)"
             )
         return found
+
+    @property
+    def second_depth_pass(self) -> bool:
+        """Whether the depth stage runs again with the segment masks (`two_pass_depth`, and a
+        backend that keeps masked pixels out of its geometry)."""
+        return self.two_pass_depth and self.depth.backend == "offline"
 
     def flow_config(self, n_frames: int) -> FlowConfig:
         """The flow stage's config for a clip of `n_frames`: `flow` plus the wider pairs depth
@@ -190,17 +191,16 @@ BEST_TRACKS: dict[str, dict[str, object]] = {
         "keep_adam_state": True,
     },
 }
-"""The stage fields `with_best_tracks` sets, by stage (it also sets `two_pass_depth`)."""
+"""The stage fields `with_best_tracks` sets, by stage (it also sets `two_pass_depth`): all but
+`keep_adam_state` are the defaults since stop 56."""
 
 
 def with_best_tracks(config: PipelineConfig) -> PipelineConfig:
-    """`config` with every opt-in that together gave the best tracks and cameras measured on the
-    accuracy suite through the offline depth backend (`BEST_TRACKS` and two-pass depth): AJ
-    +0.14..+0.33 on every clip's pipeline row against the defaults, every moving camera within
-    0.34 % of its path, PSNR higher on every row (CPU, 96x72x12, stop 54). Not the default
-    because some figures of the exact-prior rows drop slightly (7 of 48 on stop 54's CPU, no
-    track position among them), where Adam's kept moments move them (docs/fit.md, "Tracks the
-    chained flow confirms")."""
+    """`config` with the settings that together gave the best tracks and cameras measured on the
+    accuracy suite through the offline depth backend (`BEST_TRACKS` and two-pass depth), set
+    whatever `config` says: the defaults' and Adam's kept moments, which raise PSNR on every
+    row of the CPU suite but move some of its other figures down (docs/fit.md, "Adam's first
+    steps from fresh moments"), so they are not the default."""
     stages = {
         stage: dataclasses.replace(getattr(config, stage), **fields)
         for stage, fields in BEST_TRACKS.items()

@@ -228,10 +228,12 @@ def run_pipeline(
 ) -> pipeline_pb2.PipelineResult:
     """Every stage in order on an ingested video, then the HTML report. The fit tracks
     `track_queries` (a float32 [Q, 3] array of (t, y, x)), or else `config.track_grid`'s grid.
-    With `config.two_pass_depth` the depth stage runs again with the segment stage's masks and
-    the fit gets that second depth."""
+    With `config.second_depth_pass` the depth stage runs again with the segment stage's masks
+    and the fit gets that second depth."""
     for warning in config.warnings():
         log.warning("%s", warning)
+    if config.two_pass_depth and not config.second_depth_pass:
+        log.info("depth runs once: the %s backend does not use the masks", config.depth.backend)
     if track_queries is None and config.track_grid:
         grid_q3 = grid_queries_q3(video.height, video.width, config.track_grid)
         track_queries = put_queries(artifacts, grid_q3)
@@ -253,7 +255,7 @@ def run_pipeline(
     flow = run("flow", flow_request(video, config))
     depth = run("depth", depth_request(video, flow, config))
     segment = run("segment", segment_request(video, flow, depth, config))
-    if config.two_pass_depth:
+    if config.second_depth_pass:
         depth = run("depth", depth_request(video, flow, config, segment), "pass 2: ")
     fit = run("fit", fit_request(video, depth, flow, segment, config, track_queries))
     result = pipeline_pb2.PipelineResult(

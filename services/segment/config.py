@@ -40,28 +40,26 @@ class SegmentConfig:
     """Radius of the opening that removes specks (0: off)."""
     morph_close_px: int = 2
     """Radius of the closing that fills small holes (0: off)."""
-    measured_depth_only: bool = False
+    measured_depth_only: bool = True
     """Skip the depth parallax check on frames without measured depth (the depth stage's
     confidence below `MEASURED_DEPTH_CONFIDENCE`, services/depth/config.py: the offline
     backend's smooth prior where the camera barely translates). Checked against that made-up
     depth, still background scores as moving (pan / static clips of the accuracy suite,
-    256x192x24: J of the scores 0.52 / 0.51, 0.92 / 0.96 with this). Opt-in: the fit's figures
-    move both ways by a few thousandths (docs/segment.md, Limits, "The parallax check on a still
-    camera flags whole rows")."""
+    256x192x24: J of the scores 0.52 / 0.51, 0.92 / 0.96 with this; docs/segment.md, Limits,
+    "The parallax check on a still camera flags whole rows"). False: checked on every frame."""
     temporal_smoothing: bool = True
     """Majority vote of each pixel with the previous and next masks warped by flow; scores take
     the median of the three."""
     refine: MaskRefineConfig = field(default_factory=MaskRefineConfig)
     """Edge-aware refinement by the image and temporal support of components (needs the frames;
     see services/segment/refine.py)."""
-    score_margin_px: int = 0
+    score_margin_px: int = 1
     """Pixels by which the moving scores handed on (what the fit reads as its moving prior)
     reach beyond the masks: each score raised to the highest within this many pixels, the masks
     as they are. Estimated masks miss an object's rim where the flow smears, and the fit then
-    holds the rim's Gaussians still; 1 takes back the PSNR the flow's polish costs and with
-    `--best-tracks`' other fields but Adam's moments lowers no figure of the accuracy suite
-    against the defaults (docs/fit.md, "A set of opt-ins that lowers no figure"). 0: off.
-    Masks the user gives are handed on as they are."""
+    holds the rim's Gaussians still; 1 takes back the PSNR the flow's polish costs (docs/fit.md,
+    "A set of opt-ins that lowers no figure", now the defaults). 0: off. Masks the user gives are
+    handed on as they are."""
     seed: int = 0
     """Seed for point sampling and the robust estimators, so results are deterministic (OpenCV's
     global RNG is reseeded before each F / H fit)."""

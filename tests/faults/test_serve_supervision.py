@@ -144,8 +144,11 @@ def test_a_worker_killed_mid_fit_is_restarted_and_the_run_completes_bit_identica
         assert len(children) == 6  # SeaweedFS and five services
 
         artifacts, remote = _served_store(folder)
-        config = PipelineConfig(
-            fit=dataclasses.replace(lean_fit(), checkpoint_every=1), track_grid=0, remote=remote
+        config = PipelineConfig(  # depth once: the stages are called below one by one
+            fit=dataclasses.replace(lean_fit(), checkpoint_every=1),
+            track_grid=0,
+            remote=remote,
+            two_pass_depth=False,
         )
         video = stored_clip(artifacts, 11, frame_count=FIT_FRAMES)
         results = {}

@@ -72,9 +72,14 @@ def test_one_run_computes_each_pair_once_and_every_stage_sees_that_flow(local_st
     expected = Counter([*pairs, *((t1, t0) for t0, t1 in pairs)])
     assert Counter(directed) == expected and max(expected.values()) == 1
     assert again.fit.key == result.fit.key and again.fit.cached
-    assert len(depth_calls) == len(segment_calls) == len(fit_calls) == 1
-
+    # Depth twice (the second run with the segment masks), each time with the one flow.
+    assert len(depth_calls) == 2 and len(segment_calls) == len(fit_calls) == 1
     depth_flow = depth_calls[0][1]["flow"]
+    second_flow = depth_calls[1][1]["flow"]
+    assert sorted(second_flow) == sorted(depth_flow)
+    for pair, flows in depth_flow.items():
+        for mine, theirs in zip(flows, second_flow[pair], strict=True):
+            np.testing.assert_array_equal(mine, theirs)
     segment_fwd_t1hw2, segment_bwd_t1hw2 = segment_calls[0][0][:2]
     priors = fit_calls[0][0][0]
     assert sorted(depth_flow) == sorted(pairs)

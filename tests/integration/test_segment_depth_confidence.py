@@ -29,7 +29,9 @@ def test_the_segment_stage_skips_the_check_on_depth_the_depth_stage_assumed(loca
         flag: run_pipeline(
             artifacts,
             video,
-            PipelineConfig(fit=fit_cfg, segment=SegmentConfig(measured_depth_only=flag)),
+            PipelineConfig(  # depth once: the result holds the depth the segment stage read
+                fit=fit_cfg, segment=SegmentConfig(measured_depth_only=flag), two_pass_depth=False
+            ),
         )
         for flag in (False, True)
     }

@@ -159,19 +159,22 @@ def test_resume_equals_uninterrupted(fitted, scene, tmp_path, keep_adam_state):
     assert spans == list(zip([0, *ends[:-1]], ends, strict=True))
 
 
-def test_filled_depth_prior_changes_moving_depth_only_when_asked(fitted, scene):
-    """moving_depth_from_filled_prior=False departs from the default only at pixels whose depth
-    confidence says filled in; with exact priors (no confidence) or all depth measured the fit
-    is the default one, bit for bit."""
-    cfg = dataclasses.replace(preset("test"), moving_depth_from_filled_prior=False)
+def test_filled_depth_prior_changes_moving_depth_only_where_it_was_filled(fitted, scene):
+    """By default (moving_depth_from_filled_prior=False) the fit departs from one without a
+    depth confidence only at pixels whose confidence says filled in: all measured, it is that
+    fit bit for bit; all filled, frame 1 on differ. With the field on, a filled prior is
+    followed as a measured one is."""
+    assert not preset("test").moving_depth_from_filled_prior
     T, H, W = scene.depth_thw.shape
-    unaffected = [
-        fit(_priors(scene), cfg),
-        fit(_priors(scene, depth_confidence_thw=np.ones((T, H, W), np.float32)), cfg),
-    ]
-    for result in unaffected:
+    measured = fit(
+        _priors(scene, depth_confidence_thw=np.ones((T, H, W), np.float32)), preset("test")
+    )
+    filled_thw = np.zeros((T, H, W), np.float32)
+    following = dataclasses.replace(preset("test"), moving_depth_from_filled_prior=True)
+    followed = fit(_priors(scene, depth_confidence_thw=filled_thw), following)
+    for result in (measured, followed):
         assert np.array_equal(result.frames[-1].means_n3, fitted.frames[-1].means_n3)
-    filled = fit(_priors(scene, depth_confidence_thw=np.zeros((T, H, W), np.float32)), cfg)
+    filled = fit(_priors(scene, depth_confidence_thw=filled_thw), preset("test"))
     assert np.array_equal(filled.frames[0].means_n3, fitted.frames[0].means_n3)
     moved_n3, default_n3 = filled.frames[1].means_n3, fitted.frames[1].means_n3
     assert moved_n3.shape != default_n3.shape or not np.allclose(moved_n3, default_n3)
@@ -241,21 +244,23 @@ def test_prior_poses_start_the_cameras():
     assert np.abs(result.c2w_t44[:, :3, 3] - short.c2w_t44[:, :3, 3]).max() < 0.03
 
 
-def test_prior_poses_kept_as_the_cameras_only_when_asked(fitted, scene):
-    """camera_from_prior_poses takes the priors' poses as they are, a 10 cm error included, where
-    the fit's own tracking (PnP and refinement from them) comes back to the true path; without
-    prior poses it leaves the fit as it was."""
+def test_prior_poses_kept_as_the_cameras_unless_asked_not_to(fitted, scene):
+    """camera_from_prior_poses (the default) takes the priors' poses as they are, a 10 cm error
+    included, where the fit's own tracking (PnP and refinement from them) comes back to the true
+    path; without prior poses the fit tracks its own either way."""
     short = make_scene(SceneConfig(n_frames=3, seed=5))
     off_c2w_t44 = short.c2w_t44.copy()
     off_c2w_t44[1:, :3, 3] += [0.1, -0.1, 0.0]
-    keeping = dataclasses.replace(preset("test"), camera_from_prior_poses=True)
+    keeping = preset("test")
+    assert keeping.camera_from_prior_poses
     kept = fit(_priors(short, c2w_t44=off_c2w_t44), keeping)
     assert np.array_equal(kept.c2w_t44, off_c2w_t44)
-    tracked = fit(_priors(short, c2w_t44=off_c2w_t44), preset("test"))
+    tracking = dataclasses.replace(keeping, camera_from_prior_poses=False)
+    tracked = fit(_priors(short, c2w_t44=off_c2w_t44), tracking)
     off_m = np.abs(off_c2w_t44[1:, :3, 3] - short.c2w_t44[1:, :3, 3]).max()
     tracked_m = np.abs(tracked.c2w_t44[1:, :3, 3] - short.c2w_t44[1:, :3, 3]).max()
     assert tracked_m < off_m / 2
-    without_poses = fit(_priors(scene), keeping)
+    without_poses = fit(_priors(scene), tracking)
     assert np.array_equal(without_poses.c2w_t44, fitted.c2w_t44)
 
 

@@ -603,6 +603,15 @@ def test_track_behind_the_surface_is_occluded():
     assert occluded[0].tolist() == [False, False, False, True]
 
 
+MODEL_ORDER_ONLY = FitConfig(
+    occlusion_from_frames=False,
+    occlusion_from_flow_where_unmeasured=False,
+    tracks_with_flow_chain=False,
+)
+"""A readout by the model's depth order alone (the three checks on by default off), against
+which each check is switched on by itself."""
+
+
 def test_the_frames_confirm_a_hidden_point_only_where_they_show_the_query():
     """The point of the test above, hidden by the model at frame 3: with frames that show the
     query's colours there it is reported visible; with frames that differ there by more than
@@ -624,7 +633,7 @@ def test_the_frames_confirm_a_hidden_point_only_where_they_show_the_query():
     # A fit's own readout (stage, suite, fit_bench) hands the frames on only with the flag.
     priors = _priors_of(result, frames_thw3)
     for flag, expected in ((False, True), (True, False)):
-        cfg = FitConfig(occlusion_from_frames=flag)
+        cfg = dataclasses.replace(MODEL_ORDER_ONLY, occlusion_from_frames=flag)
         assert configured_tracks(result, back_query, cfg, priors).occluded_qt[0, 3] == expected
 
 
@@ -674,10 +683,10 @@ def test_the_flow_overrules_a_hidden_point_only_where_the_depth_measured_nothing
     misses there, or no backward flow is given, it stays hidden."""
     result = _two_layer_result()
     frames_thw3 = np.zeros((result.n_frames, H, W, 3), np.uint8)
-    cfg = FitConfig(occlusion_from_flow_where_unmeasured=True)
+    cfg = dataclasses.replace(MODEL_ORDER_ONLY, occlusion_from_flow_where_unmeasured=True)
     filled = _priors_of(result, frames_thw3, confidence=0.0)
     assert not _back_point_hidden_at_3(filled, cfg)
-    assert _back_point_hidden_at_3(filled, FitConfig())  # without the flag the model's order holds
+    assert _back_point_hidden_at_3(filled, MODEL_ORDER_ONLY)  # without it the model's order holds
     assert _back_point_hidden_at_3(
         _priors_of(result, frames_thw3, confidence=MEASURED_DEPTH_CONFIDENCE), cfg
     )
@@ -721,8 +730,8 @@ def test_where_the_chained_flow_agrees_the_point_is_reported_midway():
     drift = np.zeros_like(priors.flow_fwd_t1hw2)
     drift[..., 0] = 0.25
     priors = dataclasses.replace(priors, flow_fwd_t1hw2=drift, flow_bwd_t1hw2=-drift)
-    model = configured_tracks(result, _back_query(), FitConfig(), priors)
-    cfg = FitConfig(tracks_with_flow_chain=True)
+    model = configured_tracks(result, _back_query(), MODEL_ORDER_ONLY, priors)
+    cfg = dataclasses.replace(MODEL_ORDER_ONLY, tracks_with_flow_chain=True)
     tracks = configured_tracks(result, _back_query(), cfg, priors)
     shift_t = tracks.points_qt2[0, :, 0] - model.points_qt2[0, :, 0]
     np.testing.assert_allclose(shift_t, [0.0, 0.125, 0.25, 0.375], atol=1e-4)
@@ -742,9 +751,9 @@ def test_the_chained_flow_overrules_a_hidden_point_where_it_reaches_it():
     result = _two_layer_result()
     # No confidence: measured everywhere.
     still = _priors_of(result, np.zeros((result.n_frames, H, W, 3), np.uint8))
-    cfg = FitConfig(tracks_with_flow_chain=True)
+    cfg = dataclasses.replace(MODEL_ORDER_ONLY, tracks_with_flow_chain=True)
     assert not _back_point_hidden_at_3(still, cfg)
-    assert _back_point_hidden_at_3(still, FitConfig())  # without the flag the model's order holds
+    assert _back_point_hidden_at_3(still, MODEL_ORDER_ONLY)  # without it the model's order holds
     moving = np.zeros_like(still.flow_fwd_t1hw2)
     moving[..., 0] = 2.0
     assert _back_point_hidden_at_3(

@@ -119,6 +119,15 @@ def test_path_extent_and_clip_names():
         suite_clip("nope")
 
 
+MODEL_READOUT_ONLY = dict(
+    occlusion_from_frames=False,
+    occlusion_from_flow_where_unmeasured=False,
+    tracks_with_flow_chain=False,
+)
+"""The fit's readout checks that need the priors (on by default) off: the model's own tracks,
+which track_2d gives."""
+
+
 @pytest.mark.parametrize("source", ["exact", "pipeline"])
 def test_a_clip_runs_end_to_end(source):
     """Both prior sources through the real engines on a tiny clip: every figure is there."""
@@ -135,6 +144,7 @@ def test_a_second_track_readout_is_scored_on_the_same_fit(tmp_path):
     """`other_readout` reads the same fit again: the engine's own readout gives the row's own
     figures, a readout that holds every query still gives exactly that readout's figures."""
     cfg = dataclasses.replace(preset("test"), init_points=400, max_points=800, iters=10)
+    cfg = dataclasses.replace(cfg, **MODEL_READOUT_ONLY)  # as track_2d reads a fit
     clip = suite_clip("orbit")
     size = dict(width=48, height=32, n_frames=4, n_tracks=32)
     same = run_clip(clip, "exact", cfg, **size, other_readout=track_2d)
@@ -169,6 +179,7 @@ def test_the_fit_configs_track_motion_makes_the_rows_tracks():
     """The row's own figures come from the readout `track_motion` names: read both ways, the two
     fits' figures swap places (the fits are the same on the CPU)."""
     cfg = dataclasses.replace(preset("test"), init_points=400, max_points=800, iters=10)
+    cfg = dataclasses.replace(cfg, **MODEL_READOUT_ONLY)  # as track_2d reads a fit
     clip = suite_clip("orbit")
     size = dict(width=48, height=32, n_frames=4, n_tracks=32)
     rows = {

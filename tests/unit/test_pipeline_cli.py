@@ -93,9 +93,10 @@ def test_fit_flags_given_with_a_preset_apply_on_top_of_it():
     assert with_fit_preset(command.pipeline, None) is command.pipeline
 
 
-def test_best_tracks_is_the_measured_recipe_on_top_of_the_other_flags():
-    """--best-tracks sets what the recipe's nine flags set (README, docs/fit.md) and nothing
-    else; a fit preset and other flags stay under it."""
+def test_best_tracks_is_the_defaults_with_adams_moments_whatever_the_other_flags():
+    """--best-tracks sets what the recipe's ten flags set (README, docs/fit.md): nine restate
+    the defaults, Adam's kept moments are the one opt-in; a fit preset and other flags stay
+    under it, and a flag that turns one of the recipe's defaults off is overruled."""
     recipe = [
         "--pipeline.flow.dis-polish",
         "--pipeline.two-pass-depth",
@@ -110,35 +111,31 @@ def test_best_tracks_is_the_measured_recipe_on_top_of_the_other_flags():
     ]
     by_flags = run_config(tyro.cli(RunCommand, args=["clip.mp4", *recipe]), RemoteConfig())
     best = run_config(tyro.cli(RunCommand, args=["clip.mp4", "--best-tracks"]), RemoteConfig())
-    assert best == by_flags != PipelineConfig() and best.warnings() == []
+    assert best == by_flags and best.warnings() == []
+    kept_moments = dataclasses.replace(FitConfig(), keep_adam_state=True)
+    assert best == dataclasses.replace(PipelineConfig(), fit=kept_moments)
+    off = ["--pipeline.flow.no-dis-polish", "--pipeline.no-two-pass-depth", "--best-tracks"]
+    assert run_config(tyro.cli(RunCommand, args=["clip.mp4", *off]), RemoteConfig()) == best
     args = ["clip.mp4", "--best-tracks", "--fit-preset", "fast", "--pipeline.fit.iters", "120"]
     config = run_config(tyro.cli(RunCommand, args=[*args, "--track-grid", "4"]), RemoteConfig())
     assert config.track_grid == 4 and config.flow.dis_preset == best.flow.dis_preset
-    assert config.fit == dataclasses.replace(
-        preset("fast"),
-        iters=120,
-        occlusion_from_frames=True,
-        occlusion_from_flow_where_unmeasured=True,
-        tracks_with_flow_chain=True,
-        camera_from_prior_poses=True,
-        moving_depth_from_filled_prior=False,
-        keep_adam_state=True,
-    )
+    assert config.fit == dataclasses.replace(preset("fast"), iters=120, keep_adam_state=True)
     assert run_config(tyro.cli(RunCommand, args=["clip.mp4"]), RemoteConfig()) == PipelineConfig()
 
 
 def test_keeping_the_offline_chained_poses_as_cameras_is_warned_about():
-    keep = FitConfig(camera_from_prior_poses=True)
-    assert PipelineConfig(fit=keep, depth=DepthConfig(offline_bundle_adjust=True)).warnings() == []
-    assert PipelineConfig(fit=keep, depth=DepthConfig(backend="mast3r")).warnings() == []
-    assert PipelineConfig().warnings() == []
-    (warning,) = PipelineConfig(fit=keep).warnings()
+    assert PipelineConfig().fit.camera_from_prior_poses and PipelineConfig().warnings() == []
+    chained = DepthConfig(offline_bundle_adjust=False)
+    own = FitConfig(camera_from_prior_poses=False)
+    assert PipelineConfig(fit=own, depth=chained).warnings() == []
+    assert PipelineConfig(depth=DepthConfig(backend="mast3r")).warnings() == []
+    (warning,) = PipelineConfig(depth=chained).warnings()
     assert "--pipeline.depth.offline-bundle-adjust" in warning
+    assert "--pipeline.fit.no-camera-from-prior-poses" in warning
 
 
-def test_two_pass_depth_with_mast3r_is_warned_about():
-    assert PipelineConfig(two_pass_depth=True).warnings() == []
-    mast3r = DepthConfig(backend="mast3r")
-    assert PipelineConfig(depth=mast3r).warnings() == []
-    (warning,) = PipelineConfig(depth=mast3r, two_pass_depth=True).warnings()
-    assert "MASt3R does not use them" in warning and "--pipeline.two-pass-depth" in warning
+def test_the_second_depth_pass_runs_only_with_a_backend_that_reads_the_masks():
+    assert PipelineConfig().second_depth_pass
+    assert not PipelineConfig(two_pass_depth=False).second_depth_pass
+    mast3r = PipelineConfig(depth=DepthConfig(backend="mast3r"))
+    assert mast3r.two_pass_depth and not mast3r.second_depth_pass and mast3r.warnings() == []
