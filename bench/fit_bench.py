@@ -137,7 +137,8 @@ def measure_presets(cfg: BenchConfig, scene: SyntheticScene) -> list[dict]:
         tapvid = tapvid_row(queries, tracks.points_qt2, tracks.occluded_qt, image_hw)
         other = {}
         if other_readout is not None:
-            other_tapvid = tapvid_row(queries, *other_readout(result, query_rows), image_hw)
+            other_qt2, other_qt = other_readout(result, query_rows, fit_cfg, priors)
+            other_tapvid = tapvid_row(queries, other_qt2, other_qt, image_hw)
             other = dict(other_aj=other_tapvid["aj"], other_occ_acc=other_tapvid["oa"])
         iou = [
             metrics.mask_j(p, g)

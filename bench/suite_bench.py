@@ -12,7 +12,6 @@ fills its cores; on a GPU machine use `--device cuda` (the fits then share the G
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -32,12 +31,12 @@ from services.evaluation.fit_suite import (
     SUITE,
     PriorSource,
     TrackReadout,
+    configured_readout,
     load_readout,
     run_clip,
     suite_clip,
 )
 from services.fit.config import FitConfig, FitRuntime, TrackMotion, preset_with
-from services.fit.tracks import track_2d
 from services.flow.config import DisPreset, FlowConfig
 from services.pipeline.config import PipelineConfig, PipelineRuntime, with_best_tracks
 from services.segment.config import SegmentConfig
@@ -89,7 +88,8 @@ class SuiteBench:
     """Also write the rows as JSON here."""
     other_tracks: Path | None = None
     """A tracks.py of another version of services/fit (e.g. from `git archive`): each row also
-    scores its track_2d on the same fit (other_aj, other_delta_avg, other_oa; a column "other
+    scores its tracks on the same fit (its configured_tracks with the row's config and priors, or
+    in versions without one its track_2d; other_aj, other_delta_avg, other_oa; a column "other
     AJ"), so a change of the track readout is measured apart from the fit's run-to-run
     differences on a GPU."""
     other_motion: TrackMotion | None = None
@@ -106,7 +106,7 @@ def second_readout(bench: SuiteBench) -> TrackReadout | None:
     if bench.other_tracks is not None:
         return load_readout(bench.other_tracks)
     if bench.other_motion is not None:
-        return functools.partial(track_2d, motion=bench.other_motion)
+        return configured_readout(bench.other_motion)
     return None
 
 

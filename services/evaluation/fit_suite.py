@@ -13,10 +13,11 @@ fit was given), occluded where forward and backward flow disagree.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,10 +27,10 @@ from services.common.errors import InvalidArgumentError
 from services.depth.engine import DepthResult, estimate_depth
 from services.depth.flows import PairFlows, from_flow_result
 from services.evaluation import metrics
-from services.fit.config import FitConfig, FitRuntime
+from services.fit.config import FitConfig, FitRuntime, TrackMotion
 from services.fit.engine import FitPriors, FitResult, fit
 from services.fit.flow_tracks import chained_flow_tracks
-from services.fit.tracks import configured_tracks
+from services.fit.tracks import Tracks, configured_tracks
 from services.flow.engine import compute_flow
 from services.pipeline.config import PipelineConfig
 from services.segment.engine import segment_motion
@@ -38,8 +39,11 @@ from services.synthetic.scene import SceneConfig, SyntheticScene, make_scene
 logger = logging.getLogger(__name__)
 
 PriorSource = Literal["exact", "pipeline"]
-TrackReadout = Callable[[FitResult, np.ndarray], tuple[np.ndarray, np.ndarray]]
-"""A fit result and query rows (t, y, x) to (points [Q, T, 2], occluded [Q, T]), as track_2d."""
+TrackReadout = Callable[
+    [FitResult, np.ndarray, FitConfig, FitPriors], tuple[np.ndarray, np.ndarray]
+]
+"""A fit result, query rows (t, y, x), the fit's config and its priors to (points [Q, T, 2],
+occluded [Q, T]): a fit's tracks read again, as `configured_readout` reads them."""
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,35 @@ SUITE: tuple[SuiteClip, ...] = (
 )
 
 
+def read_configured(
+    result: FitResult,
+    queries_q3: np.ndarray,
+    cfg: FitConfig,
+    priors: FitPriors,
+    motion: TrackMotion | None = None,
+    read: Callable[..., Tracks] = configured_tracks,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tracks a fit's config reads (`read`, configured_tracks: its track_motion and the
+    checks it asks for on its priors), with `motion` in place of its track_motion where given."""
+    if motion is not None:
+        cfg = replace(cfg, track_motion=motion)
+    tracks = read(result, queries_q3, cfg, priors)
+    return tracks.points_qt2, tracks.occluded_qt
+
+
+def configured_readout(
+    motion: TrackMotion | None = None, read: Callable[..., Tracks] = configured_tracks
+) -> TrackReadout:
+    """`read_configured` as a TrackReadout: the benches' `--other-motion`, and `--other-tracks`
+    through another version's configured_tracks."""
+    return functools.partial(read_configured, motion=motion, read=read)
+
+
 def load_readout(path: Path) -> TrackReadout:
-    """track_2d of the tracks module at `path` (a tracks.py of another version of services/fit; it
-    imports the rest of services/fit as is): the benches' `--other-tracks`."""
+    """The track readout of the tracks module at `path` (a tracks.py of another version of
+    services/fit; it imports the rest of services/fit as is): its configured_tracks, so the
+    row's config and priors reach it, or in versions without one its track_2d on the fit alone.
+    The benches' `--other-tracks`."""
     spec = None
     if path.is_file():
         spec = importlib.util.spec_from_file_location(f"other_tracks_{abs(hash(path))}", path)
@@ -87,9 +117,11 @@ def load_readout(path: Path) -> TrackReadout:
         raise InvalidArgumentError("other_tracks", f"{path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not hasattr(module, "track_2d"):
-        raise InvalidArgumentError("other_tracks", f"{path} has no track_2d")
-    return module.track_2d
+    if hasattr(module, "configured_tracks"):
+        return configured_readout(read=module.configured_tracks)
+    if hasattr(module, "track_2d"):
+        return lambda result, queries_q3, cfg, priors: module.track_2d(result, queries_q3)
+    raise InvalidArgumentError("other_tracks", f"{path} has neither configured_tracks nor track_2d")
 
 
 def suite_clip(name: str) -> SuiteClip:
@@ -155,7 +187,9 @@ def fit_clip(
         occluded_qt=tracks.occluded_qt,
         flow_fwd_t1hw2=priors.flow_fwd_t1hw2,
         flow_bwd_t1hw2=priors.flow_bwd_t1hw2,
-        other_tracks=None if other_readout is None else other_readout(result, queries_q3),
+        other_tracks=None
+        if other_readout is None
+        else other_readout(result, queries_q3, cfg, priors),
     )
 
 

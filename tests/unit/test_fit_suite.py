@@ -5,7 +5,6 @@ both prior sources end to end on a tiny clip."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,9 +16,11 @@ from services.evaluation import metrics
 from services.evaluation.fit_suite import (
     SUITE,
     ClipOutputs,
+    configured_readout,
     load_readout,
     path_extent,
     query_rows,
+    read_configured,
     run_clip,
     score,
     suite_clip,
@@ -27,7 +28,7 @@ from services.evaluation.fit_suite import (
 )
 from services.fit.config import preset
 from services.fit.flow_tracks import chained_flow_tracks
-from services.fit.tracks import track_2d
+from services.fit.tracks import configured_tracks
 from services.synthetic.scene import SceneConfig, make_scene
 
 
@@ -119,15 +120,6 @@ def test_path_extent_and_clip_names():
         suite_clip("nope")
 
 
-MODEL_READOUT_ONLY = dict(
-    occlusion_from_frames=False,
-    occlusion_from_flow_where_unmeasured=False,
-    tracks_with_flow_chain=False,
-)
-"""The fit's readout checks that need the priors (on by default) off: the model's own tracks,
-which track_2d gives."""
-
-
 @pytest.mark.parametrize("source", ["exact", "pipeline"])
 def test_a_clip_runs_end_to_end(source):
     """Both prior sources through the real engines on a tiny clip: every figure is there."""
@@ -141,20 +133,20 @@ def test_a_clip_runs_end_to_end(source):
 
 
 def test_a_second_track_readout_is_scored_on_the_same_fit(tmp_path):
-    """`other_readout` reads the same fit again: the engine's own readout gives the row's own
-    figures, a readout that holds every query still gives exactly that readout's figures."""
+    """`other_readout` reads the same fit again: the row's own readout gives the row's own
+    figures, a readout that holds every query still gives exactly that readout's figures; an
+    other version's tracks module is read through its configured_tracks, or its track_2d."""
     cfg = dataclasses.replace(preset("test"), init_points=400, max_points=800, iters=10)
-    cfg = dataclasses.replace(cfg, **MODEL_READOUT_ONLY)  # as track_2d reads a fit
     clip = suite_clip("orbit")
     size = dict(width=48, height=32, n_frames=4, n_tracks=32)
-    same = run_clip(clip, "exact", cfg, **size, other_readout=track_2d)
+    same = run_clip(clip, "exact", cfg, **size, other_readout=configured_readout())
     assert [same[f"other_{k}"] for k in ("aj", "delta_avg", "oa")] == [
         same["aj"],
         same["delta_avg"],
         same["oa"],
     ]
 
-    def held_still(result, queries_q3):
+    def held_still(result, queries_q3, cfg=None, priors=None):
         points_qt2 = np.repeat(queries_q3[:, None, [2, 1]], result.n_frames, axis=1)
         return points_qt2, np.zeros(points_qt2.shape[:2], bool)
 
@@ -168,7 +160,14 @@ def test_a_second_track_readout_is_scored_on_the_same_fit(tmp_path):
 
     module = tmp_path / "tracks.py"
     module.write_text("def track_2d(result, queries_q3):\n    return 'read'\n")
-    assert load_readout(module)(None, None) == "read"
+    assert load_readout(module)(None, None, cfg, None) == "read"
+    configured = tmp_path / "configured.py"
+    configured.write_text(
+        "from types import SimpleNamespace\n"
+        "def configured_tracks(result, queries_q3, cfg, priors):\n"
+        "    return SimpleNamespace(points_qt2=cfg.track_motion, occluded_qt=priors)\n"
+    )
+    assert load_readout(configured)(None, None, cfg, "priors") == (cfg.track_motion, "priors")
     (tmp_path / "empty.py").write_text("")
     for path in (tmp_path / "empty.py", tmp_path / "missing.py"):
         with pytest.raises(InvalidArgumentError, match="other_tracks"):
@@ -179,7 +178,6 @@ def test_the_fit_configs_track_motion_makes_the_rows_tracks():
     """The row's own figures come from the readout `track_motion` names: read both ways, the two
     fits' figures swap places (the fits are the same on the CPU)."""
     cfg = dataclasses.replace(preset("test"), init_points=400, max_points=800, iters=10)
-    cfg = dataclasses.replace(cfg, **MODEL_READOUT_ONLY)  # as track_2d reads a fit
     clip = suite_clip("orbit")
     size = dict(width=48, height=32, n_frames=4, n_tracks=32)
     rows = {
@@ -188,7 +186,7 @@ def test_the_fit_configs_track_motion_makes_the_rows_tracks():
             "exact",
             dataclasses.replace(cfg, track_motion=motion),
             **size,
-            other_readout=functools.partial(track_2d, motion=other),
+            other_readout=configured_readout(other),
         )
         for motion, other in (("local_rigid", "gaussian"), ("gaussian", "local_rigid"))
     }
@@ -199,10 +197,11 @@ def test_the_fit_configs_track_motion_makes_the_rows_tracks():
 
 def test_suite_bench_scores_a_second_track_motion_or_a_second_tracks_module(tmp_path):
     other = second_readout(SuiteBench(other_motion="local_rigid"))
-    assert other.func is track_2d and other.keywords == {"motion": "local_rigid"}
+    assert other.func is read_configured
+    assert other.keywords == {"motion": "local_rigid", "read": configured_tracks}
     assert second_readout(SuiteBench()) is None
     module = tmp_path / "tracks.py"
     module.write_text("def track_2d(result, queries_q3):\n    return 'read'\n")
-    assert second_readout(SuiteBench(other_tracks=module))(None, None) == "read"
+    assert second_readout(SuiteBench(other_tracks=module))(None, None, None, None) == "read"
     with pytest.raises(InvalidArgumentError, match="other_motion"):
         second_readout(SuiteBench(other_tracks=module, other_motion="local_rigid"))
