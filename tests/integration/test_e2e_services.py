@@ -72,9 +72,13 @@ def one_thread():
     apart."""
     threads = torch.get_num_threads(), cv2.getNumThreads()
     with pytest.MonkeyPatch.context() as patch, threadpool_limits(limits=1, user_api="blas"):
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        for name in (
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "OPENCV_FOR_THREADS_NUM",
+        ):
             patch.setenv(name, "1")
-        patch.setenv("OPENCV_FOR_THREADS_NUM", "1")
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
         yield
