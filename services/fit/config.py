@@ -183,11 +183,11 @@ class FitConfig:
     """Tracks: where the flow, chained from the query with every round trip holding (the accuracy
     suite's floor tracker), reaches within `tracks.FLOW_CHAIN_AGREEMENT_PX` of the track point,
     two trackers whose errors differ agree: the point counts as visible whatever the model's
-    depth order says, and is reported midway between the two (tracks.FlowChain). On the CPU
-    accuracy suite's fits (the defaults' and `--best-tracks`' rows, read without and with it) AJ
-    rises on 19 of the 20 rows by 0.003-0.048 and OA on 18; the old defaults' static pipeline row
-    lost 0.009 AJ by it, none with the stages' current defaults. Priors without backward flow are
-    unaffected (docs/fit.md, "Tracks the chained flow confirms")."""
+    depth order says. Where the chain holds, a query on a moving Gaussian is reported at the
+    chain's point, one on a still Gaussian midway between the two where they lie within
+    `tracks.FLOW_CHAIN_MIDWAY_PX` (tracks.FlowChain). Priors without backward flow are
+    unaffected (docs/fit.md, "Tracks the chained flow confirms", "Moving points from the
+    chain")."""
 
     checkpoint_every: int = 5
     """Frames between checkpoints (when a checkpoint sink is given)."""

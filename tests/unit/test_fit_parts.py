@@ -48,6 +48,7 @@ from services.fit.tracks import (
     FRONT_SURFACE_GAP,
     FlowChain,
     FlowCheck,
+    Tracks,
     attach,
     configured_tracks,
     track_2d,
@@ -698,49 +699,90 @@ def test_the_flow_overrules_a_hidden_point_only_where_the_depth_measured_nothing
 
 def test_the_flow_chain_agrees_where_it_reaches_the_point_unbroken():
     """Flow 1 px right and back: the chain from a query at frame 1 agrees with points on its path
-    and not with one 1.5 px off it. A backward flow that turns the round trip between frames 1
-    and 2 into 2 px loses the chain there for good, away from the query frame either way: after
-    a query at frame 1, before one at frame 3, even where the point sits on the chain."""
+    and not with one 3.5 px off it (FLOW_CHAIN_AGREEMENT_PX), though it holds there. A backward
+    flow that turns the round trip between frames 1 and 2 into 2 px breaks the chain there for
+    good, away from the query frame either way: after a query at frame 1, before one at frame 3,
+    even where the point sits on the chain."""
     T = 4
     forward = np.zeros((T - 1, H, W, 2), np.float32)
     forward[..., 0] = 1.0
     queries_q3 = np.array([[1, 20.0, 30.0], [3, 20.0, 30.0]])
     points_qt2 = np.zeros((2, T, 2), np.float32)
     points_qt2[..., 1] = 20.0
-    points_qt2[0, :, 0] = [27.5, 30.0, 31.0, 32.0]  # frame 0: 1.5 px left of the chain
+    points_qt2[0, :, 0] = [25.5, 30.0, 31.0, 32.0]  # frame 0: 3.5 px left of the chain
     points_qt2[1, :, 0] = [27.0, 28.0, 29.0, 30.0]
-    agrees_qt, chained_qt2 = FlowChain(forward, -forward).agreement(points_qt2, queries_q3)
+    agrees_qt, chained_qt2, unbroken_qt = FlowChain(forward, -forward).agreement(
+        points_qt2, queries_q3
+    )
     assert agrees_qt.tolist() == [[False, True, True, True], [True, True, True, True]]
+    assert unbroken_qt.all()
     np.testing.assert_allclose(chained_qt2[0, :, 0], [29.0, 30.0, 31.0, 32.0])
     broken = -forward
     broken[1] = 1.0  # from frame 2 back to 1: 1 px right, the round trip 2 px off
     points_qt2[1, :2, 0] = [29.0, 30.0]  # where the broken chain puts them
-    assert FlowChain(forward, broken).agreement(points_qt2, queries_q3)[0].tolist() == [
-        [False, True, False, False],
-        [False, False, True, True],
-    ]
+    agrees_qt, _, unbroken_qt = FlowChain(forward, broken).agreement(points_qt2, queries_q3)
+    assert agrees_qt.tolist() == [[False, True, False, False], [False, False, True, True]]
+    assert unbroken_qt.tolist() == [[True, True, False, False], [False, False, True, True]]
 
 
-def test_where_the_chained_flow_agrees_the_point_is_reported_midway():
-    """Flow 0.25 px right per frame: the chain from the back point's query stays within 1 px of
-    the still point, so each frame reports the pixel midway (0.125 px right per frame) and the
-    3D track moves with it at its camera z; without the flag, the model's point."""
+def test_where_the_chained_flow_lies_close_a_still_point_is_reported_midway():
+    """Flow 0.75 px right per frame: the chain from the back point's query, on a still Gaussian,
+    lies 0.75 and 1.5 px from the point at frames 1 and 2, within FLOW_CHAIN_MIDWAY_PX, so these
+    frames report the pixel midway and the 3D track moves with it at its camera z; at frame 3,
+    2.25 px off, the model's point stays, shown in view by the chain (within
+    FLOW_CHAIN_AGREEMENT_PX) where the model hides it. Without the flag, the model's point."""
     result = _two_layer_result()
     priors = _priors_of(result, np.zeros((result.n_frames, H, W, 3), np.uint8))
     drift = np.zeros_like(priors.flow_fwd_t1hw2)
-    drift[..., 0] = 0.25
+    drift[..., 0] = 0.75
     priors = dataclasses.replace(priors, flow_fwd_t1hw2=drift, flow_bwd_t1hw2=-drift)
     model = configured_tracks(result, _back_query(), MODEL_ORDER_ONLY, priors)
     cfg = dataclasses.replace(MODEL_ORDER_ONLY, tracks_with_flow_chain=True)
     tracks = configured_tracks(result, _back_query(), cfg, priors)
     shift_t = tracks.points_qt2[0, :, 0] - model.points_qt2[0, :, 0]
-    np.testing.assert_allclose(shift_t, [0.0, 0.125, 0.25, 0.375], atol=1e-4)
+    np.testing.assert_allclose(shift_t, [0.0, 0.375, 0.75, 0.0], atol=1e-4)
+    _assert_3d_track_on_2d_at_model_z(result, tracks, model)
+    assert model.occluded_qt[0].tolist() == [False, False, False, True]
+    assert tracks.occluded_qt[0].tolist() == [False] * result.n_frames
+
+
+def _assert_3d_track_on_2d_at_model_z(result: FitResult, tracks: Tracks, model: Tracks) -> None:
+    """The first query's 3D track projects onto its 2D one, at the camera z of the model's."""
     for t in range(result.n_frames):
         xy, z = project_p2(K_33, result.c2w_t44[t], tracks.world_qt3[0, t][None].astype(float))
         np.testing.assert_allclose(xy[0], tracks.points_qt2[0, t], atol=1e-4)
         _, model_z = project_p2(K_33, result.c2w_t44[t], model.world_qt3[0, t][None].astype(float))
         assert z[0] == pytest.approx(model_z[0])
-    assert tracks.occluded_qt[0].tolist() == [False] * result.n_frames
+
+
+def test_a_moving_query_takes_the_chained_flows_point_wherever_the_chain_holds():
+    """The front Gaussian moves about 5.5 px right per frame; a flow 1.5 px faster carries the
+    chain from its query 1.5, 3 and 4.5 px ahead of the model's point at frames 1-3. The query,
+    on a moving Gaussian, is reported at the chain's pixel in every frame, beyond
+    FLOW_CHAIN_AGREEMENT_PX too, its 3D track with it at its camera z. Where a round trip
+    fails (backward flow from frame 2 to 1 still) the chain breaks and the model's point stays
+    from there on."""
+    result = _two_layer_result()
+    front_xy, _ = project_p2(K_33, np.eye(4), np.array([[0.0, 0.0, 3.0]]))
+    query = np.array([[0, front_xy[0, 1], front_xy[0, 0]]])
+    priors = _priors_of(result, np.zeros((result.n_frames, H, W, 3), np.uint8))
+    flow = np.zeros_like(priors.flow_fwd_t1hw2)
+    flow[..., 0] = K_33[0, 0] * 0.3 / 3.0 + 1.5
+    priors = dataclasses.replace(priors, flow_fwd_t1hw2=flow, flow_bwd_t1hw2=-flow)
+    model = configured_tracks(result, query, MODEL_ORDER_ONLY, priors)
+    cfg = dataclasses.replace(MODEL_ORDER_ONLY, tracks_with_flow_chain=True)
+    tracks = configured_tracks(result, query, cfg, priors)
+    assert tracks.moving_q.tolist() == [True]
+    shift_t = tracks.points_qt2[0, :, 0] - model.points_qt2[0, :, 0]
+    np.testing.assert_allclose(shift_t, [0.0, 1.5, 3.0, 4.5], atol=1e-3)
+    _assert_3d_track_on_2d_at_model_z(result, tracks, model)
+    broken = -flow
+    broken[1] = 0.0
+    tracks = configured_tracks(
+        result, query, cfg, dataclasses.replace(priors, flow_bwd_t1hw2=broken)
+    )
+    shift_t = tracks.points_qt2[0, :, 0] - model.points_qt2[0, :, 0]
+    np.testing.assert_allclose(shift_t, [0.0, 1.5, 0.0, 0.0], atol=1e-3)
 
 
 def test_the_chained_flow_overrules_a_hidden_point_where_it_reaches_it():
