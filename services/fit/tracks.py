@@ -493,13 +493,12 @@ def _with_chain_points(
     points_qt2 = points_qt2.copy()
     world_qt3 = world_qt3.copy()
     distance_qt = np.linalg.norm(points_qt2 - chained_qt2, axis=-1)
-    moving_qt = np.broadcast_to(moving_q[:, None], unbroken_qt.shape)
-    moves_qt = unbroken_qt & (moving_qt | (distance_qt <= FLOW_CHAIN_MIDWAY_PX))
-    chain_share_qt = np.where(moving_qt, 1.0, 0.5)
+    moves_qt = unbroken_qt & (moving_q[:, None] | (distance_qt <= FLOW_CHAIN_MIDWAY_PX))
+    chain_share_q = np.where(moving_q, 1.0, 0.5)
     for t in np.flatnonzero(moves_qt.any(axis=0)):
         rows = moves_qt[:, t]
         model_r2 = points_qt2[rows, t].astype(np.float64)
-        pixel_r2 = model_r2 + chain_share_qt[rows, t, None] * (chained_qt2[rows, t] - model_r2)
+        pixel_r2 = model_r2 + chain_share_q[rows, None] * (chained_qt2[rows, t] - model_r2)
         _, z_r = project_p2(result.K_33, result.c2w_t44[t], world_qt3[rows, t].astype(np.float64))
         points_qt2[rows, t] = pixel_r2
         world_qt3[rows, t] = backproject_p3(result.K_33, result.c2w_t44[t], pixel_r2, z_r)
