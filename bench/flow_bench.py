@@ -38,7 +38,10 @@ class BenchConfig:
     """Frames per run (n_frames - 1 consecutive pairs)."""
     dis_presets: tuple[str, ...] = ("ultrafast", "fast", "medium", "fine")
     polished_presets: tuple[str, ...] = ("medium",)
-    """DIS presets also timed with `dis_polish` (services/flow/polish.py)."""
+    """DIS presets also timed with `dis_polish` (services/flow/polish.py), once per polish_rounds
+    (the other rows run DIS alone)."""
+    polish_rounds: tuple[int, ...] = (1, 3)
+    """`dis_polish_rounds` of the polished rows."""
     raft_weights: Path | None = None
     """A torchvision RAFT state dict; with neither this nor --raft-random-weights, no RAFT."""
     raft_random_weights: bool = False
@@ -89,11 +92,16 @@ def _random_raft_weights(model: str, folder: Path) -> Path:
 
 def _cases(cfg: BenchConfig, folder: Path) -> list[tuple[str, FlowConfig, FlowRuntime]]:
     cases = [
-        (f"dis {preset}", FlowConfig(backend="dis", dis_preset=preset), FlowRuntime())
+        (f"dis {preset}", FlowConfig(dis_preset=preset, dis_polish=False), FlowRuntime())
         for preset in cfg.dis_presets
     ] + [
-        (f"dis {preset} + polish", FlowConfig(dis_preset=preset, dis_polish=True), FlowRuntime())
+        (
+            f"dis {preset} + polish x{rounds}",
+            FlowConfig(dis_preset=preset, dis_polish=True, dis_polish_rounds=rounds),
+            FlowRuntime(),
+        )
         for preset in cfg.polished_presets
+        for rounds in cfg.polish_rounds
     ]
     if cfg.raft_weights is None and not cfg.raft_random_weights:
         return cases
@@ -119,7 +127,7 @@ def main(cfg: BenchConfig) -> None:
     t, h, w = frames_thw3.shape[:3]
     print(f"flow engine, {t} {source} frames of {w}x{h} ({t - 1} pairs, both directions each)")
     header = (
-        f"{'case':<16}{'device':<8}{'pairs/s':>9}{'s/pair':>9}{'peak MiB':>10}{'FB share':>10}"
+        f"{'case':<24}{'device':<8}{'pairs/s':>9}{'s/pair':>9}{'peak MiB':>10}{'FB share':>10}"
         "  memory kind"
     )
     print(header)
@@ -127,7 +135,7 @@ def main(cfg: BenchConfig) -> None:
     for name, row in rows:
         rate = row["pairs"] / row["seconds"]
         print(
-            f"{name:<16}{row['device']:<8}{rate:>9.2f}{1 / rate:>9.3f}{row['peak_mib']:>10.0f}"
+            f"{name:<24}{row['device']:<8}{rate:>9.2f}{1 / rate:>9.3f}{row['peak_mib']:>10.0f}"
             f"{row['consistent']:>10.3f}  {row['memory_kind']}"
         )
 

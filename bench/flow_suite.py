@@ -35,8 +35,8 @@ class FlowSuite:
     height: int = 192
     frames: int = 24
     presets: tuple[str, ...] = ("medium", "fine")
-    polish: tuple[bool, ...] = (False, True)
-    """Each preset without and with `dis_polish` (services/flow/polish.py)."""
+    polish_rounds: tuple[int, ...] = (0, 1, 3)
+    """Each preset with these rounds of `dis_polish` (services/flow/polish.py; 0: without)."""
     tracks: int = 128
 
 
@@ -44,14 +44,18 @@ def main(bench: FlowSuite) -> None:
     image_hw = (bench.height, bench.width)
     print(f"DIS on the suite's clips, {bench.width}x{bench.height}x{bench.frames}")
     print(
-        "clip | preset | polish | EPE fwd px | EPE moving | bias moving | floor AJ | exact flow's"
+        "clip | preset | polish rounds | EPE fwd px | EPE moving | bias moving | floor AJ "
+        "| exact flow's"
     )
     for clip in SUITE:
         scene = make_scene(clip.scene_config(bench.width, bench.height, bench.frames, bench.tracks))
         queries = metrics.sample_queries(scene.tracks_nt2, scene.occluded_nt, "first")
         exact = floor_row(queries, scene.flow_fwd_t1hw2, scene.flow_bwd_t1hw2, image_hw)["aj"]
-        for preset, polish in itertools.product(bench.presets, bench.polish):
-            flow = compute_flow(scene.frames_thw3, FlowConfig(dis_preset=preset, dis_polish=polish))
+        for preset, rounds in itertools.product(bench.presets, bench.polish_rounds):
+            config = FlowConfig(
+                dis_preset=preset, dis_polish=rounds > 0, dis_polish_rounds=max(rounds, 1)
+            )
+            flow = compute_flow(scene.frames_thw3, config)
             fwd_t1hw2, bwd_t1hw2 = flow.stacked()
             epe = metrics.flow_epe(fwd_t1hw2, scene.flow_fwd_t1hw2)
             moving_thw = scene.moving_thw[:-1]
@@ -59,7 +63,7 @@ def main(bench: FlowSuite) -> None:
             bias = metrics.flow_speed_bias(fwd_t1hw2, scene.flow_fwd_t1hw2, moving_thw)
             aj = floor_row(queries, fwd_t1hw2, bwd_t1hw2, image_hw)["aj"]
             print(
-                f"{clip.name} | {preset} | {polish} | {epe:.3f} | {epe_moving:.3f} | {bias:+.3f} "
+                f"{clip.name} | {preset} | {rounds} | {epe:.3f} | {epe_moving:.3f} | {bias:+.3f} "
                 f"| {aj:.3f} | {exact:.3f}",
                 flush=True,
             )

@@ -5,7 +5,9 @@ surroundings, so the flow falls short of the object's motion (on the accuracy su
 0.23-0.95 px per frame, docs/flow.md) and tracks chained along it lag further every frame. A few
 Lucas-Kanade steps on the colour images, each pixel over its own small window with no smoothness
 term, move the flow to where the two images agree; the noise those windows add is then taken out
-by the same variational refinement DIS ends with, started from the polished field.
+by the same variational refinement DIS ends with, started from the polished field. That
+refinement's smoothness pulls the object's flow part of the way back; further rounds of both
+(`FlowConfig.dis_polish_rounds`) take part of that back again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ MIN_EIGENVALUE = 1e-5
 """Windows whose structure tensor is flatter than this (no texture, or an edge only: the
 aperture problem) keep their flow; intensities are in [0, 1]."""
 REFINEMENT_ITERATIONS = 5
-"""Fixed-point iterations of the final variational refinement (DIS's own count)."""
+"""Fixed-point iterations of each round's variational refinement (DIS's own count)."""
 
 
 def _gradients(image_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,14 +91,15 @@ def lucas_kanade_steps(
     return flow_hw2
 
 
-def polish_flow(src_hw3: np.ndarray, dst_hw3: np.ndarray, flow_hw2: np.ndarray) -> np.ndarray:
-    """float32 [H, W, 2]: Lucas-Kanade steps, then a variational refinement (OpenCV's, on grey
-    images, DIS's weights) started from them."""
-    polished_hw2 = lucas_kanade_steps(src_hw3, dst_hw3, flow_hw2)
+def polish_flow(
+    src_hw3: np.ndarray, dst_hw3: np.ndarray, flow_hw2: np.ndarray, rounds: int = 1
+) -> np.ndarray:
+    """float32 [H, W, 2]: `rounds` times Lucas-Kanade steps, then a variational refinement
+    (OpenCV's, on grey images, DIS's weights) started from them."""
+    src_hw = cv2.cvtColor(src_hw3, cv2.COLOR_RGB2GRAY)
+    dst_hw = cv2.cvtColor(dst_hw3, cv2.COLOR_RGB2GRAY)
     refinement = cv2.VariationalRefinement_create()
     refinement.setFixedPointIterations(REFINEMENT_ITERATIONS)
-    return refinement.calc(
-        cv2.cvtColor(src_hw3, cv2.COLOR_RGB2GRAY),
-        cv2.cvtColor(dst_hw3, cv2.COLOR_RGB2GRAY),
-        polished_hw2,
-    )
+    for _ in range(rounds):
+        flow_hw2 = refinement.calc(src_hw, dst_hw, lucas_kanade_steps(src_hw3, dst_hw3, flow_hw2))
+    return flow_hw2

@@ -1,6 +1,6 @@
 """The photometric polish of DIS flow (services/flow/polish.py): Lucas-Kanade steps that find a
 known sub-pixel shift, leave untextured windows and targets outside the image alone, and through
-the engine take out DIS's lag on a synthetic scene's moving object."""
+the engine take out DIS's lag on a synthetic scene's moving object, more of it in more rounds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from services.common.errors import InvalidArgumentError
+from services.evaluation.fit_suite import suite_clip
 from services.evaluation.metrics import flow_epe, flow_speed_bias
 from services.flow.config import FlowConfig
 from services.flow.engine import compute_flow
@@ -96,3 +98,31 @@ def test_dis_polish_takes_out_the_lag_on_the_moving_object(scene):
     assert epe_polished < 0.7 * epe
     assert epe_moving_polished < 0.6 * epe_moving
     assert bias < -0.4 and abs(bias_polished) < 0.4 * abs(bias)
+
+
+def test_more_polish_rounds_bring_the_flow_closer_on_fast_small_objects():
+    """The accuracy suite's orbit-3-leaving clip at 96x72x12 (three small objects moving 2-5 px
+    a frame). Measured (OpenCV 5.0, 2 CPU cores), 1 -> 3 rounds: EPE over all pixels 0.518 ->
+    0.461 px, over the moving pixels 0.686 -> 0.614 px, mean error along their motion -0.436 ->
+    -0.377 px."""
+    clip = suite_clip("orbit-3-leaving")
+    scene = make_scene(clip.scene_config(96, 72, 12, 16))
+    moving_thw = scene.moving_thw[:-1]
+    figures = {}
+    for rounds in (1, 3):
+        config = FlowConfig(dis_polish_rounds=rounds)
+        fwd_t1hw2, _ = compute_flow(scene.frames_thw3, config).stacked()
+        figures[rounds] = (
+            flow_epe(fwd_t1hw2, scene.flow_fwd_t1hw2),
+            flow_epe(fwd_t1hw2, scene.flow_fwd_t1hw2, moving_thw),
+            flow_speed_bias(fwd_t1hw2, scene.flow_fwd_t1hw2, moving_thw),
+        )
+    (epe_1, moving_1, bias_1), (epe_3, moving_3, bias_3) = figures[1], figures[3]
+    assert epe_3 < 0.93 * epe_1
+    assert moving_3 < 0.93 * moving_1
+    assert bias_1 < bias_3 < 0
+
+
+def test_polish_rounds_below_one_are_refused():
+    with pytest.raises(InvalidArgumentError, match="dis_polish_rounds"):
+        FlowConfig(dis_polish_rounds=0)

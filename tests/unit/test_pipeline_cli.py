@@ -15,6 +15,7 @@ import yaml
 from services.common.errors import InvalidArgumentError
 from services.depth.config import DepthConfig
 from services.fit.config import FitConfig, preset
+from services.flow.config import FlowConfig
 from services.pipeline.cli import RunCommand, _store_and_remote, run_config
 from services.pipeline.config import PipelineConfig, RemoteConfig, with_fit_preset
 
@@ -93,12 +94,15 @@ def test_fit_flags_given_with_a_preset_apply_on_top_of_it():
     assert with_fit_preset(command.pipeline, None) is command.pipeline
 
 
-def test_best_tracks_is_the_defaults_with_adams_moments_whatever_the_other_flags():
-    """--best-tracks sets what the recipe's ten flags set (README, docs/fit.md): nine restate
-    the defaults, Adam's kept moments are the one opt-in; a fit preset and other flags stay
-    under it, and a flag that turns one of the recipe's defaults off is overruled."""
+def test_best_tracks_is_the_defaults_with_adams_moments_and_more_polish_whatever_the_flags():
+    """--best-tracks sets what the recipe's eleven flags set (README, docs/fit.md): nine restate
+    the defaults, Adam's kept moments and three polish rounds are the opt-ins; a fit preset and
+    other flags stay under it, and a flag that turns one of the recipe's defaults off is
+    overruled."""
     recipe = [
         "--pipeline.flow.dis-polish",
+        "--pipeline.flow.dis-polish-rounds",
+        "3",
         "--pipeline.two-pass-depth",
         "--pipeline.depth.offline-bundle-adjust",
         "--pipeline.segment.measured-depth-only",
@@ -113,7 +117,8 @@ def test_best_tracks_is_the_defaults_with_adams_moments_whatever_the_other_flags
     best = run_config(tyro.cli(RunCommand, args=["clip.mp4", "--best-tracks"]), RemoteConfig())
     assert best == by_flags and best.warnings() == []
     kept_moments = dataclasses.replace(FitConfig(), keep_adam_state=True)
-    assert best == dataclasses.replace(PipelineConfig(), fit=kept_moments)
+    more_polish = dataclasses.replace(FlowConfig(), dis_polish_rounds=3)
+    assert best == dataclasses.replace(PipelineConfig(), fit=kept_moments, flow=more_polish)
     off = ["--pipeline.flow.no-dis-polish", "--pipeline.no-two-pass-depth", "--best-tracks"]
     assert run_config(tyro.cli(RunCommand, args=["clip.mp4", *off]), RemoteConfig()) == best
     args = ["clip.mp4", "--best-tracks", "--fit-preset", "fast", "--pipeline.fit.iters", "120"]

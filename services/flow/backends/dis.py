@@ -36,7 +36,8 @@ class DisBackend:
     device = "cpu"
     model_bytes = 0
 
-    def __init__(self, preset: str, variational_refinement: bool, polish: bool):
+    def __init__(self, preset: str, variational_refinement: bool, polish_rounds: int):
+        """polish_rounds: rounds of `polish.polish_flow` after DIS (0: none)."""
         opencv_preset, finest_scale = PRESETS[preset]
         self._dis = cv2.DISOpticalFlow_create(opencv_preset)
         if finest_scale is not None:
@@ -44,10 +45,10 @@ class DisBackend:
         self._dis.setVariationalRefinementIterations(
             REFINEMENT_ITERATIONS if variational_refinement else 0
         )
-        self._polish = polish
+        self._polish_rounds = polish_rounds
 
     def item_bytes(self, height: int, width: int) -> int:
-        per_pixel = _BYTES_PER_PIXEL + (_POLISH_BYTES_PER_PIXEL if self._polish else 0)
+        per_pixel = _BYTES_PER_PIXEL + (_POLISH_BYTES_PER_PIXEL if self._polish_rounds else 0)
         return per_pixel * height * width
 
     def flow(self, src_bhw3: np.ndarray, dst_bhw3: np.ndarray) -> np.ndarray:
@@ -56,7 +57,7 @@ class DisBackend:
             src_hw = cv2.cvtColor(src_hw3, cv2.COLOR_RGB2GRAY)
             dst_hw = cv2.cvtColor(dst_hw3, cv2.COLOR_RGB2GRAY)
             flow_hw2 = self._dis.calc(src_hw, dst_hw, None)
-            if self._polish:
-                flow_hw2 = polish_flow(src_hw3, dst_hw3, flow_hw2)
+            if self._polish_rounds:
+                flow_hw2 = polish_flow(src_hw3, dst_hw3, flow_hw2, self._polish_rounds)
             flows.append(flow_hw2)
         return np.stack(flows).astype(np.float32, copy=False)
