@@ -72,7 +72,7 @@ class EvalCommand:
     # that change a field from its default apply on top of it.
     fit_preset: FitPresetName | None = None
     # The defaults' tracking settings, Adam's kept moments and three rounds of the flow's polish
-    # (as `gflow run --best-tracks`).
+    # on smaller windows (as `gflow run --best-tracks`).
     best_tracks: bool = False
     # How every stage computes (the same flags as `gflow run`).
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

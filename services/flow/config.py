@@ -37,7 +37,14 @@ class FlowConfig:
     started from the last. The refinement pulls a small object's flow part of the way back
     towards its surroundings, the next round's steps take part of that back: with 3 the
     accuracy suite's moving EPE falls 6-11 % and its floor AJ rises 0.015-0.033 at 256x192x24,
-    for 2.5 times the flow stage's time; in `--best-tracks` (docs/flow.md, "Polish rounds")."""
+    for 2.5 times the flow stage's time; in `--best-tracks` (docs/flow.md, "Polish rounds and
+    windows")."""
+    dis_polish_window_px: float = 1.5
+    """DIS polish: sigma (pixels) of the Gaussian window over which each pixel's Lucas-Kanade
+    step is fitted. Smaller windows mix less of the surroundings into a small object's motion
+    and more noise; 1 gave lower EPE and a higher floor AJ on every clip of the accuracy suite at
+    96x72x12 and 256x192x24, and with 3 rounds higher AJ through the pipeline on every CPU row;
+    in `--best-tracks` (docs/flow.md, "Polish rounds and windows")."""
     raft_model: Literal["small", "large"] = "small"
     """Which torchvision RAFT; the weights file must be for this one."""
     raft_weights: Path | None = None
@@ -61,6 +68,7 @@ class FlowConfig:
                 "extra_stride", f"{self.extra_stride}: use 0 (none) or a stride of 2 or more"
             )
         check_positive("fb_threshold_px", self.fb_threshold_px)
+        check_positive("dis_polish_window_px", self.dis_polish_window_px)
         if self.dis_polish_rounds < 1:
             raise InvalidArgumentError(
                 "dis_polish_rounds",

@@ -15,10 +15,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from services.flow.config import FlowConfig
+
 LK_STEPS = 3
 """Gauss-Newton steps of the windowed brightness-constancy fit."""
-WINDOW_SIGMA_PX = 1.5
-"""Gaussian window of each pixel's fit (about 9 px across)."""
+WINDOW_SIGMA_PX = FlowConfig.dis_polish_window_px
+"""Gaussian window of each pixel's fit, sigma in pixels (1.5: about 9 px across)."""
 MAX_STEP_PX = 1.0
 """Longest update of one step: the linearisation holds for about a pixel."""
 MIN_EIGENVALUE = 1e-5
@@ -42,7 +44,11 @@ def _channel_sum(value_hwc: np.ndarray) -> np.ndarray:
 
 
 def lucas_kanade_steps(
-    src_hw3: np.ndarray, dst_hw3: np.ndarray, flow_hw2: np.ndarray, steps: int = LK_STEPS
+    src_hw3: np.ndarray,
+    dst_hw3: np.ndarray,
+    flow_hw2: np.ndarray,
+    steps: int = LK_STEPS,
+    window_sigma_px: float = WINDOW_SIGMA_PX,
 ) -> np.ndarray:
     """float32 [H, W, 2]: `flow_hw2` (src -> dst, uint8 RGB frames) moved by `steps` windowed
     Lucas-Kanade updates. The target is warped with cubic interpolation (bilinear's smoothing
@@ -57,7 +63,7 @@ def lucas_kanade_steps(
     src_gx_hw3, src_gy_hw3 = _gradients(src_hw3f)
 
     def window_sum(value_hw: np.ndarray) -> np.ndarray:
-        return cv2.GaussianBlur(value_hw, (0, 0), WINDOW_SIGMA_PX)
+        return cv2.GaussianBlur(value_hw, (0, 0), window_sigma_px)
 
     flow_hw2 = flow_hw2.astype(np.float32, copy=True)
     for _ in range(steps):
@@ -92,14 +98,21 @@ def lucas_kanade_steps(
 
 
 def polish_flow(
-    src_hw3: np.ndarray, dst_hw3: np.ndarray, flow_hw2: np.ndarray, rounds: int = 1
+    src_hw3: np.ndarray,
+    dst_hw3: np.ndarray,
+    flow_hw2: np.ndarray,
+    rounds: int = 1,
+    window_sigma_px: float = WINDOW_SIGMA_PX,
 ) -> np.ndarray:
-    """float32 [H, W, 2]: `rounds` times Lucas-Kanade steps, then a variational refinement
-    (OpenCV's, on grey images, DIS's weights) started from them."""
+    """float32 [H, W, 2]: `rounds` times Lucas-Kanade steps (windows of `window_sigma_px`), then a
+    variational refinement (OpenCV's, on grey images, DIS's weights) started from them."""
     src_hw = cv2.cvtColor(src_hw3, cv2.COLOR_RGB2GRAY)
     dst_hw = cv2.cvtColor(dst_hw3, cv2.COLOR_RGB2GRAY)
     refinement = cv2.VariationalRefinement_create()
     refinement.setFixedPointIterations(REFINEMENT_ITERATIONS)
     for _ in range(rounds):
-        flow_hw2 = refinement.calc(src_hw, dst_hw, lucas_kanade_steps(src_hw3, dst_hw3, flow_hw2))
+        stepped_hw2 = lucas_kanade_steps(
+            src_hw3, dst_hw3, flow_hw2, window_sigma_px=window_sigma_px
+        )
+        flow_hw2 = refinement.calc(src_hw, dst_hw, stepped_hw2)
     return flow_hw2

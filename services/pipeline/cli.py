@@ -57,8 +57,9 @@ class RunCommand:
     # and bundle adjustment, the fit keeping those cameras, occlusion read with the frames, the
     # flow and the flow chained from the query), whatever --pipeline.* flags turned off, with
     # Adam's moments kept across frames (higher PSNR on the accuracy suite) and three rounds of
-    # the flow's polish (higher AJ through the pipeline), though some of its other figures drop
-    # (docs/fit.md, "Adam's first steps from fresh moments"; docs/flow.md, "Polish rounds").
+    # the flow's polish on smaller windows (higher AJ through the pipeline), though some of its
+    # other figures drop (docs/fit.md, "Adam's first steps from fresh moments"; docs/flow.md,
+    # "Polish rounds and windows").
     best_tracks: bool = False
     # Points to track instead of the --track-grid grid: a CSV (optional header line) or .npy
     # file of rows t,x,y in the frames and pixels of the ingested video (fit/tracks_*.npy).

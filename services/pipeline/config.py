@@ -179,7 +179,7 @@ def with_fit_preset(config: PipelineConfig, name: FitPresetName | None) -> Pipel
 
 
 BEST_TRACKS: dict[str, dict[str, object]] = {
-    "flow": {"dis_polish": True, "dis_polish_rounds": 3},
+    "flow": {"dis_polish": True, "dis_polish_rounds": 3, "dis_polish_window_px": 1.0},
     "depth": {"offline_bundle_adjust": True},
     "segment": {"measured_depth_only": True},
     "fit": {
@@ -192,7 +192,8 @@ BEST_TRACKS: dict[str, dict[str, object]] = {
     },
 }
 """The stage fields `with_best_tracks` sets, by stage (it also sets `two_pass_depth`): all but
-`keep_adam_state` and `dis_polish_rounds` are the defaults since stop 56."""
+`keep_adam_state`, `dis_polish_rounds` and `dis_polish_window_px` are the defaults since stop
+56."""
 
 
 def with_best_tracks(config: PipelineConfig) -> PipelineConfig:
@@ -200,7 +201,8 @@ def with_best_tracks(config: PipelineConfig) -> PipelineConfig:
     accuracy suite through the offline depth backend (`BEST_TRACKS` and two-pass depth), set
     whatever `config` says: the defaults', Adam's kept moments, which raise PSNR on every row of
     the CPU suite (docs/fit.md, "Adam's first steps from fresh moments"), and three rounds of the
-    flow's polish, which raise AJ on every pipeline row (docs/flow.md, "Polish rounds"); each
+    flow's polish on smaller windows, which raise AJ on every pipeline row (docs/flow.md,
+    "Polish rounds and windows"); each
     moves some of the suite's other figures down, so neither is the default."""
     stages = {
         stage: dataclasses.replace(getattr(config, stage), **fields)

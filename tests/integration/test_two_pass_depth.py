@@ -89,9 +89,10 @@ def test_a_segment_result_of_another_video_is_refused(local_store):
 
 def test_best_tracks_runs_every_stage_with_its_opt_in(local_store, monkeypatch):
     """`with_best_tracks` (gflow run --best-tracks) reaches every stage of an embedded run: the
-    flow polished in three rounds, the masks from measured depth only, depth twice with bundle
-    adjustment (the second with the masks), and the fit keeping the depth stage's cameras and
-    Adam's moments, its tracks' occlusion read with the frames and the flow."""
+    flow polished in three rounds on small windows, the masks from measured depth only, depth
+    twice with bundle adjustment (the second with the masks), and the fit keeping the depth
+    stage's cameras and Adam's moments, its tracks' occlusion read with the frames and the
+    flow."""
     artifacts = Artifacts(local_store)
     scene = make_scene(SceneConfig())
     video = store_frames(artifacts, scene.frames_thw3, 10.0)
@@ -103,7 +104,9 @@ def test_best_tracks_runs_every_stage_with_its_opt_in(local_store, monkeypatch):
     result = run_pipeline(artifacts, video, with_best_tracks(_config(False)))
 
     assert [len(c) for c in calls.values()] == [1, 1, 2, 1]
-    assert calls["flow"][0][0][1].dis_polish and calls["flow"][0][0][1].dis_polish_rounds == 3
+    flow_config = calls["flow"][0][0][1]
+    assert flow_config.dis_polish and flow_config.dis_polish_rounds == 3
+    assert flow_config.dis_polish_window_px == 1.0
     assert calls["segment"][0][0][2].measured_depth_only
     (first_args, first_kwargs), (second_args, second_kwargs) = calls["depth"]
     assert first_args[1].offline_bundle_adjust and second_args[1].offline_bundle_adjust

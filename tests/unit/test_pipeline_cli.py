@@ -95,14 +95,16 @@ def test_fit_flags_given_with_a_preset_apply_on_top_of_it():
 
 
 def test_best_tracks_is_the_defaults_with_adams_moments_and_more_polish_whatever_the_flags():
-    """--best-tracks sets what the recipe's eleven flags set (README, docs/fit.md): nine restate
-    the defaults, Adam's kept moments and three polish rounds are the opt-ins; a fit preset and
-    other flags stay under it, and a flag that turns one of the recipe's defaults off is
-    overruled."""
+    """--best-tracks sets what the recipe's twelve flags set (README, docs/fit.md): nine restate
+    the defaults, Adam's kept moments and three polish rounds on smaller windows are the opt-ins;
+    a fit preset and other flags stay under it, and a flag that turns one of the recipe's
+    defaults off is overruled."""
     recipe = [
         "--pipeline.flow.dis-polish",
         "--pipeline.flow.dis-polish-rounds",
         "3",
+        "--pipeline.flow.dis-polish-window-px",
+        "1",
         "--pipeline.two-pass-depth",
         "--pipeline.depth.offline-bundle-adjust",
         "--pipeline.segment.measured-depth-only",
@@ -117,7 +119,7 @@ def test_best_tracks_is_the_defaults_with_adams_moments_and_more_polish_whatever
     best = run_config(tyro.cli(RunCommand, args=["clip.mp4", "--best-tracks"]), RemoteConfig())
     assert best == by_flags and best.warnings() == []
     kept_moments = dataclasses.replace(FitConfig(), keep_adam_state=True)
-    more_polish = dataclasses.replace(FlowConfig(), dis_polish_rounds=3)
+    more_polish = dataclasses.replace(FlowConfig(), dis_polish_rounds=3, dis_polish_window_px=1.0)
     assert best == dataclasses.replace(PipelineConfig(), fit=kept_moments, flow=more_polish)
     off = ["--pipeline.flow.no-dis-polish", "--pipeline.no-two-pass-depth", "--best-tracks"]
     assert run_config(tyro.cli(RunCommand, args=["clip.mp4", *off]), RemoteConfig()) == best

@@ -36,8 +36,15 @@ class DisBackend:
     device = "cpu"
     model_bytes = 0
 
-    def __init__(self, preset: str, variational_refinement: bool, polish_rounds: int):
-        """polish_rounds: rounds of `polish.polish_flow` after DIS (0: none)."""
+    def __init__(
+        self,
+        preset: str,
+        variational_refinement: bool,
+        polish_rounds: int,
+        polish_window_px: float,
+    ):
+        """polish_rounds: rounds of `polish.polish_flow` after DIS (0: none), with Lucas-Kanade
+        windows of sigma `polish_window_px`."""
         opencv_preset, finest_scale = PRESETS[preset]
         self._dis = cv2.DISOpticalFlow_create(opencv_preset)
         if finest_scale is not None:
@@ -46,6 +53,7 @@ class DisBackend:
             REFINEMENT_ITERATIONS if variational_refinement else 0
         )
         self._polish_rounds = polish_rounds
+        self._polish_window_px = polish_window_px
 
     def item_bytes(self, height: int, width: int) -> int:
         per_pixel = _BYTES_PER_PIXEL + (_POLISH_BYTES_PER_PIXEL if self._polish_rounds else 0)
@@ -58,6 +66,8 @@ class DisBackend:
             dst_hw = cv2.cvtColor(dst_hw3, cv2.COLOR_RGB2GRAY)
             flow_hw2 = self._dis.calc(src_hw, dst_hw, None)
             if self._polish_rounds:
-                flow_hw2 = polish_flow(src_hw3, dst_hw3, flow_hw2, self._polish_rounds)
+                flow_hw2 = polish_flow(
+                    src_hw3, dst_hw3, flow_hw2, self._polish_rounds, self._polish_window_px
+                )
             flows.append(flow_hw2)
         return np.stack(flows).astype(np.float32, copy=False)
