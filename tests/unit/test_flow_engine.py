@@ -15,6 +15,7 @@ from services.common.errors import (
     ResourceExhaustedError,
 )
 from services.evaluation.metrics import flow_epe
+from services.flow.backends.dis import DisBackend
 from services.flow.engine import (
     FlowConfig,
     FlowRuntime,
@@ -77,6 +78,19 @@ def test_the_fine_dis_preset_is_more_accurate_than_medium(scene):
 
     # Measured 0.248 px (medium, the default preset) and 0.135 px (fine) on this scene.
     assert mean_epe(fine) < 0.8 * mean_epe(medium)
+
+
+def test_dis_pairs_of_a_batch_on_threads_equal_the_pairs_one_by_one(scene):
+    """DisBackend runs a batch's pairs on a pool of threads, each with its own DIS instance:
+    the flows are those of the pairs computed alone, bit for bit, polished or not."""
+    src_bhw3, dst_bhw3 = scene.frames_thw3[:-1], scene.frames_thw3[1:]
+    for polish_rounds in (0, 2):
+        backend = DisBackend("medium", True, polish_rounds, 1.5)
+        batch_bhw2 = backend.flow(src_bhw3, dst_bhw3)
+        for i in range(len(src_bhw3)):
+            alone_1hw2 = backend.flow(src_bhw3[i : i + 1], dst_bhw3[i : i + 1])
+            np.testing.assert_array_equal(batch_bhw2[i], alone_1hw2[0])
+        assert batch_bhw2.dtype == np.float32 and batch_bhw2.shape[0] == len(src_bhw3)
 
 
 def test_result_carries_shapes_figures_and_how_memory_was_measured(dis_result):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 
@@ -30,7 +34,8 @@ def availability() -> tuple[bool, str]:
 
 
 class DisBackend:
-    """Dense Inverse Search on grey images, one directed pair at a time."""
+    """Dense Inverse Search on grey images, the directed pairs of a batch on a pool of threads
+    (OpenCV and NumPy release the GIL; one DIS instance per thread)."""
 
     name = "dis"
     device = "cpu"
@@ -45,29 +50,49 @@ class DisBackend:
     ):
         """polish_rounds: rounds of `polish.polish_flow` after DIS (0: none), with Lucas-Kanade
         windows of sigma `polish_window_px`."""
-        opencv_preset, finest_scale = PRESETS[preset]
-        self._dis = cv2.DISOpticalFlow_create(opencv_preset)
-        if finest_scale is not None:
-            self._dis.setFinestScale(finest_scale)
-        self._dis.setVariationalRefinementIterations(
-            REFINEMENT_ITERATIONS if variational_refinement else 0
-        )
+        self._opencv_preset, self._finest_scale = PRESETS[preset]
+        self._refinement_iterations = REFINEMENT_ITERATIONS if variational_refinement else 0
         self._polish_rounds = polish_rounds
         self._polish_window_px = polish_window_px
+        self._local = threading.local()
 
     def item_bytes(self, height: int, width: int) -> int:
         per_pixel = _BYTES_PER_PIXEL + (_POLISH_BYTES_PER_PIXEL if self._polish_rounds else 0)
         return per_pixel * height * width
 
     def flow(self, src_bhw3: np.ndarray, dst_bhw3: np.ndarray) -> np.ndarray:
-        flows = []
-        for src_hw3, dst_hw3 in zip(src_bhw3, dst_bhw3, strict=True):
-            src_hw = cv2.cvtColor(src_hw3, cv2.COLOR_RGB2GRAY)
-            dst_hw = cv2.cvtColor(dst_hw3, cv2.COLOR_RGB2GRAY)
-            flow_hw2 = self._dis.calc(src_hw, dst_hw, None)
-            if self._polish_rounds:
-                flow_hw2 = polish_flow(
-                    src_hw3, dst_hw3, flow_hw2, self._polish_rounds, self._polish_window_px
-                )
-            flows.append(flow_hw2)
+        """The engine sizes a batch so that all its pairs fit the memory budget at once."""
+        if len(src_bhw3) != len(dst_bhw3):
+            raise ValueError(f"{len(src_bhw3)} sources for {len(dst_bhw3)} targets")
+        workers = max(1, min(len(src_bhw3), _usable_cpus()))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gflow-dis") as pool:
+            flows = list(pool.map(self._pair_flow, src_bhw3, dst_bhw3))
         return np.stack(flows).astype(np.float32, copy=False)
+
+    def _pair_flow(self, src_hw3: np.ndarray, dst_hw3: np.ndarray) -> np.ndarray:
+        src_hw = cv2.cvtColor(src_hw3, cv2.COLOR_RGB2GRAY)
+        dst_hw = cv2.cvtColor(dst_hw3, cv2.COLOR_RGB2GRAY)
+        flow_hw2 = self._thread_dis().calc(src_hw, dst_hw, None)
+        if self._polish_rounds:
+            flow_hw2 = polish_flow(
+                src_hw3, dst_hw3, flow_hw2, self._polish_rounds, self._polish_window_px
+            )
+        return flow_hw2
+
+    def _thread_dis(self) -> cv2.DISOpticalFlow:
+        """This thread's DIS instance (an OpenCV algorithm object is not safe to share)."""
+        dis = getattr(self._local, "dis", None)
+        if dis is None:
+            dis = cv2.DISOpticalFlow_create(self._opencv_preset)
+            if self._finest_scale is not None:
+                dis.setFinestScale(self._finest_scale)
+            dis.setVariationalRefinementIterations(self._refinement_iterations)
+            self._local.dis = dis
+        return dis
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (a container's or taskset's limit where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
