@@ -202,8 +202,8 @@ def with_best_tracks(config: PipelineConfig) -> PipelineConfig:
     whatever `config` says: the defaults', Adam's kept moments, which raise PSNR on every row of
     the CPU suite (docs/fit.md, "Adam's first steps from fresh moments"), and three rounds of the
     flow's polish on smaller windows, which raise AJ on every pipeline row (docs/flow.md,
-    "Polish rounds and windows"); each
-    moves some of the suite's other figures down, so neither is the default."""
+    "Polish rounds and windows"); each moves some of the suite's other figures down, so neither
+    is the default."""
     stages = {
         stage: dataclasses.replace(getattr(config, stage), **fields)
         for stage, fields in BEST_TRACKS.items()

@@ -81,7 +81,7 @@ def test_the_fine_dis_preset_is_more_accurate_than_medium(scene):
 
 
 def test_dis_pairs_of_a_batch_on_threads_equal_the_pairs_one_by_one(scene):
-    """DisBackend runs a batch's pairs on a pool of threads, each with its own DIS instance:
+    """DisBackend runs a batch's pairs on a pool of threads, each pair with its own DIS instance:
     the flows are those of the pairs computed alone, bit for bit, polished or not."""
     src_bhw3, dst_bhw3 = scene.frames_thw3[:-1], scene.frames_thw3[1:]
     for polish_rounds in (0, 2):
