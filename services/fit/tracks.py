@@ -37,6 +37,7 @@ the image motion around them").
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,8 @@ from services.common.sampling import sample_bilinear
 from services.fit.config import FitConfig, TrackMotion
 from services.fit.engine import FitResult
 from services.fit.flow_tracks import chained_flow_tracks
-from services.fit.motion import flow_round_trip, inside_image, visible_n
+from services.fit.gaussians import FrameGaussians
+from services.fit.motion import flow_round_trip, inside_image, nearest_pixel, visible_n
 from services.fit.priors import FitPriors
 from services.fit.projection import project_gaussians
 from services.fit.rasterizer_torch import gaussian_alpha
@@ -105,6 +107,12 @@ chained flow's where the two lie within this many pixels. With these two distanc
 queries at the chain's point) no track figure of the CPU accuracy suite is lower than with the
 single 1 px of stop 54 (docs/fit.md, "Moving points from the chain")."""
 
+MASK_SURE_SCORE = 0.9
+"""FitConfig's `tracks_moving_by_mask`: the moving-mask score from which a query's pixel counts as
+surely on a moving object. Exact masks are 0 or 1; the segment stage's scores fall off over a
+few pixels at an outline, where a still query on the pipeline's orbit-3-leaving clip took a
+moving Gaussian at 0.5 or 0.75 (AJ -0.0004) and none does at 0.9."""
+
 FRONT_SURFACE_GAP = 0.03
 """A query on a moving Gaussian is lifted at the front surface of its pixel (the first Gaussian
 along the ray after which less than half the light passes) where that lies at least this share
@@ -134,10 +142,12 @@ def attach(result: FitResult, queries_q3: np.ndarray) -> np.ndarray:
 
 
 def _attachments(
-    result: FitResult, queries_q3: np.ndarray
+    result: FitResult, queries_q3: np.ndarray, moving_mask_thw: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids [Q] of the Gaussians the queries attach to, world points [Q, 3] under the queries,
-    whether each of those Gaussians is moving at the query's frame [Q])."""
+    whether each of those Gaussians is moving at the query's frame [Q]). `moving_mask_thw` (bool
+    [T, H, W]): where it covers a query's pixel whose dominant Gaussian is still, the query
+    attaches to the moving Gaussians there (`_moving_under_mask`)."""
     ids_q = np.zeros(len(queries_q3), np.int64)
     points_q3 = np.zeros((len(queries_q3), 3))
     moving_q = np.zeros(len(queries_q3), bool)
@@ -146,6 +156,10 @@ def _attachments(
         xy_r2 = queries_q3[rows][:, [2, 1]]
         frame = result.frames[t]
         dominant_r, front_r = _query_rays(result, t, xy_r2)
+        if moving_mask_thw is not None:
+            dominant_r, front_r = _moving_under_mask(
+                result, t, xy_r2, dominant_r, front_r, moving_mask_thw[t]
+            )
         ids_q[rows] = frame.ids_n[dominant_r]
         moving_q[rows] = frame.moving_n[dominant_r]
         depth_r = sample_bilinear(result.depth_thw[t][..., None].astype(np.float64), xy_r2)[:, 0]
@@ -165,13 +179,44 @@ def _attachments(
     return ids_q, points_q3, moving_q
 
 
-def _query_rays(result: FitResult, t: int, xy_r2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _moving_under_mask(
+    result: FitResult,
+    t: int,
+    xy_r2: np.ndarray,
+    dominant_r: np.ndarray,
+    front_r: np.ndarray,
+    moving_mask_hw: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_query_rays`' indices with the pixels that `moving_mask_hw` covers but a still Gaussian
+    dominates taken from frame t's moving Gaussians alone: the dominant one among them, also as
+    the front surface, so that `_attachments` lifts the query at that Gaussian's depth where it
+    lies in front (`FRONT_SURFACE_GAP`), not on the still surface behind the object's rim."""
+    frame = result.frames[t]
+    moving_m = np.flatnonzero(frame.moving_n)
+    pixel_rows_r, pixel_cols_r = nearest_pixel(xy_r2, result.height, result.width)
+    masked_r = moving_mask_hw[pixel_rows_r, pixel_cols_r] & ~frame.moving_n[dominant_r]
+    if not masked_r.any() or len(moving_m) == 0:
+        return dominant_r, front_r
+    moving_dominant_k, _ = _query_rays(result, t, xy_r2[masked_r], moving_m)
+    dominant_r, front_r = dominant_r.copy(), front_r.copy()
+    dominant_r[masked_r] = moving_dominant_k
+    front_r[masked_r] = moving_dominant_k
+    return dominant_r, front_r
+
+
+def _query_rays(
+    result: FitResult, t: int, xy_r2: np.ndarray, among_n: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (into frame t's Gaussians) at each pixel: of the largest blending weight, and of
     the front surface (the first Gaussian after which less than half the light passes; -1 where
-    the ray never gets that opaque)."""
+    the ray never gets that opaque); among the Gaussians `among_n` (indices) alone where given."""
     frame = result.frames[t]
     if len(frame) == 0:
         raise InvalidArgumentError("queries_q3", f"frame {t} has no Gaussians to attach to")
+    if among_n is not None:
+        frame = FrameGaussians(
+            **{f.name: getattr(frame, f.name)[among_n] for f in dataclasses.fields(frame)}
+        )
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, np.float32))
@@ -220,8 +265,11 @@ def _query_rays(result: FitResult, t: int, xy_r2: np.ndarray) -> tuple[np.ndarra
             opaque_cn = passed_cn < 0.5
             front.append(torch.where(opaque_cn.any(dim=1), opaque_cn.int().argmax(dim=1), -1))
         front_r = torch.cat(front)
-        front_r = torch.where(front_r >= 0, order_n[front_r.clamp_min(0)], -1)
-        return order_n[torch.cat(best)].numpy(), front_r.numpy()
+        front_r = torch.where(front_r >= 0, order_n[front_r.clamp_min(0)], -1).numpy()
+        dominant_r = order_n[torch.cat(best)].numpy()
+    if among_n is None:
+        return dominant_r, front_r
+    return among_n[dominant_r], np.where(front_r >= 0, among_n[front_r.clip(0)], -1)
 
 
 def track_3d(
@@ -427,6 +475,7 @@ def track_queries(
     frames_thw3: np.ndarray | None = None,
     flow_check: FlowCheck | None = None,
     flow_chain: FlowChain | None = None,
+    moving_mask_thw: np.ndarray | None = None,
 ) -> Tracks:
     """track_2d, track_3d and the moving flag of query rows (t, y, x), attaching them once.
     `frames_thw3` (the fitted clip's uint8 RGB frames [T, H, W, 3]) lets the frames confirm
@@ -434,7 +483,9 @@ def track_queries(
     model's hiding of points in frames whose depth prior measured nothing (`FlowCheck`);
     `flow_chain` lets the flow chained from the query overrule it where it reaches the track
     point, and moves the point towards the chain's (`FlowChain`, `_with_chain_points`); None:
-    the model's flags and points as they are.
+    the model's flags and points as they are. `moving_mask_thw` (bool [T, H, W], the clip's
+    moving masks) attaches a query whose pixel it covers to the moving Gaussians there where a
+    still one dominates the pixel (`_moving_under_mask`); None: to the dominant Gaussian.
 
     No queries give arrays with Q = 0."""
     queries_q3 = _check_queries(result, queries_q3)
@@ -448,7 +499,17 @@ def track_queries(
             f"shape {frames_thw3.shape}: pass the fitted clip's frames "
             f"({result.n_frames}, {result.height}, {result.width}, 3)",
         )
-    ids_q, surface_q3, moving_q = _attachments(result, queries_q3)
+    if moving_mask_thw is not None and moving_mask_thw.shape != (
+        result.n_frames,
+        result.height,
+        result.width,
+    ):
+        raise InvalidArgumentError(
+            "moving_mask_thw",
+            f"shape {moving_mask_thw.shape}: pass the fitted clip's masks "
+            f"({result.n_frames}, {result.height}, {result.width})",
+        )
+    ids_q, surface_q3, moving_q = _attachments(result, queries_q3, moving_mask_thw)
     carried_qt3, alive_qt = _track_3d_of(result, queries_q3, ids_q, surface_q3)
     points_qt2, occluded_qt, in_view_qt = _project_tracks(result, carried_qt3, alive_qt)
     world_qt3 = carried_qt3
@@ -509,8 +570,10 @@ def configured_tracks(
     result: FitResult, queries_q3: np.ndarray, cfg: FitConfig, priors: FitPriors
 ) -> Tracks:
     """track_queries as a fit configured by `cfg` reads its tracks: with its `track_motion`, with
-    the clip's frames where `occlusion_from_frames` asks, and with the priors' flows where
-    `occlusion_from_flow_where_unmeasured` or `tracks_with_flow_chain` asks."""
+    the clip's frames where `occlusion_from_frames` asks, with the priors' flows where
+    `occlusion_from_flow_where_unmeasured` or `tracks_with_flow_chain` asks, and with the
+    priors' moving masks (scores at or above `MASK_SURE_SCORE`) where `tracks_moving_by_mask`
+    asks."""
     return track_queries(
         result,
         queries_q3,
@@ -518,6 +581,7 @@ def configured_tracks(
         priors.frames_thw3 if cfg.occlusion_from_frames else None,
         FlowCheck.of(priors) if cfg.occlusion_from_flow_where_unmeasured else None,
         FlowChain.of(priors) if cfg.tracks_with_flow_chain else None,
+        np.asarray(priors.moving_thw) >= MASK_SURE_SCORE if cfg.tracks_moving_by_mask else None,
     )
 
 

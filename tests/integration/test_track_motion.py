@@ -26,9 +26,11 @@ def test_the_fit_stage_writes_the_tracks_of_its_track_motion(local_store, monkey
     video = store_frames(artifacts, scene.frames_thw3, 10.0)
     read = []
 
-    def recorded(result, queries_q3, motion, frames_thw3, flow_check, flow_chain):
-        tracks = track_queries(result, queries_q3, motion, frames_thw3, flow_check, flow_chain)
-        read.append((motion, tracks, frames_thw3, flow_check, flow_chain))
+    def recorded(result, queries_q3, motion, frames_thw3, flow_check, flow_chain, mask_thw):
+        tracks = track_queries(
+            result, queries_q3, motion, frames_thw3, flow_check, flow_chain, mask_thw
+        )
+        read.append((motion, tracks, frames_thw3, flow_check, flow_chain, mask_thw))
         return tracks
 
     track_queries = fit_tracks.track_queries
@@ -36,11 +38,12 @@ def test_the_fit_stage_writes_the_tracks_of_its_track_motion(local_store, monkey
     monkeypatch.setattr(fit_tracks, "track_queries", recorded)
     fit_cfg = dataclasses.replace(preset("test"), iters=10)
     settings = [
-        ("gaussian", False, False, False),
-        ("local_rigid", False, False, False),
-        ("local_rigid", True, False, False),
-        ("local_rigid", False, True, False),
-        ("local_rigid", False, False, True),
+        ("gaussian", False, False, False, False),
+        ("local_rigid", False, False, False, False),
+        ("local_rigid", True, False, False, False),
+        ("local_rigid", False, True, False, False),
+        ("local_rigid", False, False, True, False),
+        ("local_rigid", False, False, False, True),
     ]
     runs = [
         run_pipeline(
@@ -53,24 +56,29 @@ def test_the_fit_stage_writes_the_tracks_of_its_track_motion(local_store, monkey
                     occlusion_from_frames=from_frames,
                     occlusion_from_flow_where_unmeasured=from_flow,
                     tracks_with_flow_chain=from_chain,
+                    tracks_moving_by_mask=from_mask,
                 ),
                 track_grid=8,
             ),
         )
-        for motion, from_frames, from_flow, from_chain in settings
+        for motion, from_frames, from_flow, from_chain, from_mask in settings
     ]
-    assert len({run.fit.key for run in runs}) == 5  # the tracks are part of the fit's result
+    assert len({run.fit.key for run in runs}) == 6  # the tracks are part of the fit's result
     assert [motion for motion, *_ in read] == [motion for motion, *_ in settings]
-    # The frames, the flow check and the chain reach the readout only when their flags ask.
-    assert [frames is None for _, _, frames, *_ in read] == [True, True, False, True, True]
+    # The frames, the flow check, the chain and the masks reach the readout only when their
+    # flags ask.
+    assert [frames is None for _, _, frames, *_ in read] == [True, True, False, True, True, True]
     np.testing.assert_array_equal(read[2][2], scene.frames_thw3)
-    assert [check is None for *_, check, _ in read] == [True, True, True, False, True]
+    assert [check is None for *_, check, _, _ in read] == [True, True, True, False, True, True]
     flow_check = read[3][3]
     assert flow_check.flow_fwd_t1hw2.shape == (7, 48, 64, 2)
     assert flow_check.unmeasured_t.shape == (8,)
-    assert [chain is None for *_, chain in read] == [True, True, True, True, False]
+    assert [chain is None for *_, chain, _ in read] == [True, True, True, True, False, True]
     flow_chain = read[4][4]
     assert flow_chain.flow_bwd_t1hw2.shape == (7, 48, 64, 2)
+    assert [mask is None for *_, mask in read] == [True, True, True, True, True, False]
+    mask_thw = read[5][5]
+    assert mask_thw.dtype == bool and mask_thw.shape == (8, 48, 64)
     for run, (_, tracks, *_) in zip(runs, read, strict=True):
         stored = {
             name: artifacts.get_array(artifact(run.fit, name, "fit"))

@@ -558,6 +558,41 @@ def test_tracks_follow_the_dominant_gaussian():
     assert np.allclose(world[1, :, 2], 5.0, atol=0.05)
 
 
+def test_a_query_the_moving_mask_covers_at_an_objects_rim_moves_with_the_object():
+    """At the front Gaussian's rim (2.5 of its standard deviations off its centre) the still one
+    behind dominates the pixel: without masks the query stays there; with a moving mask over the
+    pixel it attaches to the moving Gaussian, at its depth, and moves with it."""
+    result = _two_layer_result()
+    front_xy, _ = project_p2(K_33, np.eye(4), np.array([[0.0, 0.0, 3.0]]))
+    rim_x = front_xy[0, 0] + 2.5 * 0.08 * K_33[0, 0] / 3.0
+    queries = np.array([[0, front_xy[0, 1], rim_x]])
+    assert attach(result, queries).tolist() == [3]
+    unmasked = track_queries(result, queries)
+    assert not unmasked.moving_q[0]
+    assert np.allclose(unmasked.points_qt2[0, :, 0], rim_x, atol=1e-3)
+    mask_thw = np.zeros((4, H, W), bool)
+    mask_thw[0, int(round(front_xy[0, 1])), int(round(rim_x))] = True
+    masked = track_queries(result, queries, moving_mask_thw=mask_thw)
+    assert masked.moving_q[0]
+    assert masked.world_qt3[0, 0, 2] == pytest.approx(3.0, abs=1e-4)
+    step = K_33[0, 0] * 0.3 / 3.0
+    assert np.allclose(masked.points_qt2[0, :, 0] - rim_x, step * np.arange(4), atol=1e-3)
+    # A mask elsewhere changes nothing; one of the wrong shape is refused.
+    mask_thw[0] = False
+    mask_thw[0, 0, 0] = True
+    elsewhere = track_queries(result, queries, moving_mask_thw=mask_thw)
+    assert np.array_equal(elsewhere.points_qt2, unmasked.points_qt2)
+    with pytest.raises(InvalidArgumentError, match="moving_mask_thw"):
+        track_queries(result, queries, moving_mask_thw=mask_thw[:, :-1])
+    # Configured: the priors' scores count where they reach MASK_SURE_SCORE, and only with
+    # tracks_moving_by_mask.
+    priors = _priors(4)
+    for score, on, moves in ((0.95, True, True), (0.8, True, False), (0.95, False, False)):
+        priors.moving_thw[0, int(round(front_xy[0, 1])), int(round(rim_x))] = score
+        cfg = FitConfig(tracks_moving_by_mask=on)
+        assert configured_tracks(result, queries, cfg, priors).moving_q[0] == moves
+
+
 def test_a_moving_query_is_lifted_at_the_front_surface_not_at_the_blended_depth():
     result = _two_layer_result()
     front_xy, _ = project_p2(K_33, np.eye(4), np.array([[0.0, 0.0, 3.0]]))
