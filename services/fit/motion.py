@@ -3,7 +3,8 @@
 GFlow moves the moving Gaussians before optimising a new frame: a visible moving Gaussian goes
 where the optical flow takes its pixel, at the depth the depth prior gives there (its camera depth
 scaled by the prior's depth change, so its offset from the surface is kept). A moving Gaussian
-that no pixel sees takes the mean displacement of its nearest visible moving neighbours.
+that no pixel sees takes the mean displacement of its nearest visible moving neighbours (with
+FitConfig's `moving_behind_occluders`, of those that do not lie in front of it).
 `split_and_move` does the whole step: relabel the seen Gaussians still/moving, then move.
 """
 
@@ -27,8 +28,12 @@ COVERED_ALPHA = 0.5
 """Rendered opacity from which a pixel counts as covered."""
 FB_TOLERANCE_PX = 1.0
 """Forward-backward flow disagreement (pixels) above which a pixel's flow is not trusted."""
+OCCLUDER_DEPTH_RATIO = 0.9
+"""A moving Gaussian hidden at its flow target (the flow's round trip fails there) keeps its
+camera z where the prior's depth there is nearer than this share of its own: the occluder's."""
 _DEPTH_RATIO_RANGE = (0.5, 2.0)  # a prior depth change outside this is a boundary, not motion
 _NEIGHBOURS = 4
+_CANDIDATES = 16  # nearest known points among which `spread_displacement` picks _NEIGHBOURS
 
 
 def nearest_pixel(xy_n2: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,12 +91,16 @@ def lift_moving(
     trusted_next_hw: np.ndarray,
     K_33: np.ndarray,
     c2w_next_44: np.ndarray,
+    hidden_next_n: np.ndarray | None = None,
 ) -> np.ndarray:
     """New world centres of visible moving Gaussians: pixel moved by flow, camera z scaled by the
     prior's depth change there (z_prev_n: in the previous camera).
 
-    Where the target leaves the image or the change lies beyond `_DEPTH_RATIO_RANGE` (the flow
-    crossed onto another surface) the camera z is kept. Where either prior depth is not trusted
+    Where the target leaves the image, the change lies beyond `_DEPTH_RATIO_RANGE` (the flow
+    crossed onto another surface) or `hidden_next_n` says the point is hidden at its target
+    behind a nearer surface (`OCCLUDER_DEPTH_RATIO`: the prior's depth there is the occluder's;
+    following it would carry the Gaussian onto the occluder, and with it from then on) the
+    camera z is kept. Where either prior depth is not trusted
     (trusted_*_hw: `FitPriors.depth_measured_hw` under `moving_depth_from_filled_prior=false`;
     a moving object's depth filled in from its surroundings would carry it to the depth of
     whatever lies behind it) the z is still_z_n: the unmoved centre's z in the next camera, so
@@ -109,6 +118,8 @@ def lift_moving(
         & (ratio >= _DEPTH_RATIO_RANGE[0])
         & (ratio <= _DEPTH_RATIO_RANGE[1])
     )
+    if hidden_next_n is not None:
+        usable &= ~(hidden_next_n & (ratio < OCCLUDER_DEPTH_RATIO))
     z_next = z_prev_n * np.where(usable, ratio, 1.0)
     trusted = trusted_prev_hw[rows0, cols0] & trusted_next_hw[rows1, cols1]
     z_next = np.where(trusted | (still_z_n <= 0), z_next, still_z_n)
@@ -116,15 +127,30 @@ def lift_moving(
 
 
 def spread_displacement(
-    known_n3: np.ndarray, displacement_n3: np.ndarray, unknown_m3: np.ndarray
+    known_n3: np.ndarray,
+    displacement_n3: np.ndarray,
+    unknown_m3: np.ndarray,
+    known_z_n: np.ndarray | None = None,
+    unknown_z_m: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Displacement [M, 3] of each unknown point: the mean of its nearest known points'."""
+    """Displacement [M, 3] of each unknown point: the mean of its nearest known points'.
+
+    Given camera z of both (`known_z_n`, `unknown_z_m`), known points nearer the camera than
+    `OCCLUDER_DEPTH_RATIO` of the unknown one's z are left out where others remain among its
+    `_CANDIDATES` nearest: a moving point no pixel sees is mostly hidden by what lies in front of
+    it, and that occluder's motion is not its own."""
     if len(unknown_m3) == 0 or len(known_n3) == 0:
         return np.zeros_like(unknown_m3)
-    k = min(_NEIGHBOURS, len(known_n3))
-    _, index = cKDTree(known_n3).query(unknown_m3, k=k)
-    index = index.reshape(len(unknown_m3), k)
-    return displacement_n3[index].mean(axis=1)
+    k = min(_NEIGHBOURS if known_z_n is None else _CANDIDATES, len(known_n3))
+    _, index_mk = cKDTree(known_n3).query(unknown_m3, k=k)
+    index_mk = index_mk.reshape(len(unknown_m3), k)
+    if known_z_n is None or unknown_z_m is None:
+        return displacement_n3[index_mk].mean(axis=1)
+    behind_mk = known_z_n[index_mk] >= OCCLUDER_DEPTH_RATIO * unknown_z_m[:, None]
+    # Rank candidates: those not in front first, each group by distance; keep the first few.
+    rank_mk = np.argsort(~behind_mk, axis=1, kind="stable")[:, : min(_NEIGHBOURS, k)]
+    chosen_mk = np.take_along_axis(index_mk, rank_mk, axis=1)
+    return displacement_n3[chosen_mk].mean(axis=1)
 
 
 def flow_on_own_side(
@@ -183,7 +209,9 @@ def split_and_move(
 ) -> MotionUpdate:
     """Relabels the Gaussians seen in frame t-1 still/moving (2-means on residual motion, the
     priors' mask scores as prior) and moves the moving ones to frame t: seen ones by the flow and
-    the depth prior, unseen ones by their neighbours.
+    the depth prior, unseen ones by their neighbours; with `cfg.moving_behind_occluders`, neither
+    by an occluder's depth or motion (`lift_moving`'s `hidden_next_n`, `spread_displacement`'s
+    camera z).
 
     depth_prev_hw / alpha_prev_hw: the model rendered at frame t-1; prior_depth_*_hw: the depth
     priors of frames t-1 and t at the model's scale; trusted_*_hw: where their change may be
@@ -210,6 +238,13 @@ def split_and_move(
     )
     seen_moving_n = seen_n & moving_n
     target_m2 = target_s2[moving_n[seen_n]]
+    hidden_next_m = None
+    behind_occluders = cfg.moving_behind_occluders
+    if behind_occluders and priors.flow_bwd_t1hw2 is not None:
+        returned_m2 = target_m2 + sample_bilinear(priors.flow_bwd_t1hw2[t - 1], target_m2)
+        hidden_next_m = (
+            np.linalg.norm(returned_m2 - xy_prev_n2[seen_moving_n], axis=1) > FB_TOLERANCE_PX
+        )
     lifted_m3 = lift_moving(
         xy_prev_n2[seen_moving_n],
         z_prev_n[seen_moving_n],
@@ -221,6 +256,7 @@ def split_and_move(
         trusted_next_hw,
         K_33,
         c2w_next_44,
+        hidden_next_m,
     )
     hidden_moving_n = moving_n & ~seen_n
     new_means_n3 = means_n3.copy()
@@ -229,5 +265,7 @@ def split_and_move(
         means_n3[seen_moving_n],
         lifted_m3 - means_n3[seen_moving_n],
         means_n3[hidden_moving_n],
+        z_prev_n[seen_moving_n] if behind_occluders else None,
+        z_prev_n[hidden_moving_n] if behind_occluders else None,
     )
     return MotionUpdate(new_means_n3, moving_n, seen_moving_n, target_m2)

@@ -39,6 +39,7 @@ from services.fit.losses import photometric_loss, photometric_target, ssim_map_h
 from services.fit.motion import (
     flow_on_own_side,
     lift_moving,
+    split_and_move,
     spread_displacement,
 )
 from services.fit.stage import StoreCheckpoints
@@ -457,6 +458,48 @@ def test_moving_depth_follows_the_prior_only_where_it_was_measured():
     assert np.allclose(z_of(filled_hw), [3.0, 4.5, 4.1])  # the unmeasured one: still_z
 
 
+@pytest.mark.parametrize("behind_occluders", [False, True])
+def test_a_moving_gaussian_hidden_at_its_target_keeps_its_depth_instead_of_the_occluders(
+    behind_occluders,
+):
+    """Two moving Gaussians 3 away, both carried 2 px right by the flow; at the second one's
+    target an occluder 2.1 away moves the other way (the backward flow there does not bring the
+    point back) and the prior's depth is the occluder's. The first follows the prior's depth
+    change (3 -> 3.3); with `moving_behind_occluders` the second keeps its depth, without it it
+    lands on the occluder."""
+    pixels_n2 = np.array([[20.0, 20.0], [40.0, 30.0]])
+    means_n3 = backproject_p3(K_33, np.eye(4), pixels_n2, np.array([3.0, 3.0]))
+    priors = dataclasses.replace(
+        _priors(2),
+        flow_fwd_t1hw2=np.tile(np.array([2.0, 0.0], np.float32), (1, H, W, 1)),
+        flow_bwd_t1hw2=np.tile(np.array([-2.0, 0.0], np.float32), (1, H, W, 1)),
+        moving_thw=np.ones((2, H, W), np.float32),
+    )
+    priors.flow_bwd_t1hw2[0, 28:33, 40:45] = (6.0, 0.0)  # the occluder around (42, 30)
+    prior_next_hw = np.full((H, W), 3.3, np.float32)
+    prior_next_hw[28:33, 40:45] = 2.1
+    everywhere_hw = np.ones((H, W), bool)
+    update = split_and_move(
+        means_n3,
+        np.array([True, True]),
+        priors,
+        1,
+        c2w_prev_44=np.eye(4),
+        c2w_next_44=np.eye(4),
+        depth_prev_hw=np.full((H, W), 3.0),
+        alpha_prev_hw=np.ones((H, W)),
+        prior_depth_prev_hw=np.full((H, W), 3.0, np.float32),
+        prior_depth_next_hw=prior_next_hw,
+        trusted_prev_hw=everywhere_hw,
+        trusted_next_hw=everywhere_hw,
+        cfg=FitConfig(moving_behind_occluders=behind_occluders),
+    )
+    assert update.seen_moving_n.all()
+    xy_n2, z_n = project_p2(K_33, np.eye(4), update.means_n3)
+    assert np.allclose(xy_n2, pixels_n2 + [2.0, 0.0])
+    assert np.allclose(z_n, [3.3, 3.0 if behind_occluders else 2.1])
+
+
 def test_hidden_points_take_their_neighbours_displacement():
     known = np.array([[0.0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0]])
     moved = np.array([[1.0, 0, 0], [1, 0, 0], [0, 0, 5], [0, 0, 5]])
@@ -465,6 +508,25 @@ def test_hidden_points_take_their_neighbours_displacement():
     # 4 neighbours each: both see all four known points, so both get the mean displacement.
     assert np.allclose(out, moved.mean(axis=0))
     assert spread_displacement(known[:0], moved[:0], unknown).shape == (2, 3)
+
+
+def test_a_hidden_point_takes_the_displacement_of_neighbours_not_in_front_of_it():
+    """A point hidden at z 3 behind an occluder at z 2.1: the occluder's four points are its
+    nearest and move right, its own object's four (a little farther, at its depth) move left.
+    Given camera z it takes its own object's motion; without, the occluder's."""
+    occluder_n3 = np.array([[0.1, 0.0, 2.1], [-0.1, 0.0, 2.1], [0.0, 0.1, 2.1], [0.0, -0.1, 2.1]])
+    own_n3 = np.array([[1.0, 0.0, 3.0], [-1.0, 0.0, 3.0], [0.0, 1.0, 3.0], [0.0, -1.0, 3.0]])
+    known_n3 = np.concatenate([occluder_n3, own_n3])
+    moved_n3 = np.concatenate([np.tile([0.2, 0.0, 0.0], (4, 1)), np.tile([-0.3, 0.0, 0.0], (4, 1))])
+    hidden_m3 = np.array([[0.0, 0.0, 3.0]])
+    assert np.allclose(spread_displacement(known_n3, moved_n3, hidden_m3), [[0.2, 0.0, 0.0]])
+    gated = spread_displacement(known_n3, moved_n3, hidden_m3, known_n3[:, 2], hidden_m3[:, 2])
+    assert np.allclose(gated, [[-0.3, 0.0, 0.0]])
+    # With nothing but the occluder around, the nearest points it has are used.
+    alone = spread_displacement(
+        occluder_n3, moved_n3[:4], hidden_m3, occluder_n3[:, 2], hidden_m3[:, 2]
+    )
+    assert np.allclose(alone, [[0.2, 0.0, 0.0]])
 
 
 def test_split_moving_uses_motion_and_mask_prior():
