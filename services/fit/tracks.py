@@ -1,7 +1,10 @@
 """Point tracks from a fit: a query pixel follows the Gaussian that dominates it.
 
 A query (t, y, x) (TAP-Vid layout) is attached to the Gaussian with the largest blending weight
-alpha_i * T_i at that pixel of frame t, the same weight the renderer composites with. The query's
+alpha_i * T_i at that pixel of frame t, the same weight the renderer composites with; given the
+clip's moving masks (FitConfig's `tracks_moving_by_mask`, on by default), a pixel a mask surely
+covers (`MASK_SURE_SCORE`) that a still Gaussian dominates attaches to the moving Gaussian of
+largest weight there instead, at that Gaussian's depth where it lies in front. The query's
 point is lifted at the rendered depth there, or, where that Gaussian is moving, at the front
 surface when it lies clearly nearer (`FRONT_SURFACE_GAP`): the rendered depth is a blending-weighted
 mean, which at a moving object's outline sinks towards the background behind it. The track is the
