@@ -204,8 +204,8 @@ class FitConfig:
     largest blending weight there, at its depth: at an object's rim the still Gaussians behind
     it often outweigh the moving ones, and a query attached to one of them stays put while the
     object moves on. On the accuracy suite's CPU fits it raises exact-prior AJ by up to 0.02 and
-    lowers no figure (docs/fit.md, "Queries the moving mask covers"). False: the dominant
-    Gaussian, whatever the mask says."""
+    lowers no figure (under `--best-tracks` two pipeline rows lose up to 0.0015: docs/fit.md,
+    "Queries the moving mask covers"). False: the dominant Gaussian, whatever the mask says."""
 
     checkpoint_every: int = 5
     """Frames between checkpoints (when a checkpoint sink is given)."""
