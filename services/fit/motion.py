@@ -62,8 +62,20 @@ def flow_round_trip(
     they land, brings them back within `tolerance_px` (where it does not, the point's pixel is
     hidden in the other frame, or the flow is wrong there)."""
     moved_n2 = xy_n2 + sample_bilinear(flow_hw2, xy_n2)
+    return moved_n2, comes_back(back_hw2, moved_n2, xy_n2, tolerance_px)
+
+
+def comes_back(
+    back_hw2: np.ndarray,
+    moved_n2: np.ndarray,
+    xy_n2: np.ndarray,
+    tolerance_px: float = FB_TOLERANCE_PX,
+) -> np.ndarray:
+    """Bool [N]: `back_hw2`, read bilinearly where the points were moved to, brings each back
+    within `tolerance_px` of where it started (the second half of `flow_round_trip`, for points
+    moved by a flow read otherwise)."""
     returned_n2 = moved_n2 + sample_bilinear(back_hw2, moved_n2)
-    return moved_n2, np.linalg.norm(returned_n2 - xy_n2, axis=1) <= tolerance_px
+    return np.linalg.norm(returned_n2 - xy_n2, axis=1) <= tolerance_px
 
 
 def visible_n(
@@ -241,9 +253,8 @@ def split_and_move(
     hidden_next_m = None
     behind_occluders = cfg.moving_behind_occluders
     if behind_occluders and priors.flow_bwd_t1hw2 is not None:
-        returned_m2 = target_m2 + sample_bilinear(priors.flow_bwd_t1hw2[t - 1], target_m2)
-        hidden_next_m = (
-            np.linalg.norm(returned_m2 - xy_prev_n2[seen_moving_n], axis=1) > FB_TOLERANCE_PX
+        hidden_next_m = ~comes_back(
+            priors.flow_bwd_t1hw2[t - 1], target_m2, xy_prev_n2[seen_moving_n]
         )
     lifted_m3 = lift_moving(
         xy_prev_n2[seen_moving_n],
