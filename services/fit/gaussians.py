@@ -8,6 +8,7 @@ which is what 2D/3D tracks follow) and a still/moving flag.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,12 @@ class FrameGaussians:
 
     def __len__(self) -> int:
         return len(self.ids_n)
+
+    def subset(self, keep_n: np.ndarray) -> FrameGaussians:
+        """The Gaussians selected by a bool mask or index array."""
+        return FrameGaussians(
+            **{f.name: getattr(self, f.name)[keep_n] for f in dataclasses.fields(self)}
+        )
 
 
 def _logit(p: torch.Tensor) -> torch.Tensor:

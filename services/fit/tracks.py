@@ -40,7 +40,6 @@ the image motion around them").
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +52,6 @@ from services.common.sampling import sample_bilinear
 from services.fit.config import FitConfig, TrackMotion
 from services.fit.engine import FitResult
 from services.fit.flow_tracks import chained_flow_tracks
-from services.fit.gaussians import FrameGaussians
 from services.fit.motion import flow_round_trip, inside_image, nearest_pixel, visible_n
 from services.fit.priors import FitPriors
 from services.fit.projection import project_gaussians
@@ -217,9 +215,7 @@ def _query_rays(
     if len(frame) == 0:
         raise InvalidArgumentError("queries_q3", f"frame {t} has no Gaussians to attach to")
     if among_n is not None:
-        frame = FrameGaussians(
-            **{f.name: getattr(frame, f.name)[among_n] for f in dataclasses.fields(frame)}
-        )
+        frame = frame.subset(among_n)
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, np.float32))

@@ -1183,9 +1183,7 @@ def test_local_rigid_falls_back_to_the_carried_point():
     # too few neighbours for a rigid fit, so the point is the carried one there.
     last = result.frames[-1]
     keep = (last.ids_n == 0) | (last.ids_n == dominant) | np.isin(last.ids_n, [1, 2])
-    result.frames[-1] = FrameGaussians(
-        **{f.name: getattr(last, f.name)[keep] for f in dataclasses.fields(last)}
-    )
+    result.frames[-1] = last.subset(keep)
     rigid = track_queries(result, queries, "local_rigid")
     np.testing.assert_array_equal(rigid.world_qt3[0, -1], carried.world_qt3[0, -1])
     assert np.abs(rigid.world_qt3[0, 1:-1] - carried.world_qt3[0, 1:-1]).max() > 0.01
