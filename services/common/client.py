@@ -78,12 +78,21 @@ class _BearerToken(
         return continuation(self._with_token(details), requests)
 
 
+# A channel option: see open_channel.
+OWN_SUBCHANNELS = ("grpc.use_local_subchannel_pool", 1)
+
+
 def open_channel(endpoint: Endpoint) -> grpc.Channel:
-    """A channel with message limits, round-robin balancing, TLS and the bearer token."""
+    """A channel with message limits, round-robin balancing, TLS and the bearer token.
+
+    Its subchannels are its own: in gRPC's shared pool a new channel to an address that an older
+    channel saw refused (a restarted service, a reused port) inherits that channel's reconnect
+    backoff and fails with UNAVAILABLE at once, though a server now listens there."""
     options = [
         ("grpc.max_receive_message_length", endpoint.max_message_bytes),
         ("grpc.max_send_message_length", endpoint.max_message_bytes),
         ("grpc.lb_policy_name", "round_robin"),
+        OWN_SUBCHANNELS,
     ]
     if endpoint.tls_ca is not None:
         creds = grpc.ssl_channel_credentials(Path(endpoint.tls_ca).read_bytes())

@@ -19,6 +19,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.client import OWN_SUBCHANNELS
 from services.common.errors import InvalidArgumentError, UnavailableError
 from services.common.runtime import DEFAULT_PORTS
 from services.ops.seaweedfs import (
@@ -246,7 +247,7 @@ def run_until_signalled(services: LocalServices) -> None:
 
 
 def _wait_serving(port: int, deadline: float) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[OWN_SUBCHANNELS]) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:

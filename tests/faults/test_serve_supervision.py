@@ -23,6 +23,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.artifacts import Artifacts
+from services.common.client import OWN_SUBCHANNELS
 from services.common.errors import no_progress
 from services.common.store import LocalFolderStore, S3Settings, S3Store
 from services.ops.seaweedfs import free_ports
@@ -71,7 +72,7 @@ def _wait_for(condition, within_s: float, what: str):
 
 
 def _serving(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[OWN_SUBCHANNELS]) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=2

@@ -208,3 +208,24 @@ def test_sigterm_drains_in_flight_call(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_new_channel_reaches_a_server_restarted_on_a_port_an_old_channel_saw_refused(tmp_path):
+    """The flake of stop 59's CI: an earlier test's channel, left in reconnect backoff to a port
+    the next server then took, made a fresh channel fail at once with UNAVAILABLE."""
+    port = free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    config = runtime.ServerConfig(port=port, auth_token_file=token_file, drain_seconds=0)
+    first = runtime.serve([binding()], config)
+    old_stub = flow_stub(port, tmp_path=tmp_path)
+    assert compute(old_stub, steps=1)[0].key == "flow/probe"
+    first.stop(grace=0)
+    with pytest.raises(errors.UnavailableError):
+        compute(old_stub, timeout=2, steps=1)  # the old channel now backs off from this port
+    second = runtime.serve([binding()], config)
+    try:
+        new_stub = flow_stub(port, tmp_path=tmp_path)
+        assert compute(new_stub, timeout=5, steps=1)[0].key == "flow/probe"
+    finally:
+        second.stop(grace=0)
