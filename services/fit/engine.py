@@ -422,6 +422,10 @@ class _Fitter:
             flags_n3 = g.moving_n.float()[:, None].expand(-1, 3).contiguous()
             moving_out = self._render(g, w2c_44, colors_n3=flags_n3)
         depth_hw = torch.where(out.alpha_hw > 1e-3, mean_depth_hw(out), 0.0)
+        # The moving mask: where moving Gaussians dominate and the priors' mask agrees. Each
+        # alone spills past the object: the moving Gaussians' footprint over thin still ones
+        # behind them, the priors' mask by its margin (still Gaussians dominate there).
+        dominated_hw = moving_out.rgb_hw3[..., 0].cpu().numpy() > 0.5
         self.out.add_frame(
             c2w_44,
             g.to_frame(),
@@ -429,7 +433,7 @@ class _Fitter:
             out.rgb_hw3.clamp(0, 1).cpu().numpy().astype(np.float64),
             self.priors.frames_thw3[t],
             depth_hw.cpu().numpy().astype(np.float32),
-            moving_out.rgb_hw3[..., 0].cpu().numpy() > 0.5,
+            dominated_hw & (self.moving_thw[t] >= self.cfg.mask_threshold),
             self.held_back,
         )
         self.held_back = 0

@@ -31,7 +31,9 @@ class FitResult:
     # shows here
     depth_scale_t: np.ndarray
     depth_thw: np.ndarray  # float32 [T, H, W] rendered depth (0 where nothing is rendered)
-    moving_mask_thw: np.ndarray  # bool [T, H, W] pixels the moving set dominates
+    # bool [T, H, W] pixels the moving set dominates where the priors' moving mask (score >=
+    # mask_threshold) covers them
+    moving_mask_thw: np.ndarray
     # int64 [T] pixels densification wanted and `max_points` refused (0 where the cap did not
     # bite): new content on those frames stayed uncovered
     held_back_t: np.ndarray
