@@ -57,12 +57,15 @@ def flow_round_trip(
     back_hw2: np.ndarray,
     xy_n2: np.ndarray,
     tolerance_px: float = FB_TOLERANCE_PX,
+    usable_hw: np.ndarray | None = None,
+    usable_back_hw: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Points moved by `flow_hw2` (read bilinearly at them) and bool [N]: `back_hw2`, read where
     they land, brings them back within `tolerance_px` (where it does not, the point's pixel is
-    hidden in the other frame, or the flow is wrong there)."""
-    moved_n2 = xy_n2 + sample_bilinear(flow_hw2, xy_n2)
-    return moved_n2, comes_back(back_hw2, moved_n2, xy_n2, tolerance_px)
+    hidden in the other frame, or the flow is wrong there). `usable_hw` / `usable_back_hw`
+    (bool, optional): each flow read only from those pixels (`sample_bilinear`)."""
+    moved_n2 = xy_n2 + sample_bilinear(flow_hw2, xy_n2, usable_hw)
+    return moved_n2, comes_back(back_hw2, moved_n2, xy_n2, tolerance_px, usable_back_hw)
 
 
 def comes_back(
@@ -70,11 +73,12 @@ def comes_back(
     moved_n2: np.ndarray,
     xy_n2: np.ndarray,
     tolerance_px: float = FB_TOLERANCE_PX,
+    usable_hw: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Bool [N]: `back_hw2`, read bilinearly where the points were moved to, brings each back
-    within `tolerance_px` of where it started (the second half of `flow_round_trip`, for points
-    moved by a flow read otherwise)."""
-    returned_n2 = moved_n2 + sample_bilinear(back_hw2, moved_n2)
+    """Bool [N]: `back_hw2`, read bilinearly where the points were moved to (from the
+    `usable_hw` pixels only, where given), brings each back within `tolerance_px` of where it
+    started (the second half of `flow_round_trip`, for points moved by a flow read otherwise)."""
+    returned_n2 = moved_n2 + sample_bilinear(back_hw2, moved_n2, usable_hw)
     return np.linalg.norm(returned_n2 - xy_n2, axis=1) <= tolerance_px
 
 

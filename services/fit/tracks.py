@@ -421,28 +421,46 @@ class FlowChain:
     Where it lands on the model's track point, two trackers that fail differently agree that the
     surface point is in view, whatever the model's depth order says there (at outlines and on
     depth the prior filled in it is often wrong), and their mean is nearer the truth than
-    either."""
+    either. Given hard moving masks (`moving_inside_thw`), a moving query's chain reads the flow
+    from inside them (`chained_flow_tracks`' `inside_thw`): at an object's outline a bilinear
+    read blends the background's flow into the object's, and the chain lags behind the object."""
 
     flow_fwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from frame t to t+1
     flow_bwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from t+1 to t
+    moving_inside_thw: np.ndarray | None = None  # bool [T, H, W]: the moving masks, where hard
 
     @classmethod
-    def of(cls, priors: FitPriors) -> FlowChain | None:
-        """The chain the priors allow (None without backward flow)."""
+    def of(cls, priors: FitPriors, inside_hard_masks: bool = False) -> FlowChain | None:
+        """The chain the priors allow (None without backward flow); with `inside_hard_masks`,
+        moving queries read inside the priors' moving masks where those are hard: every score 0
+        or 1 (exact masks, or the user's). Soft scores, the segment stage's, stay unread: their
+        margin puts the background around each object inside, and reading there lowered AJ
+        (docs/fit.md, "Moving chains read inside hard masks")."""
         if priors.flow_bwd_t1hw2 is None:
             return None
-        return cls(priors.flow_fwd_t1hw2, priors.flow_bwd_t1hw2)
+        moving_thw = np.asarray(priors.moving_thw)
+        hard = inside_hard_masks and bool(np.all((moving_thw == 0) | (moving_thw == 1)))
+        inside_thw = moving_thw == 1 if hard else None
+        return cls(priors.flow_fwd_t1hw2, priors.flow_bwd_t1hw2, inside_thw)
 
     def agreement(
-        self, points_qt2: np.ndarray, queries_q3: np.ndarray
+        self, points_qt2: np.ndarray, queries_q3: np.ndarray, moving_q: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(agrees bool [Q, T], the chained flow's points float32 [Q, T, 2], unbroken bool
         [Q, T]): unbroken where the chained flow reaches frame t from the query frame without a
         failed round trip or leaving the image on the way, agrees where it also lands within
         `FLOW_CHAIN_AGREEMENT_PX` of the track point (at the query frame: where the track point
-        is the query's pixel)."""
+        is the query's pixel). `moving_q` (bool [Q]): the queries on moving Gaussians, whose
+        chains read inside `moving_inside_thw` where the chain has it."""
+        inside_q = None
+        if self.moving_inside_thw is not None:
+            inside_q = np.zeros(len(queries_q3), bool) if moving_q is None else moving_q
         chained_qt2, lost_qt = chained_flow_tracks(
-            self.flow_fwd_t1hw2, self.flow_bwd_t1hw2, queries_q3
+            self.flow_fwd_t1hw2,
+            self.flow_bwd_t1hw2,
+            queries_q3,
+            inside_thw=self.moving_inside_thw if inside_q is not None else None,
+            reads_inside_q=inside_q,
         )
         T = points_qt2.shape[1]
         t_q = queries_q3[:, 0].astype(int)
@@ -527,7 +545,7 @@ def track_queries(
         overruled_qt = in_view_qt & flow_check.unmeasured_t[None, :]
         occluded_qt &= ~(overruled_qt & ~flow_check.disagrees_qt(points_qt2, queries_q3))
     if flow_chain is not None:
-        agrees_qt, chained_qt2, unbroken_qt = flow_chain.agreement(points_qt2, queries_q3)
+        agrees_qt, chained_qt2, unbroken_qt = flow_chain.agreement(points_qt2, queries_q3, moving_q)
         occluded_qt &= ~(in_view_qt & agrees_qt)
         points_qt2, world_qt3 = _with_chain_points(
             result, points_qt2, world_qt3, chained_qt2, unbroken_qt, moving_q
@@ -579,7 +597,7 @@ def configured_tracks(
         cfg.track_motion,
         priors.frames_thw3 if cfg.occlusion_from_frames else None,
         FlowCheck.of(priors) if cfg.occlusion_from_flow_where_unmeasured else None,
-        FlowChain.of(priors) if cfg.tracks_with_flow_chain else None,
+        FlowChain.of(priors, cfg.tracks_chain_inside_masks) if cfg.tracks_with_flow_chain else None,
         np.asarray(priors.moving_thw) >= MASK_SURE_SCORE if cfg.tracks_moving_by_mask else None,
     )
 

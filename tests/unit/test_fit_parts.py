@@ -28,6 +28,7 @@ from services.fit.cluster import split_moving
 from services.fit.config import FitConfig, preset
 from services.fit.engine import FitPriors, FitResult
 from services.fit.export import PLY_PROPERTIES, SH_C0, ply_bytes, tum_lines, write_tum
+from services.fit.flow_tracks import chained_flow_tracks
 from services.fit.gaussians import FrameGaussians, render_frame
 from services.fit.initialise import (
     gaussians_at_pixels,
@@ -820,6 +821,53 @@ def test_the_flow_chain_agrees_where_it_reaches_the_point_unbroken():
     agrees_qt, _, unbroken_qt = FlowChain(forward, broken).agreement(points_qt2, queries_q3)
     assert agrees_qt.tolist() == [[False, True, False, False], [False, False, True, True]]
     assert unbroken_qt.tolist() == [[True, True, False, False], [False, False, True, True]]
+
+
+def test_a_moving_chain_reads_the_flow_inside_hard_masks():
+    """An object (columns 6-9 at frame 0) moves 1 px right a frame over a still background. A
+    query at x = 9.4, inside its last column, reads 0.4 of the background's flow bilinearly and
+    lags 0.4 px; read inside the masks (`inside_thw`) it moves with the object exactly, its
+    round trips holding. A query not marked to read inside is carried as before, bit for bit.
+    FlowChain.of takes hard masks (every score 0 or 1), not soft scores nor with its flag off."""
+    T, h, w = 4, 20, 20
+    inside_thw = np.zeros((T, h, w), bool)
+    forward = np.zeros((T - 1, h, w, 2), np.float32)
+    backward = np.zeros((T - 1, h, w, 2), np.float32)
+    for t in range(T):
+        inside_thw[t, :, 6 + t : 10 + t] = True
+    for t in range(T - 1):
+        forward[t][inside_thw[t]] = (1.0, 0.0)
+        backward[t][inside_thw[t + 1]] = (-1.0, 0.0)
+    queries_q3 = np.array([[0, 10.0, 9.4], [0, 10.0, 9.4]])
+    plain_qt2, plain_lost_qt = chained_flow_tracks(forward, backward, queries_q3)
+    read_qt2, read_lost_qt = chained_flow_tracks(
+        forward, backward, queries_q3, inside_thw=inside_thw, reads_inside_q=np.array([True, False])
+    )
+    np.testing.assert_allclose(read_qt2[0, :, 0], [9.4, 10.4, 11.4, 12.4], atol=1e-5)
+    assert not read_lost_qt[0].any()
+    assert plain_qt2[0, 3, 0] == pytest.approx(12.0)  # the plain read lags 0.4 px
+    assert np.array_equal(read_qt2[1], plain_qt2[1]) and np.array_equal(
+        read_lost_qt[1], plain_lost_qt[1]
+    )
+    with pytest.raises(InvalidArgumentError, match="inside_thw"):
+        chained_flow_tracks(forward, backward, queries_q3, inside_thw=inside_thw)
+
+    priors = FitPriors(
+        frames_thw3=np.zeros((T, h, w, 3), np.uint8),
+        depth_thw=np.ones((T, h, w), np.float32),
+        K_33=np.eye(3),
+        flow_fwd_t1hw2=forward,
+        flow_bwd_t1hw2=backward,
+        moving_thw=inside_thw.astype(np.float32),
+    )
+    assert np.array_equal(FlowChain.of(priors, True).moving_inside_thw, inside_thw)
+    assert FlowChain.of(priors, False).moving_inside_thw is None
+    soft = dataclasses.replace(priors, moving_thw=inside_thw * np.float32(0.7))
+    assert FlowChain.of(soft, True).moving_inside_thw is None
+    chain = FlowChain.of(priors, True)
+    points_qt2 = np.repeat(read_qt2[:1], 2, axis=0)
+    agrees_qt, chained_qt2, _ = chain.agreement(points_qt2, queries_q3, np.array([True, False]))
+    assert np.array_equal(chained_qt2, read_qt2) and agrees_qt.all()
 
 
 def test_where_the_chained_flow_lies_close_a_still_point_is_reported_midway():
