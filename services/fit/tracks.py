@@ -421,26 +421,26 @@ class FlowChain:
     Where it lands on the model's track point, two trackers that fail differently agree that the
     surface point is in view, whatever the model's depth order says there (at outlines and on
     depth the prior filled in it is often wrong), and their mean is nearer the truth than
-    either. Given hard moving masks (`moving_inside_thw`), a moving query's chain reads the flow
-    from inside them (`chained_flow_tracks`' `inside_thw`): at an object's outline a bilinear
-    read blends the background's flow into the object's, and the chain lags behind the object."""
+    either. Given the moving objects' masks (`moving_inside_thw`), a moving query's chain reads
+    the flow from inside them (`chained_flow_tracks`' `inside_thw`): at an object's outline a
+    bilinear read blends the background's flow into the object's, and the chain lags behind the
+    object."""
 
     flow_fwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from frame t to t+1
     flow_bwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from t+1 to t
-    moving_inside_thw: np.ndarray | None = None  # bool [T, H, W]: the moving masks, where hard
+    moving_inside_thw: np.ndarray | None = None  # bool [T, H, W]: the objects' masks, if any
 
     @classmethod
-    def of(cls, priors: FitPriors, inside_hard_masks: bool = False) -> FlowChain | None:
-        """The chain the priors allow (None without backward flow); with `inside_hard_masks`,
-        moving queries read inside the priors' moving masks where those are hard: every score 0
-        or 1 (exact masks, or the user's). Soft scores, the segment stage's, stay unread: their
-        margin puts the background around each object inside, and reading there lowered AJ
-        (docs/fit.md, "Moving chains read inside hard masks")."""
+    def of(cls, priors: FitPriors, inside_object_masks: bool = False) -> FlowChain | None:
+        """The chain the priors allow (None without backward flow); with
+        `inside_object_masks`, moving queries read inside the priors' object masks
+        (`FitPriors.object_masks`: the segment stage's tight masks, or hard moving masks).
+        Soft scores alone stay unread: their margin puts the background around each object
+        inside, and reading there lowered AJ (docs/fit.md, "Moving chains read inside the
+        objects' masks")."""
         if priors.flow_bwd_t1hw2 is None:
             return None
-        moving_thw = np.asarray(priors.moving_thw)
-        hard = inside_hard_masks and bool(np.all((moving_thw == 0) | (moving_thw == 1)))
-        inside_thw = moving_thw == 1 if hard else None
+        inside_thw = priors.object_masks() if inside_object_masks else None
         return cls(priors.flow_fwd_t1hw2, priors.flow_bwd_t1hw2, inside_thw)
 
     def agreement(
