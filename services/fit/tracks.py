@@ -19,8 +19,9 @@ there (`APPEARANCE_MATCH_LEVELS`); given the clip's flows (its
 depth prior measured nothing counts as visible where the flow's forward-backward check holds at it
 (`FlowCheck`); with its `tracks_with_flow_chain` (on by default), where the flow chained from the
 query reaches the track point, the point counts as visible, and a query on a moving Gaussian is
-reported at the chained flow's point wherever the chain holds, one on a still Gaussian midway
-between the two where they lie close (`FlowChain`).
+reported at the chained flow's point wherever the chain holds (the flow read inside the
+objects' masks where the priors have them, its `tracks_chain_inside_masks`), one on a still
+Gaussian midway between the two where they lie close (`FlowChain`).
 
 That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
 moving Gaussian instead moves with the rigid motion of the moving Gaussians around it
