@@ -247,7 +247,6 @@ def pipeline_priors(scene: SyntheticScene, config: PipelineConfig) -> FitPriors:
         moving_thw=segment.scores_thw.astype(np.float32),
         c2w_t44=depth.c2w_t44,
         depth_confidence_thw=depth.confidence_thw.astype(np.float32),
-        object_masks_thw=segment.masks_thw,
     )
 
 

@@ -275,7 +275,6 @@ def inputs_fingerprint(
         priors.moving_thw,
         priors.c2w_t44,
         priors.depth_confidence_thw,
-        priors.object_masks_thw,
     ):
         if array is None:
             digest.update(b"none")

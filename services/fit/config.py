@@ -199,13 +199,13 @@ class FitConfig:
     unaffected (docs/fit.md, "Tracks the chained flow confirms", "Moving points from the
     chain")."""
     tracks_chain_inside_masks: bool = True
-    """Tracks: a query on a moving Gaussian follows flow read from inside the priors' object
-    masks, both flows of each round trip (tracks.FlowChain): a bilinear read at an object's
-    outline blends the background's flow into the object's, and the chained point lags off the
-    object. The masks are `FitPriors.object_masks`: the segment stage's own masks, tight to the
-    objects, or hard moving masks (exact, or the user's); soft scores alone are not read inside
-    (their margin puts background within; docs/fit.md, "Moving chains read inside the objects'
-    masks"). False: the flow read plainly."""
+    """Tracks: where the priors' moving masks are hard (every score 0 or 1: exact masks, or the
+    user's), a query on a moving Gaussian follows flow read from inside them, both flows of each
+    round trip (tracks.FlowChain): a bilinear read at an object's outline blends the
+    background's flow into the object's, and the chained point lags off the object. With exact
+    priors on the accuracy suite's CPU fits AJ rises by 0.04-0.09; the segment stage's soft
+    scores and its own masks are not read inside (reading inside them lowered pipeline figures;
+    docs/fit.md, "Moving chains read inside hard masks"). False: the flow read plainly."""
     tracks_moving_by_mask: bool = True
     """Tracks: a query whose pixel the priors' moving mask surely covers (score at or above
     `tracks.MASK_SURE_SCORE`) but a still Gaussian dominates attaches to the moving Gaussian of

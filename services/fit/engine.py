@@ -102,11 +102,8 @@ class _Fitter:
         self.K_33 = np.asarray(priors.K_33, np.float64)
         self.K_t = torch.as_tensor(self.K_33, dtype=torch.float32, device=self.device)
         self.moving_thw = np.asarray(priors.moving_thw, np.float32)
-        object_thw = priors.object_masks()
-        # Where the moving objects are, for the fit's own moving masks (`_finish_frame`).
-        self.object_thw = (
-            self.moving_thw >= cfg.mask_threshold if object_thw is None else object_thw
-        )
+        # Where the moving objects surely are (hard masks), for the fit's moving masks.
+        self.hard_moving_thw = priors.hard_moving_masks()
         self.depth_valid_thw = priors.depth_thw > 0
         self.scene_scale = float(np.median(priors.depth_thw[0][self.depth_valid_thw[0]]))
         self.pixel_footprint = self.scene_scale / float(self.K_33[0, 0])  # world units per pixel
@@ -427,10 +424,12 @@ class _Fitter:
             flags_n3 = g.moving_n.float()[:, None].expand(-1, 3).contiguous()
             moving_out = self._render(g, w2c_44, colors_n3=flags_n3)
         depth_hw = torch.where(out.alpha_hw > 1e-3, mean_depth_hw(out), 0.0)
-        # The moving mask: where moving Gaussians dominate and the priors' object masks agree
-        # (their moving scores where they give none). The moving Gaussians' footprint spills
-        # past the object over thin still Gaussians behind it; the masks keep it to the object.
-        dominated_hw = moving_out.rgb_hw3[..., 0].cpu().numpy() > 0.5
+        # The moving mask: where moving Gaussians dominate, kept to the priors' masks where those
+        # are hard: the moving Gaussians' footprint spills past the object over thin still
+        # Gaussians behind it. Soft scores, the segment stage's estimate, do not cut it.
+        moving_hw = moving_out.rgb_hw3[..., 0].cpu().numpy() > 0.5
+        if self.hard_moving_thw is not None:
+            moving_hw &= self.hard_moving_thw[t]
         self.out.add_frame(
             c2w_44,
             g.to_frame(),
@@ -438,7 +437,7 @@ class _Fitter:
             out.rgb_hw3.clamp(0, 1).cpu().numpy().astype(np.float64),
             self.priors.frames_thw3[t],
             depth_hw.cpu().numpy().astype(np.float32),
-            dominated_hw & self.object_thw[t],
+            moving_hw,
             self.held_back,
         )
         self.held_back = 0

@@ -28,17 +28,11 @@ class FitPriors:
     moving_thw: np.ndarray  # float32 [T, H, W] moving score in [0, 1], or bool
     c2w_t44: np.ndarray | None = None  # float64 [T, 4, 4] initial poses from the depth stage
     depth_confidence_thw: np.ndarray | None = None  # float32 [T, H, W] in [0, 1]; None: measured
-    # bool [T, H, W] the moving objects' own masks, tight to them (the segment stage's `masks`,
-    # which its `scores` in moving_thw widen by a margin); None: see `object_masks`
-    object_masks_thw: np.ndarray | None = None
 
-    def object_masks(self) -> np.ndarray | None:
-        """Bool [T, H, W] masks that say which pixels belong to a moving object: the given
-        `object_masks_thw`, else `moving_thw` itself where it is hard (every score 0 or 1: exact
-        masks, or the user's); None for soft scores alone, whose masks carry a margin of
-        background around each object."""
-        if self.object_masks_thw is not None:
-            return np.asarray(self.object_masks_thw, bool)
+    def hard_moving_masks(self) -> np.ndarray | None:
+        """Bool [T, H, W] moving masks where `moving_thw` is hard (every score 0 or 1: exact
+        masks, or the user's), which then say which pixels belong to a moving object; None for
+        soft scores (the segment stage's: an estimate, widened by its margin)."""
         moving_thw = np.asarray(self.moving_thw)
         if np.all((moving_thw == 0) | (moving_thw == 1)):
             return moving_thw == 1
@@ -54,15 +48,10 @@ class FitPriors:
 
     def with_moving_widened(self, pixels: int) -> FitPriors:
         """The priors with each pixel's moving score raised to the highest within `pixels` of it
-        (`widened_scores_thw`): every moving mask `pixels` wider on each side; the object masks
-        (`object_masks`) stay as they were."""
+        (`widened_scores_thw`): every moving mask `pixels` wider on each side."""
         if pixels == 0:
             return self
-        return dataclasses.replace(
-            self,
-            moving_thw=widened_scores_thw(self.moving_thw, pixels),
-            object_masks_thw=self.object_masks(),
-        )
+        return dataclasses.replace(self, moving_thw=widened_scores_thw(self.moving_thw, pixels))
 
     def first_frames(self, n: int) -> FitPriors:
         """The clip's first n frames and their priors (a warm-up fit, a shorter study)."""
@@ -78,7 +67,6 @@ class FitPriors:
             depth_confidence_thw=None
             if self.depth_confidence_thw is None
             else self.depth_confidence_thw[:n],
-            object_masks_thw=None if self.object_masks_thw is None else self.object_masks_thw[:n],
         )
 
     def validate(self) -> None:
@@ -97,12 +85,6 @@ class FitPriors:
             _check_array("flow_bwd_t1hw2", self.flow_bwd_t1hw2, (T - 1, H, W, 2))
         _check_array("moving_thw", self.moving_thw, (T, H, W))
         _check_unit_interval("moving_thw", np.asarray(self.moving_thw, np.float32), "scores")
-        if self.object_masks_thw is not None:
-            _check_array("object_masks_thw", self.object_masks_thw, (T, H, W))
-            if self.object_masks_thw.dtype != bool:
-                raise InvalidArgumentError(
-                    "object_masks_thw", f"dtype {self.object_masks_thw.dtype}: pass bool masks"
-                )
         if self.depth_confidence_thw is not None:
             _check_array("depth_confidence_thw", self.depth_confidence_thw, (T, H, W))
             _check_unit_interval("depth_confidence_thw", self.depth_confidence_thw, "confidences")

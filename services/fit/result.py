@@ -31,8 +31,8 @@ class FitResult:
     # shows here
     depth_scale_t: np.ndarray
     depth_thw: np.ndarray  # float32 [T, H, W] rendered depth (0 where nothing is rendered)
-    # bool [T, H, W] pixels the moving set dominates where the priors' object masks cover them
-    # (`FitPriors.object_masks`; without those, the moving scores >= mask_threshold)
+    # bool [T, H, W] pixels the moving set dominates (within the priors' moving masks where those
+    # are hard: `FitPriors.hard_moving_masks`)
     moving_mask_thw: np.ndarray
     # int64 [T] pixels densification wanted and `max_points` refused (0 where the cap did not
     # bite): new content on those frames stayed uncovered

@@ -71,7 +71,6 @@ def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest, video_sha256:
     )
     poses_ref = optional_artifact(request.depth, "c2w")
     confidence_ref = optional_artifact(request.depth, "confidence")
-    masks_ref = optional_artifact(request.segment, "masks")
     return FitPriors(
         frames_thw3=load_frames(artifacts, video, video_sha256),
         depth_thw=array(request.depth, "depth", "THW", "depth"),
@@ -84,9 +83,6 @@ def load_priors(artifacts: Artifacts, request: fit_pb2.FitRequest, video_sha256:
         else None,
         depth_confidence_thw=array(request.depth, "confidence", "THW", "depth")
         if confidence_ref is not None
-        else None,
-        object_masks_thw=array(request.segment, "masks", "THW", "segment").astype(bool)
-        if masks_ref is not None
         else None,
     )
 

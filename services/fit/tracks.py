@@ -20,7 +20,7 @@ depth prior measured nothing counts as visible where the flow's forward-backward
 (`FlowCheck`); with its `tracks_with_flow_chain` (on by default), where the flow chained from the
 query reaches the track point, the point counts as visible, and a query on a moving Gaussian is
 reported at the chained flow's point wherever the chain holds (the flow read inside the
-objects' masks where the priors have them, its `tracks_chain_inside_masks`), one on a still
+priors' moving masks where those are hard, its `tracks_chain_inside_masks`), one on a still
 Gaussian midway between the two where they lie close (`FlowChain`).
 
 That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
@@ -422,26 +422,24 @@ class FlowChain:
     Where it lands on the model's track point, two trackers that fail differently agree that the
     surface point is in view, whatever the model's depth order says there (at outlines and on
     depth the prior filled in it is often wrong), and their mean is nearer the truth than
-    either. Given the moving objects' masks (`moving_inside_thw`), a moving query's chain reads
-    the flow from inside them (`chained_flow_tracks`' `inside_thw`): at an object's outline a
-    bilinear read blends the background's flow into the object's, and the chain lags behind the
-    object."""
+    either. Given hard moving masks (`moving_inside_thw`), a moving query's chain reads the flow
+    from inside them (`chained_flow_tracks`' `inside_thw`): at an object's outline a bilinear
+    read blends the background's flow into the object's, and the chain lags behind the object."""
 
     flow_fwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from frame t to t+1
     flow_bwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from t+1 to t
-    moving_inside_thw: np.ndarray | None = None  # bool [T, H, W]: the objects' masks, if any
+    moving_inside_thw: np.ndarray | None = None  # bool [T, H, W]: the moving masks, where hard
 
     @classmethod
-    def of(cls, priors: FitPriors, inside_object_masks: bool = False) -> FlowChain | None:
-        """The chain the priors allow (None without backward flow); with
-        `inside_object_masks`, moving queries read inside the priors' object masks
-        (`FitPriors.object_masks`: the segment stage's tight masks, or hard moving masks).
-        Soft scores alone stay unread: their margin puts the background around each object
-        inside, and reading there lowered AJ (docs/fit.md, "Moving chains read inside the
-        objects' masks")."""
+    def of(cls, priors: FitPriors, inside_hard_masks: bool = False) -> FlowChain | None:
+        """The chain the priors allow (None without backward flow); with `inside_hard_masks`,
+        moving queries read inside the priors' moving masks where those are hard
+        (`FitPriors.hard_moving_masks`: exact masks, or the user's). Soft scores, the segment
+        stage's, stay unread: reading inside them lowered AJ or δavg on pipeline fits
+        (docs/fit.md, "Moving chains read inside hard masks")."""
         if priors.flow_bwd_t1hw2 is None:
             return None
-        inside_thw = priors.object_masks() if inside_object_masks else None
+        inside_thw = priors.hard_moving_masks() if inside_hard_masks else None
         return cls(priors.flow_fwd_t1hw2, priors.flow_bwd_t1hw2, inside_thw)
 
     def agreement(

@@ -91,10 +91,6 @@ def test_one_run_computes_each_pair_once_and_every_stage_sees_that_flow(local_st
     # The fit also reads the depth stage's confidence (where its depth was filled in).
     stored_confidence = artifacts.get_array(artifact(result.depth, "confidence", "depth"))
     np.testing.assert_array_equal(priors.depth_confidence_thw, stored_confidence)
-    # And the segment stage's own masks beside its widened scores (`FitPriors.object_masks`).
-    stored_masks = artifacts.get_array(artifact(result.segment, "masks", "segment"))
-    np.testing.assert_array_equal(priors.object_masks_thw, stored_masks)
-    assert priors.object_masks_thw.dtype == bool
     for t in range(len(frames_thw3) - 1):
         np.testing.assert_array_equal(depth_flow[(t, t + 1)][0], segment_fwd_t1hw2[t])
         np.testing.assert_array_equal(depth_flow[(t, t + 1)][1], segment_bwd_t1hw2[t])

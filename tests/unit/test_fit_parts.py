@@ -137,8 +137,6 @@ def _priors(T: int = 3) -> FitPriors:
         ("frames_thw3", np.zeros((3, H, W, 3), np.float32), "uint8"),
         ("depth_confidence_thw", np.ones((3, H, W + 1), np.float32), "shape"),
         ("depth_confidence_thw", np.full((3, H, W), 1.5, np.float32), "[0, 1]"),
-        ("object_masks_thw", np.zeros((3, H, W - 1), bool), "shape"),
-        ("object_masks_thw", np.zeros((3, H, W), np.float32), "bool"),
     ],
 )
 def test_priors_validation_names_the_field(field, value, needle):
@@ -154,23 +152,17 @@ def test_valid_priors_pass():
     dataclasses.replace(_priors(), depth_confidence_thw=np.ones((3, H, W), np.float32)).validate()
 
 
-def test_object_masks_are_the_given_ones_else_hard_moving_masks():
-    """`FitPriors.object_masks`: the segment stage's masks where given; else the moving masks
-    themselves where every score is 0 or 1; none for soft scores alone. Widening the scores
-    keeps them, and `first_frames` cuts them."""
+def test_hard_moving_masks_are_the_moving_masks_where_every_score_is_0_or_1():
+    """`FitPriors.hard_moving_masks`: the moving masks themselves where every score is 0 or 1
+    (exact masks, or the user's), bool ones too; none for soft scores."""
     hard_thw = np.zeros((3, H, W), np.float32)
     hard_thw[:, 10:20, 10:20] = 1.0
     hard = dataclasses.replace(_priors(), moving_thw=hard_thw)
-    assert np.array_equal(hard.object_masks(), hard_thw == 1)
+    assert np.array_equal(hard.hard_moving_masks(), hard_thw == 1)
+    as_bool = dataclasses.replace(_priors(), moving_thw=hard_thw == 1)
+    assert np.array_equal(as_bool.hard_moving_masks(), hard_thw == 1)
     soft = dataclasses.replace(_priors(), moving_thw=hard_thw * np.float32(0.8))
-    assert soft.object_masks() is None
-    given_thw = np.zeros((3, H, W), bool)
-    given_thw[:, 12:18, 12:18] = True
-    given = dataclasses.replace(soft, object_masks_thw=given_thw)
-    assert np.array_equal(given.object_masks(), given_thw)
-    assert np.array_equal(hard.with_moving_widened(2).object_masks(), hard_thw == 1)
-    assert hard.with_moving_widened(2).moving_thw[0, 9, 9] == 1.0
-    assert given.first_frames(2).object_masks_thw.shape == (2, H, W)
+    assert soft.hard_moving_masks() is None
 
 
 def test_measured_depth_needs_positive_depth_and_enough_confidence():
@@ -844,13 +836,13 @@ def test_the_flow_chain_agrees_where_it_reaches_the_point_unbroken():
     assert unbroken_qt.tolist() == [[True, True, False, False], [False, False, True, True]]
 
 
-def test_a_moving_chain_reads_the_flow_inside_the_objects_masks():
+def test_a_moving_chain_reads_the_flow_inside_hard_masks():
     """An object (columns 6-9 at frame 0) moves 1 px right a frame over a still background. A
     query at x = 9.4, inside its last column, reads 0.4 of the background's flow bilinearly and
     lags 0.4 px; read inside the masks (`inside_thw`) it moves with the object exactly, its
     round trips holding. A query not marked to read inside is carried as before, bit for bit.
-    FlowChain.of takes the priors' object masks: hard moving masks (every score 0 or 1) or the
-    given ones beside soft scores, not soft scores alone nor with its flag off."""
+    FlowChain.of takes hard moving masks (every score 0 or 1), not soft scores nor with its flag
+    off."""
     T, h, w = 4, 20, 20
     inside_thw = np.zeros((T, h, w), bool)
     forward = np.zeros((T - 1, h, w, 2), np.float32)
@@ -886,8 +878,6 @@ def test_a_moving_chain_reads_the_flow_inside_the_objects_masks():
     assert FlowChain.of(priors, False).moving_inside_thw is None
     soft = dataclasses.replace(priors, moving_thw=inside_thw * np.float32(0.7))
     assert FlowChain.of(soft, True).moving_inside_thw is None
-    tight = dataclasses.replace(soft, object_masks_thw=inside_thw)
-    assert np.array_equal(FlowChain.of(tight, True).moving_inside_thw, inside_thw)
     chain = FlowChain.of(priors, True)
     points_qt2 = np.repeat(read_qt2[:1], 2, axis=0)
     agrees_qt, chained_qt2, _ = chain.agreement(points_qt2, queries_q3, np.array([True, False]))
