@@ -336,10 +336,11 @@ def test_the_mask_margin_widens_the_masks_the_fit_reads():
     assert widened.moving_mask_thw.sum() > tight.moving_mask_thw.sum()
 
 
-def test_the_fits_moving_masks_keep_to_the_priors_masks_and_drop_their_margin():
-    """The fit's moving mask is where its moving Gaussians dominate the render and the priors'
-    mask (score >= mask_threshold) agrees: given masks 3 px too wide all round, as the segment
-    stage's margin makes them, it stays inside them and nearer the object than they are."""
+def test_the_fits_moving_masks_keep_inside_hard_masks():
+    """The fit's moving mask is where its moving Gaussians dominate the render, kept inside the
+    priors' masks where those are hard (every score 0 or 1): given hard masks 3 px too wide all
+    round (a user's loose masks), it stays inside them and nearer the object than they are;
+    given the same masks as soft scores (x 0.9), it is the moving Gaussians' footprint alone."""
     short = make_scene(SceneConfig(n_frames=3, seed=5))
     halo_thw = widened_scores_thw(short.moving_thw.astype(np.float32), 3)
     result = fit(_priors(short, moving_thw=halo_thw), preset("test"))
@@ -350,3 +351,5 @@ def test_the_fits_moving_masks_keep_to_the_priors_masks_and_drop_their_margin():
         return float(np.mean([metrics.mask_j(m, g) for m, g in pairs]))
 
     assert mean_j(result.moving_mask_thw) > mean_j(halo_thw >= 0.5) + 0.1
+    soft = fit(_priors(short, moving_thw=halo_thw * np.float32(0.9)), preset("test"))
+    assert (soft.moving_mask_thw & (halo_thw < 0.5)).any()
