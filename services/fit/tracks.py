@@ -458,7 +458,7 @@ class FlowChain:
             self.flow_fwd_t1hw2,
             self.flow_bwd_t1hw2,
             queries_q3,
-            inside_thw=self.moving_inside_thw if inside_q is not None else None,
+            inside_thw=self.moving_inside_thw,
             reads_inside_q=inside_q,
         )
         T = points_qt2.shape[1]
