@@ -45,6 +45,13 @@ class FlowConfig:
     and more noise; 1 gave lower EPE and a higher floor AJ on every clip of the accuracy suite at
     96x72x12 and 256x192x24, and with 3 rounds higher AJ through the pipeline on every CPU row;
     in `--best-tracks` (docs/flow.md, "Polish rounds and windows")."""
+    dis_neighbour_px: int = 0
+    """DIS: last, each pixel may take the flow of a neighbour up to this many pixels away (8
+    directions) where that flow maps the pixel's small window onto the next frame with less
+    colour error, so that pixels along a moving object's outline move with their own side
+    instead of a blend of both (services/flow/polish.py, `take_neighbour_flow`). 0: off, the
+    default: 4 raises the tracks through the pipeline but moves the offline depth stage's
+    cameras (docs/flow.md, "Flow taken from a neighbour at motion boundaries")."""
     raft_model: Literal["small", "large"] = "small"
     """Which torchvision RAFT; the weights file must be for this one."""
     raft_weights: Path | None = None
@@ -73,6 +80,10 @@ class FlowConfig:
             raise InvalidArgumentError(
                 "dis_polish_rounds",
                 f"{self.dis_polish_rounds} must be >= 1 (no polish: dis_polish=false)",
+            )
+        if self.dis_neighbour_px < 0:
+            raise InvalidArgumentError(
+                "dis_neighbour_px", f"{self.dis_neighbour_px} must be >= 0 (0: off)"
             )
         if self.raft_iterations < 1:
             raise InvalidArgumentError("raft_iterations", f"{self.raft_iterations} must be >= 1")

@@ -165,7 +165,11 @@ def _load_backend(cfg: FlowConfig, device: str) -> FlowBackend:
     if cfg.backend == "dis":
         polish_rounds = cfg.dis_polish_rounds if cfg.dis_polish else 0
         return dis.DisBackend(
-            cfg.dis_preset, cfg.variational_refinement, polish_rounds, cfg.dis_polish_window_px
+            cfg.dis_preset,
+            cfg.variational_refinement,
+            polish_rounds,
+            cfg.dis_polish_window_px,
+            cfg.dis_neighbour_px,
         )
     if cfg.backend == "raft":
         return raft.RaftBackend(cfg.raft_model, cfg.raft_weights, cfg.raft_iterations, device)

@@ -82,10 +82,11 @@ def test_the_fine_dis_preset_is_more_accurate_than_medium(scene):
 
 def test_dis_pairs_of_a_batch_on_threads_equal_the_pairs_one_by_one(scene):
     """DisBackend runs a batch's pairs on a pool of threads, each pair with its own DIS instance:
-    the flows are those of the pairs computed alone, bit for bit, polished or not."""
+    the flows are those of the pairs computed alone, bit for bit, polished or not, with
+    neighbours' flow or without."""
     src_bhw3, dst_bhw3 = scene.frames_thw3[:-1], scene.frames_thw3[1:]
-    for polish_rounds in (0, 2):
-        backend = DisBackend("medium", True, polish_rounds, 1.5)
+    for polish_rounds, neighbour_px in ((0, 0), (2, 4)):
+        backend = DisBackend("medium", True, polish_rounds, 1.5, neighbour_px)
         batch_bhw2 = backend.flow(src_bhw3, dst_bhw3)
         for i in range(len(src_bhw3)):
             alone_1hw2 = backend.flow(src_bhw3[i : i + 1], dst_bhw3[i : i + 1])

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from services.flow.polish import polish_flow
+from services.flow.polish import polish_flow, take_neighbour_flow
 
 # Our preset name -> (OpenCV preset, the pyramid level the patch search ends at; None: the
 # preset's own). OpenCV's medium stops at level 1, half resolution; "fine" is medium carried on
@@ -26,6 +26,8 @@ REFINEMENT_ITERATIONS = 5
 _BYTES_PER_PIXEL = 64
 # The polish's float images, gradients and sums: measured 222 bytes per pixel at 854x480.
 _POLISH_BYTES_PER_PIXEL = 256
+# take_neighbour_flow's float images, grids, candidate flow and errors: counted, not measured.
+_NEIGHBOUR_BYTES_PER_PIXEL = 96
 
 
 def availability() -> tuple[bool, str]:
@@ -46,16 +48,20 @@ class DisBackend:
         variational_refinement: bool,
         polish_rounds: int,
         polish_window_px: float,
+        neighbour_px: int,
     ):
         """polish_rounds: rounds of `polish.polish_flow` after DIS (0: none), with Lucas-Kanade
-        windows of sigma `polish_window_px`."""
+        windows of sigma `polish_window_px`; then `polish.take_neighbour_flow` from neighbours
+        up to `neighbour_px` away (0: not)."""
         self._opencv_preset, self._finest_scale = PRESETS[preset]
         self._refinement_iterations = REFINEMENT_ITERATIONS if variational_refinement else 0
         self._polish_rounds = polish_rounds
         self._polish_window_px = polish_window_px
+        self._neighbour_px = neighbour_px
 
     def item_bytes(self, height: int, width: int) -> int:
         per_pixel = _BYTES_PER_PIXEL + (_POLISH_BYTES_PER_PIXEL if self._polish_rounds else 0)
+        per_pixel += _NEIGHBOUR_BYTES_PER_PIXEL if self._neighbour_px else 0
         return per_pixel * height * width
 
     def flow(self, src_bhw3: np.ndarray, dst_bhw3: np.ndarray) -> np.ndarray:
@@ -75,6 +81,8 @@ class DisBackend:
             flow_hw2 = polish_flow(
                 src_hw3, dst_hw3, flow_hw2, self._polish_rounds, self._polish_window_px
             )
+        if self._neighbour_px:
+            flow_hw2 = take_neighbour_flow(src_hw3, dst_hw3, flow_hw2, self._neighbour_px)
         return flow_hw2
 
     def _new_dis(self) -> cv2.DISOpticalFlow:
