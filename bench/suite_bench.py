@@ -135,7 +135,7 @@ def _row(job: tuple[SuiteBench, str, str, str]) -> dict:
     row = run_clip(
         suite_clip(clip),
         source,
-        pipeline.fit,
+        pipeline.fit_config(),
         width=bench.width,
         height=bench.height,
         n_frames=bench.frames,

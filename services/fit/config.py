@@ -214,6 +214,16 @@ class FitConfig:
     object moves on. On the accuracy suite's CPU fits it raises exact-prior AJ by up to 0.02 and
     lowers no figure (under `--best-tracks` two pipeline rows lose up to 0.0015: docs/fit.md,
     "Queries the moving mask covers"). False: the dominant Gaussian, whatever the mask says."""
+    tracks_chain_neighbour_px: int = 4
+    """Tracks: where the priors' moving masks are soft (the segment stage's scores), the chained
+    flow's points come from the flow each pixel takes from a neighbour up to this many pixels
+    away where that matches the frames better (services/flow/polish.py, `take_neighbour_flow`):
+    DIS blends an object's flow with the background's along its outline, and points chained
+    there lag. Where the chain holds and whether it lands on the model's point are still read
+    from the flow as given, so no occlusion flag changes. Through DIS flow on the CPU suite AJ
+    rises on every pipeline row (docs/fit.md, "Chained points from the flow taken from a
+    neighbour"); on exact flow it only errs, so hard masks turn it off, and `gflow run` turns it
+    off for a learned flow backend (PipelineConfig.fit_config). 0: off."""
 
     checkpoint_every: int = 5
     """Frames between checkpoints (when a checkpoint sink is given)."""
@@ -233,6 +243,7 @@ class FitConfig:
             "camera_patience",
             "densify_every",
             "moving_mask_margin_px",
+            "tracks_chain_neighbour_px",
         ):
             if getattr(self, name) < 0:
                 raise InvalidArgumentError(name, f"{getattr(self, name)} must be >= 0")

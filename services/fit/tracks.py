@@ -41,12 +41,14 @@ the image motion around them").
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from services.common.cpus import usable_cpus
 from services.common.errors import InvalidArgumentError
 from services.common.geometry import backproject_p3, project_p2, weighted_rigid_fit
 from services.common.sampling import sample_bilinear
@@ -57,6 +59,7 @@ from services.fit.motion import flow_round_trip, inside_image, nearest_pixel, vi
 from services.fit.priors import FitPriors
 from services.fit.projection import project_gaussians
 from services.fit.rasterizer_torch import gaussian_alpha
+from services.flow.polish import take_neighbour_flow
 
 _QUERY_CHUNK = 256  # queries weighed against all Gaussians at once (memory: chunk x N floats)
 
@@ -429,18 +432,31 @@ class FlowChain:
     flow_fwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from frame t to t+1
     flow_bwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from t+1 to t
     moving_inside_thw: np.ndarray | None = None  # bool [T, H, W]: the moving masks, where hard
+    # The flows the chained points move by, where they differ from the two above (None: those).
+    points_fwd_t1hw2: np.ndarray | None = None
+    points_bwd_t1hw2: np.ndarray | None = None
 
     @classmethod
-    def of(cls, priors: FitPriors, inside_hard_masks: bool = False) -> FlowChain | None:
+    def of(
+        cls, priors: FitPriors, inside_hard_masks: bool = False, neighbour_px: int = 0
+    ) -> FlowChain | None:
         """The chain the priors allow (None without backward flow); with `inside_hard_masks`,
         moving queries read inside the priors' moving masks where those are hard
         (`FitPriors.hard_moving_masks`: exact masks, or the user's). Soft scores, the segment
         stage's, stay unread: reading inside them lowered AJ or δavg on pipeline fits
-        (docs/fit.md, "Moving chains read inside hard masks")."""
+        (docs/fit.md, "Moving chains read inside hard masks"). With `neighbour_px` and masks that
+        are not hard, the chained points move by the flows taken from neighbours
+        (`neighbour_flows`)."""
         if priors.flow_bwd_t1hw2 is None:
             return None
-        inside_thw = priors.hard_moving_masks() if inside_hard_masks else None
-        return cls(priors.flow_fwd_t1hw2, priors.flow_bwd_t1hw2, inside_thw)
+        hard_thw = priors.hard_moving_masks()
+        inside_thw = hard_thw if inside_hard_masks else None
+        points_flows = (None, None)
+        if neighbour_px and hard_thw is None:
+            points_flows = neighbour_flows(
+                priors.frames_thw3, priors.flow_fwd_t1hw2, priors.flow_bwd_t1hw2, neighbour_px
+            )
+        return cls(priors.flow_fwd_t1hw2, priors.flow_bwd_t1hw2, inside_thw, *points_flows)
 
     def agreement(
         self, points_qt2: np.ndarray, queries_q3: np.ndarray, moving_q: np.ndarray | None = None
@@ -450,17 +466,23 @@ class FlowChain:
         failed round trip or leaving the image on the way, agrees where it also lands within
         `FLOW_CHAIN_AGREEMENT_PX` of the track point (at the query frame: where the track point
         is the query's pixel). `moving_q` (bool [Q]): the queries on moving Gaussians, whose
-        chains read inside `moving_inside_thw` where the chain has it."""
+        chains read inside `moving_inside_thw` where the chain has it. The points returned are
+        those of the chain along `points_fwd_t1hw2` / `points_bwd_t1hw2` where the chain has
+        them; unbroken and agrees always come from the flows as given."""
         inside_q = None
         if self.moving_inside_thw is not None:
             inside_q = np.zeros(len(queries_q3), bool) if moving_q is None else moving_q
-        chained_qt2, lost_qt = chained_flow_tracks(
-            self.flow_fwd_t1hw2,
-            self.flow_bwd_t1hw2,
-            queries_q3,
-            inside_thw=self.moving_inside_thw,
-            reads_inside_q=inside_q,
-        )
+
+        def chain(fwd_t1hw2: np.ndarray, bwd_t1hw2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return chained_flow_tracks(
+                fwd_t1hw2,
+                bwd_t1hw2,
+                queries_q3,
+                inside_thw=self.moving_inside_thw,
+                reads_inside_q=inside_q,
+            )
+
+        chained_qt2, lost_qt = chain(self.flow_fwd_t1hw2, self.flow_bwd_t1hw2)
         T = points_qt2.shape[1]
         t_q = queries_q3[:, 0].astype(int)
         after_qt = np.arange(T)[None, :] > t_q[:, None]
@@ -470,7 +492,24 @@ class FlowChain:
         lost_before_qt = np.cumsum((lost_qt & before_qt)[:, ::-1], axis=1)[:, ::-1] > 0
         unbroken_qt = ~lost_after_qt & ~lost_before_qt
         distance_qt = np.linalg.norm(points_qt2 - chained_qt2, axis=-1)
-        return unbroken_qt & (distance_qt <= FLOW_CHAIN_AGREEMENT_PX), chained_qt2, unbroken_qt
+        agrees_qt = unbroken_qt & (distance_qt <= FLOW_CHAIN_AGREEMENT_PX)
+        if self.points_fwd_t1hw2 is not None:
+            chained_qt2, _ = chain(self.points_fwd_t1hw2, self.points_bwd_t1hw2)
+        return agrees_qt, chained_qt2, unbroken_qt
+
+
+def neighbour_flows(
+    frames_thw3: np.ndarray, flow_fwd_t1hw2: np.ndarray, flow_bwd_t1hw2: np.ndarray, radius_px: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both flows ([T-1, H, W, 2]) with every pixel's flow taken from a neighbour up to
+    `radius_px` away where that warps its window better (`take_neighbour_flow`), the directed
+    pairs on a pool of threads (OpenCV and NumPy release the GIL)."""
+    steps = range(len(flow_fwd_t1hw2))
+    jobs = [(frames_thw3[t], frames_thw3[t + 1], flow_fwd_t1hw2[t]) for t in steps]
+    jobs += [(frames_thw3[t + 1], frames_thw3[t], flow_bwd_t1hw2[t]) for t in steps]
+    with ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="gflow-chain") as pool:
+        taken = list(pool.map(lambda job: take_neighbour_flow(*job, radius_px), jobs))
+    return np.stack(taken[: len(steps)]), np.stack(taken[len(steps) :])
 
 
 @dataclass
@@ -596,7 +635,9 @@ def configured_tracks(
         cfg.track_motion,
         priors.frames_thw3 if cfg.occlusion_from_frames else None,
         FlowCheck.of(priors) if cfg.occlusion_from_flow_where_unmeasured else None,
-        FlowChain.of(priors, cfg.tracks_chain_inside_masks) if cfg.tracks_with_flow_chain else None,
+        FlowChain.of(priors, cfg.tracks_chain_inside_masks, cfg.tracks_chain_neighbour_px)
+        if cfg.tracks_with_flow_chain
+        else None,
         np.asarray(priors.moving_thw) >= MASK_SURE_SCORE if cfg.tracks_moving_by_mask else None,
     )
 

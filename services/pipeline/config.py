@@ -158,6 +158,14 @@ class PipelineConfig:
         stride = needed_stride(self.depth.flow_stride, n_frames)
         return dataclasses.replace(self.flow, extra_stride=stride) if stride else self.flow
 
+    def fit_config(self) -> FitConfig:
+        """The fit stage's config: `fit`, with the track readout's neighbour flow off where the
+        flow stage is not DIS (`FitConfig.tracks_chain_neighbour_px`: a learned flow draws an
+        object's outline sharply, and on a sharp outline the step only errs)."""
+        if self.flow.backend == "dis":
+            return self.fit
+        return dataclasses.replace(self.fit, tracks_chain_neighbour_px=0)
+
 
 FitPresetName = Literal["default", "fast", "test"]
 

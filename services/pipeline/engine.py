@@ -206,7 +206,7 @@ def fit_request(
         depth=depth,
         flow=flow,
         segment=segment,
-        config_json=to_json(config.fit),
+        config_json=to_json(config.fit_config()),
         track_queries=track_queries,
     )
 

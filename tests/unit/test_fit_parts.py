@@ -884,6 +884,68 @@ def test_a_moving_chain_reads_the_flow_inside_hard_masks():
     assert np.array_equal(chained_qt2, read_qt2) and agrees_qt.all()
 
 
+def _textured_hw3(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth random colour texture, uint8 (noise blurred over a few pixels)."""
+    noise_hw3 = np.random.default_rng(seed).random((height, width, 3))
+    kernel_k = np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2)
+    for axis in (0, 1):
+        noise_hw3 = np.apply_along_axis(np.convolve, axis, noise_hw3, kernel_k, mode="same")
+    noise_hw3 = (noise_hw3 - noise_hw3.min()) / (noise_hw3.max() - noise_hw3.min())
+    return (255 * noise_hw3).astype(np.uint8)
+
+
+def test_chained_points_move_by_the_flow_taken_from_neighbours_where_masks_are_soft():
+    """An object (columns 8-19 at frame 0) moves 2 px right a frame over a still background, and
+    both flows blend its motion with the background's over 6 columns at its right outline, as
+    DIS does. A query at x = 18.5, on the object, chained plainly lags (1.5 px in the first
+    step); with the flow taken from neighbours up to 4 px away (soft masks) it moves with the
+    object exactly. Where the chain holds and where it agrees come from the flow as given, so
+    they are those of the chain without it. Hard masks, or 0 px, leave the flows as given."""
+    T, h, w = 4, 24, 48
+    object_hw3, background_hw3 = _textured_hw3(h, w, 1), _textured_hw3(h, w, 2)
+    frames_thw3 = np.repeat(background_hw3[None], T, axis=0)
+    moving_thw = np.zeros((T, h, w), bool)
+    forward = np.zeros((T - 1, h, w, 2), np.float32)
+    backward = np.zeros((T - 1, h, w, 2), np.float32)
+    columns_w = np.arange(w)
+    for t in range(T):
+        frames_thw3[t, :, 8 + 2 * t : 20 + 2 * t] = object_hw3[:, 8:20]
+        moving_thw[t, :, 8 + 2 * t : 20 + 2 * t] = True
+    for t in range(T - 1):
+        # The outline at column 19 + 2t blended over columns 17..23 (+ 2t), and back from t + 1.
+        forward[t, ..., 0] = np.interp(columns_w, [17 + 2 * t, 23 + 2 * t], [2.0, 0.0])
+        forward[t, :, : 8 + 2 * t, 0] = 0.0
+        backward[t, ..., 0] = np.interp(columns_w, [19 + 2 * t, 25 + 2 * t], [-2.0, 0.0])
+        backward[t, :, : 10 + 2 * t, 0] = 0.0
+    soft = FitPriors(
+        frames_thw3=frames_thw3,
+        depth_thw=np.ones((T, h, w), np.float32),
+        K_33=np.eye(3),
+        flow_fwd_t1hw2=forward,
+        flow_bwd_t1hw2=backward,
+        moving_thw=moving_thw * np.float32(0.7),
+    )
+    queries_q3 = np.array([[0, 12.0, 18.5]])
+    moving_q = np.array([True])
+    points_qt2 = np.zeros((1, T, 2), np.float32)
+    plain = FlowChain.of(soft, True, 0)
+    taken = FlowChain.of(soft, True, 4)
+    assert plain.points_fwd_t1hw2 is None and taken.points_fwd_t1hw2 is not None
+    plain_agrees_qt, plain_qt2, plain_unbroken_qt = plain.agreement(
+        points_qt2, queries_q3, moving_q
+    )
+    agrees_qt, taken_qt2, unbroken_qt = taken.agreement(points_qt2, queries_q3, moving_q)
+    np.testing.assert_allclose(taken_qt2[0, :, 0], [18.5, 20.5, 22.5, 24.5], atol=1e-4)
+    np.testing.assert_allclose(taken_qt2[0, :, 1], 12.0, atol=1e-4)
+    assert plain_qt2[0, 1, 0] == pytest.approx(20.0, abs=1e-4)  # 1.5 px read at the outline
+    assert np.array_equal(agrees_qt, plain_agrees_qt)
+    assert np.array_equal(unbroken_qt, plain_unbroken_qt) and unbroken_qt.all()
+    hard = dataclasses.replace(soft, moving_thw=moving_thw.astype(np.float32))
+    assert FlowChain.of(hard, True, 4).points_fwd_t1hw2 is None
+    with pytest.raises(InvalidArgumentError, match="tracks_chain_neighbour_px"):
+        FitConfig(tracks_chain_neighbour_px=-1)
+
+
 def test_where_the_chained_flow_lies_close_a_still_point_is_reported_midway():
     """Flow 0.75 px right per frame: the chain from the back point's query, on a still Gaussian,
     lies 0.75 and 1.5 px from the point at frames 1 and 2, within FLOW_CHAIN_MIDWAY_PX, so these

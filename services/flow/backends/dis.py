@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 
+from services.common.cpus import usable_cpus
 from services.flow.polish import polish_flow, take_neighbour_flow
 
 # Our preset name -> (OpenCV preset, the pyramid level the patch search ends at; None: the
@@ -68,7 +68,7 @@ class DisBackend:
         """The engine sizes a batch so that all its pairs fit the memory budget at once."""
         if len(src_bhw3) != len(dst_bhw3):
             raise ValueError(f"{len(src_bhw3)} sources for {len(dst_bhw3)} targets")
-        workers = max(1, min(len(src_bhw3), _usable_cpus()))
+        workers = max(1, min(len(src_bhw3), usable_cpus()))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gflow-dis") as pool:
             flows = list(pool.map(self._pair_flow, src_bhw3, dst_bhw3))
         return np.stack(flows).astype(np.float32, copy=False)
@@ -93,10 +93,3 @@ class DisBackend:
             dis.setFinestScale(self._finest_scale)
         dis.setVariationalRefinementIterations(self._refinement_iterations)
         return dis
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (a container's or taskset's limit where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
