@@ -20,8 +20,10 @@ depth prior measured nothing counts as visible where the flow's forward-backward
 (`FlowCheck`); with its `tracks_with_flow_chain` (on by default), where the flow chained from the
 query reaches the track point, the point counts as visible, and a query on a moving Gaussian is
 reported at the chained flow's point wherever the chain holds (the flow read inside the
-priors' moving masks where those are hard, its `tracks_chain_inside_masks`), one on a still
-Gaussian midway between the two where they lie close (`FlowChain`).
+priors' moving masks where those are hard, its `tracks_chain_inside_masks`; where they are soft,
+the points chained along the flow each pixel takes from a neighbour, its
+`tracks_chain_neighbour_px`), one on a still Gaussian midway between the two where they lie
+close (`FlowChain`).
 
 That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
 moving Gaussian instead moves with the rigid motion of the moving Gaussians around it
