@@ -505,8 +505,10 @@ def neighbour_flows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Both flows ([T-1, H, W, 2]) with every pixel's flow taken from a neighbour up to
     `radius_px` away where that warps its window better (`take_neighbour_flow`), the directed
-    pairs on a pool of threads (OpenCV and NumPy release the GIL)."""
+    pairs on a pool of threads (OpenCV and NumPy release the GIL). A one-frame clip has none."""
     steps = range(len(flow_fwd_t1hw2))
+    if not steps:
+        return flow_fwd_t1hw2, flow_bwd_t1hw2
     jobs = [(frames_thw3[t], frames_thw3[t + 1], flow_fwd_t1hw2[t]) for t in steps]
     jobs += [(frames_thw3[t + 1], frames_thw3[t], flow_bwd_t1hw2[t]) for t in steps]
     with ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="gflow-chain") as pool:

@@ -942,6 +942,18 @@ def test_chained_points_move_by_the_flow_taken_from_neighbours_where_masks_are_s
     assert np.array_equal(unbroken_qt, plain_unbroken_qt) and unbroken_qt.all()
     hard = dataclasses.replace(soft, moving_thw=moving_thw.astype(np.float32))
     assert FlowChain.of(hard, True, 4).points_fwd_t1hw2 is None
+    one_frame = FitPriors(
+        frames_thw3=frames_thw3[:1],
+        depth_thw=soft.depth_thw[:1],
+        K_33=np.eye(3),
+        flow_fwd_t1hw2=forward[:0],
+        flow_bwd_t1hw2=backward[:0],
+        moving_thw=soft.moving_thw[:1],
+    )
+    _, alone_qt2, _ = FlowChain.of(one_frame, True, 4).agreement(
+        np.zeros((1, 1, 2), np.float32), queries_q3, moving_q
+    )
+    np.testing.assert_allclose(alone_qt2[0, 0], [18.5, 12.0])
     with pytest.raises(InvalidArgumentError, match="tracks_chain_neighbour_px"):
         FitConfig(tracks_chain_neighbour_px=-1)
 
