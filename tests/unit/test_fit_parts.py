@@ -58,6 +58,7 @@ from services.fit.tracks import (
     track_queries,
 )
 from services.fit.videos import draw_trajectories, trajectory_frames
+from tests.textures import smooth_texture_hw3
 
 H, W = 48, 64
 K_33 = intrinsics_33(H, W, 60.0)
@@ -884,16 +885,6 @@ def test_a_moving_chain_reads_the_flow_inside_hard_masks():
     assert np.array_equal(chained_qt2, read_qt2) and agrees_qt.all()
 
 
-def _textured_hw3(height: int, width: int, seed: int) -> np.ndarray:
-    """Smooth random colour texture, uint8 (noise blurred over a few pixels)."""
-    noise_hw3 = np.random.default_rng(seed).random((height, width, 3))
-    kernel_k = np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2)
-    for axis in (0, 1):
-        noise_hw3 = np.apply_along_axis(np.convolve, axis, noise_hw3, kernel_k, mode="same")
-    noise_hw3 = (noise_hw3 - noise_hw3.min()) / (noise_hw3.max() - noise_hw3.min())
-    return (255 * noise_hw3).astype(np.uint8)
-
-
 def test_chained_points_move_by_the_flow_taken_from_neighbours_where_masks_are_soft():
     """An object (columns 8-19 at frame 0) moves 2 px right a frame over a still background, and
     both flows blend its motion with the background's over 6 columns at its right outline, as
@@ -902,7 +893,7 @@ def test_chained_points_move_by_the_flow_taken_from_neighbours_where_masks_are_s
     object exactly. Where the chain holds and where it agrees come from the flow as given, so
     they are those of the chain without it. Hard masks, or 0 px, leave the flows as given."""
     T, h, w = 4, 24, 48
-    object_hw3, background_hw3 = _textured_hw3(h, w, 1), _textured_hw3(h, w, 2)
+    object_hw3, background_hw3 = smooth_texture_hw3(h, w, 1), smooth_texture_hw3(h, w, 2)
     frames_thw3 = np.repeat(background_hw3[None], T, axis=0)
     moving_thw = np.zeros((T, h, w), bool)
     forward = np.zeros((T - 1, h, w, 2), np.float32)

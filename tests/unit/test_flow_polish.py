@@ -16,16 +16,9 @@ from services.flow.config import FlowConfig
 from services.flow.engine import compute_flow
 from services.flow.polish import lucas_kanade_steps, polish_flow, take_neighbour_flow
 from services.synthetic.scene import SceneConfig, make_scene
+from tests.textures import smooth_texture_hw3
 
 SHIFT_XY = (0.6, -0.35)
-
-
-def _texture_hw3(height: int = 64, width: int = 80, seed: int = 0) -> np.ndarray:
-    """Smooth random colour texture (noise blurred to a few pixels), uint8."""
-    noise_hw3 = np.random.default_rng(seed).random((height, width, 3)).astype(np.float32)
-    smooth_hw3 = cv2.GaussianBlur(noise_hw3, (0, 0), 3.0)
-    smooth_hw3 = (smooth_hw3 - smooth_hw3.min()) / (smooth_hw3.max() - smooth_hw3.min())
-    return (255 * smooth_hw3).astype(np.uint8)
 
 
 def _shifted(image_hw3: np.ndarray, shift_xy: tuple[float, float]) -> np.ndarray:
@@ -42,7 +35,7 @@ def _shifted(image_hw3: np.ndarray, shift_xy: tuple[float, float]) -> np.ndarray
 
 
 def test_lucas_kanade_steps_find_a_sub_pixel_shift_from_zero_flow():
-    src_hw3 = _texture_hw3()
+    src_hw3 = smooth_texture_hw3()
     dst_hw3 = _shifted(src_hw3, SHIFT_XY)
     flow_hw2 = lucas_kanade_steps(src_hw3, dst_hw3, np.zeros((64, 80, 2), np.float32))
     error_n2 = flow_hw2[8:-8, 8:-8].reshape(-1, 2) - np.array(SHIFT_XY, np.float32)
@@ -58,7 +51,7 @@ def test_untextured_windows_and_targets_outside_the_image_keep_their_flow():
     start_hw2 = np.full((32, 40, 2), 0.25, np.float32)
     np.testing.assert_array_equal(lucas_kanade_steps(flat_hw3, flat_hw3, start_hw2), start_hw2)
 
-    src_hw3 = _texture_hw3()
+    src_hw3 = smooth_texture_hw3()
     far_hw2 = np.zeros((64, 80, 2), np.float32)
     far_hw2[..., 0] = 200.0  # every target is off the right edge
     np.testing.assert_array_equal(lucas_kanade_steps(src_hw3, src_hw3, far_hw2), far_hw2)
@@ -67,7 +60,7 @@ def test_untextured_windows_and_targets_outside_the_image_keep_their_flow():
 def test_polish_keeps_a_right_flow_right():
     """Started at the true shift, the polish (steps and refinement) stays there (median 0.04 px
     off, measured)."""
-    src_hw3 = _texture_hw3(seed=1)
+    src_hw3 = smooth_texture_hw3(seed=1)
     dst_hw3 = _shifted(src_hw3, SHIFT_XY)
     start_hw2 = np.broadcast_to(np.array(SHIFT_XY, np.float32), (64, 80, 2)).copy()
     polished_hw2 = polish_flow(src_hw3, dst_hw3, start_hw2)
@@ -135,7 +128,7 @@ def test_neighbour_flow_puts_a_blended_motion_boundary_back_on_each_side():
     takes its side's flow, exactly. The covered columns have no right answer, and the background
     pixels right beside them, whose windows reach into them, are left unchecked (measured: column
     42 goes from 0.33 to 0.67 px, column 43 keeps 0.33 on a sixth of the rows)."""
-    object_hw3, background_hw3 = _texture_hw3(seed=2), _texture_hw3(seed=3)
+    object_hw3, background_hw3 = smooth_texture_hw3(seed=2), smooth_texture_hw3(seed=3)
     src_hw3 = background_hw3.copy()
     src_hw3[:, :40] = object_hw3[:, :40]
     dst_hw3 = background_hw3.copy()
@@ -154,7 +147,7 @@ def test_neighbour_flow_puts_a_blended_motion_boundary_back_on_each_side():
 
 
 def test_neighbour_flow_leaves_a_flow_that_is_the_same_everywhere_as_it_is():
-    src_hw3 = _texture_hw3(seed=1)
+    src_hw3 = smooth_texture_hw3(seed=1)
     dst_hw3 = _shifted(src_hw3, SHIFT_XY)
     start_hw2 = np.broadcast_to(np.array(SHIFT_XY, np.float32), (64, 80, 2)).copy()
     np.testing.assert_array_equal(take_neighbour_flow(src_hw3, dst_hw3, start_hw2, 4), start_hw2)
