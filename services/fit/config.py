@@ -223,7 +223,8 @@ class FitConfig:
     from the flow as given, so no occlusion flag changes. Through DIS flow on the CPU suite AJ
     rises on every pipeline row (docs/fit.md, "Chained points from the flow taken from a
     neighbour"); on exact flow it only errs, so hard masks turn it off, and `gflow run` turns it
-    off for a learned flow backend (PipelineConfig.fit_config). 0: off."""
+    off for a learned flow backend or a flow stage that took the neighbours' flow itself
+    (PipelineConfig.fit_config). 0: off."""
 
     checkpoint_every: int = 5
     """Frames between checkpoints (when a checkpoint sink is given)."""

@@ -159,10 +159,12 @@ class PipelineConfig:
         return dataclasses.replace(self.flow, extra_stride=stride) if stride else self.flow
 
     def fit_config(self) -> FitConfig:
-        """The fit stage's config: `fit`, with the track readout's neighbour flow off where the
-        flow stage is not DIS (`FitConfig.tracks_chain_neighbour_px`: a learned flow draws an
-        object's outline sharply, and on a sharp outline the step only errs)."""
-        if self.flow.backend == "dis":
+        """The fit stage's config: `fit`, with the track readout's neighbour flow
+        (`FitConfig.tracks_chain_neighbour_px`) off where the flow stage is not DIS (a learned
+        flow draws an object's outline sharply, and on a sharp outline the step only errs) or
+        has taken the neighbours' flow itself (`FlowConfig.dis_neighbour_px`: the same step
+        again would cost as much for little)."""
+        if self.flow.backend == "dis" and not self.flow.dis_neighbour_px:
             return self.fit
         return dataclasses.replace(self.fit, tracks_chain_neighbour_px=0)
 

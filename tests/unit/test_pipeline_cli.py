@@ -151,7 +151,8 @@ def test_the_second_depth_pass_runs_only_with_a_backend_that_reads_the_masks():
 def test_the_fit_reads_its_chain_along_the_neighbours_flow_only_after_dis():
     """PipelineConfig.fit_config: the fit stage's config, with the track readout's neighbour flow
     (FitConfig.tracks_chain_neighbour_px) left as given after the DIS flow and off after a
-    learned flow, whose outlines are sharp already; every other field as `fit` says."""
+    learned flow, whose outlines are sharp already, or after a flow stage that took the
+    neighbours' flow itself; every other field as `fit` says."""
     config = PipelineConfig(fit=dataclasses.replace(FitConfig(), iters=7))
     assert config.fit_config() == config.fit
     assert config.fit_config().tracks_chain_neighbour_px == 4
@@ -160,3 +161,5 @@ def test_the_fit_reads_its_chain_along_the_neighbours_flow_only_after_dis():
             config, flow=dataclasses.replace(FlowConfig(), backend=backend)
         )
         assert learned.fit_config() == dataclasses.replace(config.fit, tracks_chain_neighbour_px=0)
+    taken = dataclasses.replace(config, flow=FlowConfig(dis_neighbour_px=4))
+    assert taken.fit_config() == dataclasses.replace(config.fit, tracks_chain_neighbour_px=0)
