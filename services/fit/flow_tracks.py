@@ -24,6 +24,7 @@ def chained_flow_tracks(
     fb_tolerance_px: float = FB_TOLERANCE_PX,
     inside_thw: np.ndarray | None = None,
     reads_inside_q: np.ndarray | None = None,
+    extrapolate_inside: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tracks of query rows (t, y, x): (points float32 [Q, T, 2] as (x, y), occluded bool [Q, T]).
 
@@ -31,7 +32,9 @@ def chained_flow_tracks(
     still carried on by the flow there, as a tracker without re-detection would. Given masks
     `inside_thw` (bool [T, H, W]) and `reads_inside_q` (bool [Q]), those queries read both flows
     of each step from pixels inside the mask of the frame each is read in (a point with no such
-    pixel around it reads them plainly)."""
+    pixel around it reads them plainly); with `extrapolate_inside` their moves read the flow on
+    the mask's outline to first order (`sample_extrapolated`: the object's own flow carried on to
+    the point, not its nearest inside pixel's), their round trips as before."""
     queries_q3 = np.asarray(queries_q3, np.float64)
     if queries_q3.ndim != 2 or queries_q3.shape[1] != 3:
         raise InvalidArgumentError(
@@ -75,7 +78,13 @@ def chained_flow_tracks(
                 )
                 if inside_r.any():
                     xy_r2[inside_r], agree_r[inside_r] = flow_round_trip(
-                        flow, back, xy_r2[inside_r], fb_tolerance_px, inside_thw[t], inside_thw[nxt]
+                        flow,
+                        back,
+                        xy_r2[inside_r],
+                        fb_tolerance_px,
+                        inside_thw[t],
+                        inside_thw[nxt],
+                        extrapolate_inside,
                     )
                 points_qt2[rows, nxt] = xy_r2
                 occluded_qt[rows, nxt] = ~(agree_r & inside_image(xy_r2, H, W))

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from services.common.geometry import backproject_p3, project_p2
-from services.common.sampling import sample_bilinear
+from services.common.sampling import sample_bilinear, sample_extrapolated
 from services.fit.cluster import split_moving
 from services.fit.config import FitConfig
 from services.fit.priors import FitPriors
@@ -59,12 +59,18 @@ def flow_round_trip(
     tolerance_px: float = FB_TOLERANCE_PX,
     usable_hw: np.ndarray | None = None,
     usable_back_hw: np.ndarray | None = None,
+    extrapolate: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Points moved by `flow_hw2` (read bilinearly at them) and bool [N]: `back_hw2`, read where
     they land, brings them back within `tolerance_px` (where it does not, the point's pixel is
     hidden in the other frame, or the flow is wrong there). `usable_hw` / `usable_back_hw`
-    (bool, optional): each flow read only from those pixels (`sample_bilinear`)."""
-    moved_n2 = xy_n2 + sample_bilinear(flow_hw2, xy_n2, usable_hw)
+    (bool, optional): each flow read only from those pixels (`sample_bilinear`); with
+    `extrapolate`, the move's read on `usable_hw`'s outline is first order
+    (`sample_extrapolated`); the round trip's read stays bilinear."""
+    if extrapolate and usable_hw is not None:
+        moved_n2 = xy_n2 + sample_extrapolated(flow_hw2, xy_n2, usable_hw)
+    else:
+        moved_n2 = xy_n2 + sample_bilinear(flow_hw2, xy_n2, usable_hw)
     return moved_n2, comes_back(back_hw2, moved_n2, xy_n2, tolerance_px, usable_back_hw)
 
 

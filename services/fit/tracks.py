@@ -429,7 +429,10 @@ class FlowChain:
     depth the prior filled in it is often wrong), and their mean is nearer the truth than
     either. Given hard moving masks (`moving_inside_thw`), a moving query's chain reads the flow
     from inside them (`chained_flow_tracks`' `inside_thw`): at an object's outline a bilinear
-    read blends the background's flow into the object's, and the chain lags behind the object."""
+    read blends the background's flow into the object's, and the chain lags behind the object.
+    The points it reports then move by a first-order read on the masks' outline
+    (`extrapolate_inside`): the inside pixels' flow stands up to a pixel from the point, and on
+    an object that turns, the outline is where its flow changes fastest."""
 
     flow_fwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from frame t to t+1
     flow_bwd_t1hw2: np.ndarray  # float32 [T-1, H, W, 2] from t+1 to t
@@ -470,18 +473,23 @@ class FlowChain:
         is the query's pixel). `moving_q` (bool [Q]): the queries on moving Gaussians, whose
         chains read inside `moving_inside_thw` where the chain has it. The points returned are
         those of the chain along `points_fwd_t1hw2` / `points_bwd_t1hw2` where the chain has
-        them; unbroken and agrees always come from the flows as given."""
+        them, or else, where moving queries read inside hard masks, those of the chain that reads
+        on their outline to first order; unbroken and agrees always come from the flows as
+        given, read bilinearly."""
         inside_q = None
         if self.moving_inside_thw is not None:
             inside_q = np.zeros(len(queries_q3), bool) if moving_q is None else moving_q
 
-        def chain(fwd_t1hw2: np.ndarray, bwd_t1hw2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def chain(
+            fwd_t1hw2: np.ndarray, bwd_t1hw2: np.ndarray, extrapolate: bool = False
+        ) -> tuple[np.ndarray, np.ndarray]:
             return chained_flow_tracks(
                 fwd_t1hw2,
                 bwd_t1hw2,
                 queries_q3,
                 inside_thw=self.moving_inside_thw,
                 reads_inside_q=inside_q,
+                extrapolate_inside=extrapolate,
             )
 
         chained_qt2, lost_qt = chain(self.flow_fwd_t1hw2, self.flow_bwd_t1hw2)
@@ -497,6 +505,8 @@ class FlowChain:
         agrees_qt = unbroken_qt & (distance_qt <= FLOW_CHAIN_AGREEMENT_PX)
         if self.points_fwd_t1hw2 is not None:
             chained_qt2, _ = chain(self.points_fwd_t1hw2, self.points_bwd_t1hw2)
+        elif self.moving_inside_thw is not None:
+            chained_qt2, _ = chain(self.flow_fwd_t1hw2, self.flow_bwd_t1hw2, extrapolate=True)
         return agrees_qt, chained_qt2, unbroken_qt
 
 

@@ -15,6 +15,7 @@ from services.common.geometry import (
     axis_angle_33,
     backproject_p3,
     intrinsics_33,
+    pixel_grid_hw2,
     project_p2,
 )
 from services.common.sampling import sample_bilinear
@@ -883,6 +884,47 @@ def test_a_moving_chain_reads_the_flow_inside_hard_masks():
     points_qt2 = np.repeat(read_qt2[:1], 2, axis=0)
     agrees_qt, chained_qt2, _ = chain.agreement(points_qt2, queries_q3, np.array([True, False]))
     assert np.array_equal(chained_qt2, read_qt2) and agrees_qt.all()
+
+
+def test_a_moving_chain_on_a_turning_objects_outline_reads_its_flow_to_first_order():
+    """A disc of radius 6.3 px turns 0.25 rad a frame about its centre over a still background
+    (exact flows, the disc's pixel centres as hard masks). A query 5.8 px from the centre lies on
+    the mask's outline: read inside the masks bilinearly it takes the flow of pixel centres
+    nearer the centre, which turn less far, and falls behind; the points FlowChain reports read
+    the inside pixels' flow to first order and stay on the true circle to 1e-5 px, while where
+    the chain holds and agrees comes from the bilinear read, as before."""
+    T, h, w, radius, turn = 4, 24, 24, 6.3, 0.25
+    centre_2 = np.array([11.7, 12.2])
+    rotation_22 = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    offset_hw2 = pixel_grid_hw2(h, w) - centre_2
+    disc_hw = np.linalg.norm(offset_hw2, axis=-1) <= radius
+    inside_thw = np.repeat(disc_hw[None], T, axis=0)
+    forward = np.zeros((T - 1, h, w, 2), np.float32)
+    backward = np.zeros((T - 1, h, w, 2), np.float32)
+    forward[:, disc_hw] = offset_hw2[disc_hw] @ rotation_22.T - offset_hw2[disc_hw]
+    backward[:, disc_hw] = offset_hw2[disc_hw] @ rotation_22 - offset_hw2[disc_hw]
+    start_2 = centre_2 + 5.8 * np.array([np.cos(0.3), np.sin(0.3)])
+    angle_t = 0.3 + turn * np.arange(T)
+    truth_t2 = centre_2 + 5.8 * np.stack([np.cos(angle_t), np.sin(angle_t)], axis=1)
+    queries_q3 = np.array([[0, start_2[1], start_2[0]]])
+    priors = FitPriors(
+        frames_thw3=np.zeros((T, h, w, 3), np.uint8),
+        depth_thw=np.ones((T, h, w), np.float32),
+        K_33=np.eye(3),
+        flow_fwd_t1hw2=forward,
+        flow_bwd_t1hw2=backward,
+        moving_thw=inside_thw.astype(np.float32),
+    )
+    chain = FlowChain.of(priors, True)
+    bilinear_qt2, bilinear_lost_qt = chained_flow_tracks(
+        forward, backward, queries_q3, inside_thw=inside_thw, reads_inside_q=np.array([True])
+    )
+    agrees_qt, chained_qt2, unbroken_qt = chain.agreement(
+        bilinear_qt2, queries_q3, np.array([True])
+    )
+    np.testing.assert_allclose(chained_qt2[0], truth_t2, atol=1e-5)
+    assert np.linalg.norm(bilinear_qt2[0, -1] - truth_t2[-1]) > 0.1
+    assert np.array_equal(unbroken_qt[0], ~bilinear_lost_qt[0]) and agrees_qt.all()
 
 
 def test_chained_points_move_by_the_flow_taken_from_neighbours_where_masks_are_soft():
