@@ -9,6 +9,7 @@
 #     presets compiled, fit seeds 0-2 in one process each (fast on GPU 0 and default on GPU 1 at
 #     the same time where there are two, else one after the other; the first fit of a process
 #     pays one-time costs, docs/fit.md), then bench/step_probe.py (a step's host time by part)
+#   [SUITE_FLAGS="..."] bash bench/gpu_session.sh suite  # the accuracy suite once, this code
 #   SUITE_A="..." SUITE_B="..." [SUITE_A_CODE=dir] bash bench/gpu_session.sh suite-ab  # the
 #     accuracy suite twice at once, each side with its own suite_bench flags (and side A, where
 #     SUITE_A_CODE is set, with another version's code): a change against the code without it
@@ -63,6 +64,19 @@ fit_bench_rows() {  # code folder, run name, more fit_bench flags: one fit_bench
     > "$OUT/$2.log" 2>&1
   grep -hE "^\| (fast|default|phase|optimise|camera_refine|densify|split_and_move|finish_frame) |warm-up" "$OUT/$2.log"
 }
+suite() {  # side (a, b or one), code folder, GPU index, suite_bench flags: each clip of the
+  # accuracy suite in its own process (one that outlasts SUITE_TIMEOUT, default 480 s, loses only
+  # its own rows; SUITE_CLIPS="pan orbit" runs only those), rows to $OUT/suite_<side>/
+  mkdir -p "$OUT/suite_$1"
+  clips=${SUITE_CLIPS:-$(PYTHONPATH="/tmp/site:$2" python3 -c \
+    "from services.evaluation.fit_suite import SUITE; print(*(c.name for c in SUITE))")}
+  for clip in $clips; do
+    CUDA_VISIBLE_DEVICES=$3 PYTHONPATH="/tmp/site:$2:$PWD" timeout "${SUITE_TIMEOUT:-480}" \
+      python3 "$2/bench/suite_bench.py" --device cuda --clips "$clip" --jobs 4 $4 \
+      --json-out "$OUT/suite_$1/$clip.json" > "$OUT/suite_$1/$clip.log" 2>&1 &
+  done
+  wait
+}
 for mode in "${@:-render}"; do
 case "$mode" in
   jit)
@@ -91,6 +105,15 @@ case "$mode" in
     grep -hE "^\| (fast|default) |warm-up" "$OUT/bars_fast.log" "$OUT/bars_default.log"
     grep -v Warning "$OUT/step_probe.log" | tail -8
     ;;
+  suite)
+    # The accuracy suite once, on this code, with SUITE_FLAGS (suite_bench flags, e.g.
+    # "--presets default --other-tracks .exp/old/services/fit/tracks.py": a change of the track
+    # readout alone, read both ways on the same fits); rows in $OUT/suite.tar.gz.
+    build_gsplat
+    suite one "$PWD" 0 "${SUITE_FLAGS:-}"
+    grep -h "^|" "$OUT"/suite_one/*.log
+    tar -czf "$OUT/suite.tar.gz" -C "$OUT" suite_one && rm -r "$OUT/suite_one"
+    ;;
   suite-ab)
     # The accuracy suite (256x192x24, both presets, both prior sources) twice at once: SUITE_A
     # and SUITE_B hold each side's suite_bench flags (e.g. "--dis-preset fine --set
@@ -98,23 +121,11 @@ case "$mode" in
     # replaces the first). SUITE_A_CODE, if set, is a folder with another version's services/
     # and bench/ (e.g. `git archive HEAD services bench | tar -x -C .exp/head`) that side A runs,
     # so a code change is measured against the code without it. Each clip runs in its own
-    # process (a clip that outlasts SUITE_TIMEOUT, default 480 s, loses only its own rows;
-    # SUITE_CLIPS="pan orbit" runs only those: a --clips in SUITE_A or SUITE_B would override
-    # each process's own clip, and every process would run them all); with
-    # two GPUs each side has one. The rows come back as one file, $OUT/suite_ab.tar.gz. On one
-    # H200 both sides with both presets do not fit in a call (stop 21: 40 fits sharing it, the
-    # default rows reached frame 14 of 24 in 440 s): add --presets fast to both, or use two GPUs.
-    suite() {  # side (a or b), code folder, GPU index, suite_bench flags
-      mkdir -p "$OUT/suite_$1"
-      clips=${SUITE_CLIPS:-$(PYTHONPATH="/tmp/site:$2" python3 -c \
-        "from services.evaluation.fit_suite import SUITE; print(*(c.name for c in SUITE))")}
-      for clip in $clips; do
-        CUDA_VISIBLE_DEVICES=$3 PYTHONPATH="/tmp/site:$2:$PWD" timeout "${SUITE_TIMEOUT:-480}" \
-          python3 "$2/bench/suite_bench.py" --device cuda --clips "$clip" --jobs 4 $4 \
-          --json-out "$OUT/suite_$1/$clip.json" > "$OUT/suite_$1/$clip.log" 2>&1 &
-      done
-      wait
-    }
+    # process (`suite` above; a --clips in SUITE_A or SUITE_B would override each process's own
+    # clip, and every process would run them all); with two GPUs each side has one. The rows
+    # come back as one file, $OUT/suite_ab.tar.gz. On one H200 both sides with both presets do
+    # not fit in a call (stop 21: 40 fits sharing it, the default rows reached frame 14 of 24 in
+    # 440 s): add --presets fast to both, or use two GPUs.
     # gsplat built (or GSPLAT_SO imported) once before the clips start, so no clip's process
     # waits on a build. Stop 28: a call without GSPLAT_SO gave no row in 470 s (none of its fits
     # logged a frame; the cause was not found), the same call with GSPLAT_SO every row in 409 s.
