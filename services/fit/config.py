@@ -205,7 +205,11 @@ class FitConfig:
     background's flow into the object's, and the chained point lags off the object. With exact
     priors on the accuracy suite's CPU fits AJ rises by 0.04-0.09; the segment stage's soft
     scores and its own masks are not read inside (reading inside them lowered pipeline figures;
-    docs/fit.md, "Moving chains read inside hard masks"). False: the flow read plainly."""
+    docs/fit.md, "Moving chains read inside hard masks"). Then the points reported read the flow
+    on the masks' outline to first order, and a moving query whose chain held and then failed a
+    round trip is carried through the occlusion by its object's visible part, hidden where the
+    flow does not show it (docs/fit.md, "Moving chains read to first order on a hard mask's
+    outline", "Moving points carried through occlusions"). False: the flow read plainly."""
     tracks_moving_by_mask: bool = True
     """Tracks: a query whose pixel the priors' moving mask surely covers (score at or above
     `tracks.MASK_SURE_SCORE`) but a still Gaussian dominates attaches to the moving Gaussian of

@@ -14,7 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
+from services.common.sampling import sample_bilinear, sample_extrapolated
 from services.fit.motion import FB_TOLERANCE_PX, flow_round_trip, inside_image
+
+CARRY_RADIUS_PX = 24.0  # pixels around a hidden point whose flow may stand for its object's
+CARRY_MIN_PIXELS = 6  # fewer such pixels: the point keeps its last step
+CARRY_SPEED_SHARE = 0.3  # a pixel moves with the point where its flow is within this share of
+# the point's last step (at least FB_TOLERANCE_PX)
 
 
 def chained_flow_tracks(
@@ -89,3 +95,93 @@ def chained_flow_tracks(
                 points_qt2[rows, nxt] = xy_r2
                 occluded_qt[rows, nxt] = ~(agree_r & inside_image(xy_r2, H, W))
     return points_qt2.astype(np.float32), occluded_qt
+
+
+def carried_through_occlusion(
+    flow_fwd_t1hw2: np.ndarray,
+    flow_bwd_t1hw2: np.ndarray,
+    inside_thw: np.ndarray,
+    xy_2: np.ndarray,
+    step_2: np.ndarray,
+    t_start: int,
+    direction: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A moving point carried on from frame `t_start`, where it is seen and has just moved by
+    `step_2`, to the clip's end (`direction` 1) or start (-1), by its object's motion while it is
+    hidden: (points float64 [T, 2], hidden bool [T]), both set only in the frames carried to.
+
+    A seen point moves by its own flow, read inside the masks `inside_thw` (first order on their
+    outline). A hidden one (behind another object, or outside the image) moves by the flow of
+    the pixels inside the masks within `CARRY_RADIUS_PX` that move like its last step and hold
+    their own round trip (its object's visible part; the occluder moves otherwise), fitted by
+    one weighted affine map and read at the point; with fewer than `CARRY_MIN_PIXELS` of them it
+    repeats its last step. It is seen again where it lies in the image and the flow back from
+    there returns it to where it came from (within `FB_TOLERANCE_PX` of that while it was seen,
+    within `CARRY_SPEED_SHARE` of its step while hidden)."""
+    T, H, W = inside_thw.shape
+    points_t2 = np.zeros((T, 2), np.float64)
+    hidden_t = np.zeros(T, bool)
+    xy_2 = np.asarray(xy_2, np.float64).copy()
+    step_2 = np.asarray(step_2, np.float64).copy()
+    seen = True
+    frames = range(t_start, T - 1) if direction == 1 else range(t_start, 0, -1)
+    for t in frames:
+        if direction == 1:
+            flow, back, nxt = flow_fwd_t1hw2[t], flow_bwd_t1hw2[t], t + 1
+        else:
+            flow, back, nxt = flow_bwd_t1hw2[t - 1], flow_fwd_t1hw2[t - 1], t - 1
+        if seen:
+            step_2 = sample_extrapolated(flow, xy_2[None], inside_thw[t])[0]
+        else:
+            step_2 = _object_step(flow, back, inside_thw[t], inside_thw[nxt], xy_2, step_2)
+        tolerance_px = FB_TOLERANCE_PX if seen else _speed_tolerance(step_2)
+        xy_2 = xy_2 + step_2
+        returned_2 = xy_2 + sample_bilinear(back, xy_2[None], inside_thw[nxt])[0]
+        seen = bool(inside_image(xy_2[None], H, W)[0]) and bool(
+            np.linalg.norm(returned_2 - (xy_2 - step_2)) <= tolerance_px
+        )
+        points_t2[nxt], hidden_t[nxt] = xy_2, not seen
+    return points_t2, hidden_t
+
+
+def _speed_tolerance(step_2: np.ndarray) -> float:
+    return max(FB_TOLERANCE_PX, CARRY_SPEED_SHARE * float(np.linalg.norm(step_2)))
+
+
+def _object_step(
+    flow_hw2: np.ndarray,
+    back_hw2: np.ndarray,
+    inside_hw: np.ndarray,
+    inside_next_hw: np.ndarray,
+    xy_2: np.ndarray,
+    last_step_2: np.ndarray,
+) -> np.ndarray:
+    """The step [2] of a hidden point: its object's visible part's flow around it
+    (`carried_through_occlusion`)."""
+    H, W = inside_hw.shape
+    r = int(np.ceil(CARRY_RADIUS_PX))
+    x0, y0 = int(np.floor(xy_2[0])), int(np.floor(xy_2[1]))
+    rows_y, cols_x = (
+        slice(max(y0 - r, 0), min(y0 + r + 2, H)),
+        slice(max(x0 - r, 0), min(x0 + r + 2, W)),
+    )
+    grid_y, grid_x = np.mgrid[rows_y, cols_x]
+    offset_n2 = np.stack([grid_x, grid_y], axis=-1).reshape(-1, 2) - xy_2
+    flow_n2 = flow_hw2[rows_y, cols_x].reshape(-1, 2).astype(np.float64)
+    near_n = inside_hw[rows_y, cols_x].reshape(-1) & (
+        np.linalg.norm(offset_n2, axis=1) <= CARRY_RADIUS_PX
+    )
+    near_n &= np.linalg.norm(flow_n2 - last_step_2, axis=1) <= _speed_tolerance(last_step_2)
+    pixel_n2 = offset_n2[near_n] + xy_2
+    _, holds_n = flow_round_trip(
+        flow_hw2, back_hw2, pixel_n2, FB_TOLERANCE_PX, None, inside_next_hw
+    )
+    offset_m2, flow_m2 = offset_n2[near_n][holds_n], flow_n2[near_n][holds_n]
+    if len(offset_m2) < CARRY_MIN_PIXELS:
+        return last_step_2
+    weight_m = np.exp(-(offset_m2**2).sum(axis=1) / (2 * (CARRY_RADIUS_PX / 2) ** 2))
+    design_m3 = np.column_stack([np.ones(len(offset_m2)), offset_m2]) * np.sqrt(weight_m)[:, None]
+    if np.linalg.cond(design_m3) >= 1e3:
+        return flow_m2.mean(axis=0)
+    solution_32, *_ = np.linalg.lstsq(design_m3, flow_m2 * np.sqrt(weight_m)[:, None], rcond=None)
+    return solution_32[0]

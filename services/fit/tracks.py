@@ -23,7 +23,9 @@ reported at the chained flow's point wherever the chain holds (the flow read ins
 priors' moving masks where those are hard, its `tracks_chain_inside_masks`; where they are soft,
 the points chained along the flow each pixel takes from a neighbour, its
 `tracks_chain_neighbour_px`), one on a still Gaussian midway between the two where they lie
-close (`FlowChain`).
+close (`FlowChain`). Where the masks are hard, a moving query whose chain held and then failed a
+round trip is carried on through the occlusion by the flow of its object's visible part, and
+reported hidden where the flow does not show it (`FlowChain.carried`).
 
 That is `motion="gaussian"`. With `motion="local_rigid"` (FitConfig's default) a query on a
 moving Gaussian instead moves with the rigid motion of the moving Gaussians around it
@@ -56,7 +58,7 @@ from services.common.geometry import backproject_p3, project_p2, weighted_rigid_
 from services.common.sampling import sample_bilinear
 from services.fit.config import FitConfig, TrackMotion
 from services.fit.engine import FitResult
-from services.fit.flow_tracks import chained_flow_tracks
+from services.fit.flow_tracks import carried_through_occlusion, chained_flow_tracks
 from services.fit.motion import flow_round_trip, inside_image, nearest_pixel, visible_n
 from services.fit.priors import FitPriors
 from services.fit.projection import project_gaussians
@@ -509,6 +511,55 @@ class FlowChain:
             chained_qt2, _ = chain(self.flow_fwd_t1hw2, self.flow_bwd_t1hw2, extrapolate=True)
         return agrees_qt, chained_qt2, unbroken_qt
 
+    def carried(
+        self,
+        chained_qt2: np.ndarray,
+        unbroken_qt: np.ndarray,
+        queries_q3: np.ndarray,
+        moving_q: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Where moving queries read inside hard masks (None elsewhere): (points float32
+        [Q, T, 2], hidden bool [Q, T], carried bool [Q, T]) of the moving queries whose chain
+        (`agreement`'s points and unbroken) held for at least one step from the query frame and
+        then failed a round trip: from that frame on, each carried through the occlusion by its
+        object's motion (`flow_tracks.carried_through_occlusion`), hidden where the flow does not
+        show it. A chain that fails its first step says nothing of the point's object, nor does
+        one that never lies on a mask pixel while it holds (a query on the background beside an
+        object's outline reads the object's flow inside the mask and moves with it, or fails at
+        once): neither is carried."""
+        if self.moving_inside_thw is None:
+            return None
+        Q, T = unbroken_qt.shape
+        points_qt2 = np.asarray(chained_qt2, np.float64).copy()
+        hidden_qt = np.zeros((Q, T), bool)
+        carried_qt = np.zeros((Q, T), bool)
+        t_q = queries_q3[:, 0].astype(int)
+        H, W = self.moving_inside_thw.shape[1:]
+        for q in np.flatnonzero(moving_q):
+            for direction in (1, -1):
+                frames = np.arange(t_q[q], T) if direction == 1 else np.arange(t_q[q], -1, -1)
+                lost = np.flatnonzero(~unbroken_qt[q, frames])
+                if len(lost) == 0 or lost[0] < 2:
+                    continue
+                held_t = frames[: lost[0]]
+                rows_t, cols_t = nearest_pixel(points_qt2[q, held_t], H, W)
+                if not self.moving_inside_thw[held_t, rows_t, cols_t].any():
+                    continue
+                seen_t, before_t = frames[lost[0] - 1], frames[lost[0] - 2]
+                carried_t2, hidden_t = carried_through_occlusion(
+                    self.flow_fwd_t1hw2,
+                    self.flow_bwd_t1hw2,
+                    self.moving_inside_thw,
+                    points_qt2[q, seen_t],
+                    points_qt2[q, seen_t] - points_qt2[q, before_t],
+                    seen_t,
+                    direction,
+                )
+                on_t = frames[lost[0] :]
+                points_qt2[q, on_t], hidden_qt[q, on_t] = carried_t2[on_t], hidden_t[on_t]
+                carried_qt[q, on_t] = True
+        return points_qt2.astype(np.float32), hidden_qt, carried_qt
+
 
 def neighbour_flows(
     frames_thw3: np.ndarray, flow_fwd_t1hw2: np.ndarray, flow_bwd_t1hw2: np.ndarray, radius_px: int
@@ -602,6 +653,13 @@ def track_queries(
         points_qt2, world_qt3 = _with_chain_points(
             result, points_qt2, world_qt3, chained_qt2, unbroken_qt, moving_q
         )
+        carried = flow_chain.carried(chained_qt2, unbroken_qt, queries_q3, moving_q)
+        if carried is not None:
+            carried_qt2, hidden_qt, carried_qt = carried
+            points_qt2, world_qt3 = _with_chain_points(
+                result, points_qt2, world_qt3, carried_qt2, carried_qt, moving_q
+            )
+            occluded_qt |= hidden_qt
     return Tracks(points_qt2, occluded_qt, world_qt3, alive_qt, moving_q)
 
 

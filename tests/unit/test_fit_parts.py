@@ -29,7 +29,7 @@ from services.fit.cluster import split_moving
 from services.fit.config import FitConfig, preset
 from services.fit.engine import FitPriors, FitResult
 from services.fit.export import PLY_PROPERTIES, SH_C0, ply_bytes, tum_lines, write_tum
-from services.fit.flow_tracks import chained_flow_tracks
+from services.fit.flow_tracks import carried_through_occlusion, chained_flow_tracks
 from services.fit.gaussians import FrameGaussians, render_frame
 from services.fit.initialise import (
     gaussians_at_pixels,
@@ -925,6 +925,77 @@ def test_a_moving_chain_on_a_turning_objects_outline_reads_its_flow_to_first_ord
     np.testing.assert_allclose(chained_qt2[0], truth_t2, atol=1e-5)
     assert np.linalg.norm(bilinear_qt2[0, -1] - truth_t2[-1]) > 0.1
     assert np.array_equal(unbroken_qt[0], ~bilinear_lost_qt[0]) and agrees_qt.all()
+
+
+def _crossing_objects(T: int = 10, h: int = 20, w: int = 64):
+    """Object A (columns 10-25 at frame 0, rows 5-14) moves 2 px right a frame behind object B
+    (columns 40-47, rows 2-17), which moves 2 px left, over a still background: exact flows
+    (each pixel's own motion, also where it is hidden in the next frame) and both objects as
+    hard masks."""
+    cols_w, rows_h = np.arange(w), np.arange(h)
+    inside_thw = np.zeros((T, h, w), bool)
+    motion_thw2 = np.zeros((T, h, w, 2), np.float32)
+    for t in range(T):
+        a_hw = ((rows_h >= 5) & (rows_h < 15))[:, None] & (
+            (cols_w >= 10 + 2 * t) & (cols_w < 26 + 2 * t)
+        )
+        b_hw = ((rows_h >= 2) & (rows_h < 18))[:, None] & (
+            (cols_w >= 40 - 2 * t) & (cols_w < 48 - 2 * t)
+        )
+        motion_thw2[t][a_hw] = (2.0, 0.0)
+        motion_thw2[t][b_hw] = (-2.0, 0.0)  # B lies in front
+        inside_thw[t] = a_hw | b_hw
+    return inside_thw, motion_thw2[:-1], -motion_thw2[1:]
+
+
+def test_a_moving_point_is_carried_through_an_occlusion_by_its_objects_visible_part():
+    """A point of A (x = 20) passes behind B in frames 5 and 6 (B's columns are 30-37 and 28-35
+    there). Its chain fails the round trip at frame 5; carried on by the flow of A's visible part
+    it lies where A's motion puts it in every frame, hidden exactly in frames 5-6 and seen again
+    from frame 7. The same query read by FlowChain: the carried points and
+    flags from the failed step on. A query whose chain fails its first step is not carried, nor
+    is one on the background half a pixel beside A's outline (row 4.4): it reads A's flow inside
+    the mask and moves with A until B comes, but never lies on a mask pixel."""
+    T = 10
+    inside_thw, forward, backward = _crossing_objects(T)
+    truth_t = 20.0 + 2.0 * np.arange(T)
+    points_t2, hidden_t = carried_through_occlusion(
+        forward, backward, inside_thw, np.array([26.0, 10.0]), np.array([2.0, 0.0]), 3, 1
+    )
+    np.testing.assert_allclose(points_t2[4:, 0], truth_t[4:], atol=1e-9)
+    np.testing.assert_allclose(points_t2[4:, 1], 10.0, atol=1e-9)
+    assert np.flatnonzero(hidden_t).tolist() == [5, 6]
+
+    queries_q3 = np.array([[0, 10.0, 20.0], [4, 10.0, 28.0], [0, 4.4, 20.0]])
+    moving_q = np.ones(3, bool)
+    chained_qt2, lost_qt = chained_flow_tracks(
+        forward, backward, queries_q3, inside_thw=inside_thw, reads_inside_q=moving_q
+    )
+    assert np.flatnonzero(lost_qt[0])[0] == 5
+    assert lost_qt[1, 5]  # the second query's chain fails its first step
+    assert np.flatnonzero(lost_qt[2])[0] == 5 and chained_qt2[2, 4, 0] == pytest.approx(28.0)
+    priors = FitPriors(
+        frames_thw3=np.zeros((T, 20, 64, 3), np.uint8),
+        depth_thw=np.ones((T, 20, 64), np.float32),
+        K_33=np.eye(3),
+        flow_fwd_t1hw2=forward,
+        flow_bwd_t1hw2=backward,
+        moving_thw=inside_thw.astype(np.float32),
+    )
+    chain = FlowChain.of(priors, True)
+    _, chained_qt2, unbroken_qt = chain.agreement(chained_qt2, queries_q3, moving_q)
+    points_qt2, hidden_qt, carried_qt = chain.carried(
+        chained_qt2, unbroken_qt, queries_q3, moving_q
+    )
+    assert np.flatnonzero(carried_qt[0]).tolist() == [5, 6, 7, 8, 9]
+    np.testing.assert_allclose(points_qt2[0, :, 0], truth_t, atol=1e-5)
+    assert np.flatnonzero(hidden_qt[0]).tolist() == [5, 6]
+    assert not carried_qt[1:].any() and not hidden_qt[1:].any()
+    soft = dataclasses.replace(priors, moving_thw=inside_thw * np.float32(0.7))
+    assert (
+        FlowChain.of(soft, True).carried(chained_qt2, unbroken_qt, queries_q3, np.ones(2, bool))
+        is None
+    )
 
 
 def test_chained_points_move_by_the_flow_taken_from_neighbours_where_masks_are_soft():
