@@ -838,6 +838,22 @@ def test_the_flow_chain_agrees_where_it_reaches_the_point_unbroken():
     assert unbroken_qt.tolist() == [[True, True, False, False], [False, False, True, True]]
 
 
+def _flow_chain_priors(
+    forward: np.ndarray, backward: np.ndarray, moving_thw: np.ndarray
+) -> FitPriors:
+    """Priors that give FlowChain what it reads (flows and hard moving masks); the frames and
+    depth are placeholders of the right shape."""
+    T, h, w = moving_thw.shape
+    return FitPriors(
+        frames_thw3=np.zeros((T, h, w, 3), np.uint8),
+        depth_thw=np.ones((T, h, w), np.float32),
+        K_33=np.eye(3),
+        flow_fwd_t1hw2=forward,
+        flow_bwd_t1hw2=backward,
+        moving_thw=moving_thw.astype(np.float32),
+    )
+
+
 def test_a_moving_chain_reads_the_flow_inside_hard_masks():
     """An object (columns 6-9 at frame 0) moves 1 px right a frame over a still background. A
     query at x = 9.4, inside its last column, reads 0.4 of the background's flow bilinearly and
@@ -868,14 +884,7 @@ def test_a_moving_chain_reads_the_flow_inside_hard_masks():
     with pytest.raises(InvalidArgumentError, match="inside_thw"):
         chained_flow_tracks(forward, backward, queries_q3, inside_thw=inside_thw)
 
-    priors = FitPriors(
-        frames_thw3=np.zeros((T, h, w, 3), np.uint8),
-        depth_thw=np.ones((T, h, w), np.float32),
-        K_33=np.eye(3),
-        flow_fwd_t1hw2=forward,
-        flow_bwd_t1hw2=backward,
-        moving_thw=inside_thw.astype(np.float32),
-    )
+    priors = _flow_chain_priors(forward, backward, inside_thw)
     assert np.array_equal(FlowChain.of(priors, True).moving_inside_thw, inside_thw)
     assert FlowChain.of(priors, False).moving_inside_thw is None
     soft = dataclasses.replace(priors, moving_thw=inside_thw * np.float32(0.7))
@@ -907,14 +916,7 @@ def test_a_moving_chain_on_a_turning_objects_outline_reads_its_flow_to_first_ord
     angle_t = 0.3 + turn * np.arange(T)
     truth_t2 = centre_2 + 5.8 * np.stack([np.cos(angle_t), np.sin(angle_t)], axis=1)
     queries_q3 = np.array([[0, start_2[1], start_2[0]]])
-    priors = FitPriors(
-        frames_thw3=np.zeros((T, h, w, 3), np.uint8),
-        depth_thw=np.ones((T, h, w), np.float32),
-        K_33=np.eye(3),
-        flow_fwd_t1hw2=forward,
-        flow_bwd_t1hw2=backward,
-        moving_thw=inside_thw.astype(np.float32),
-    )
+    priors = _flow_chain_priors(forward, backward, inside_thw)
     chain = FlowChain.of(priors, True)
     bilinear_qt2, bilinear_lost_qt = chained_flow_tracks(
         forward, backward, queries_q3, inside_thw=inside_thw, reads_inside_q=np.array([True])
@@ -974,14 +976,7 @@ def test_a_moving_point_is_carried_through_an_occlusion_by_its_objects_visible_p
     assert np.flatnonzero(lost_qt[0])[0] == 5
     assert lost_qt[1, 5]  # the second query's chain fails its first step
     assert np.flatnonzero(lost_qt[2])[0] == 5 and chained_qt2[2, 4, 0] == pytest.approx(28.0)
-    priors = FitPriors(
-        frames_thw3=np.zeros((T, 20, 64, 3), np.uint8),
-        depth_thw=np.ones((T, 20, 64), np.float32),
-        K_33=np.eye(3),
-        flow_fwd_t1hw2=forward,
-        flow_bwd_t1hw2=backward,
-        moving_thw=inside_thw.astype(np.float32),
-    )
+    priors = _flow_chain_priors(forward, backward, inside_thw)
     chain = FlowChain.of(priors, True)
     _, chained_qt2, unbroken_qt = chain.agreement(chained_qt2, queries_q3, moving_q)
     points_qt2, hidden_qt, carried_qt = chain.carried(
