@@ -21,6 +21,7 @@ CARRY_RADIUS_PX = 24.0  # pixels around a hidden point whose flow may stand for 
 CARRY_MIN_PIXELS = 6  # fewer such pixels: the point keeps its last step
 CARRY_SPEED_SHARE = 0.3  # a pixel moves with the point where its flow is within this share of
 # the point's last step (at least FB_TOLERANCE_PX)
+CARRY_MAX_CONDITION = 1e3  # a worse-conditioned affine fit (a sliver of pixels): their mean flow
 
 
 def chained_flow_tracks(
@@ -145,6 +146,8 @@ def carried_through_occlusion(
 
 
 def _speed_tolerance(step_2: np.ndarray) -> float:
+    """How far a flow may differ from a step and still be the same motion: an object's flow
+    varies across it with its turn and its depth, more the faster it moves."""
     return max(FB_TOLERANCE_PX, CARRY_SPEED_SHARE * float(np.linalg.norm(step_2)))
 
 
@@ -161,10 +164,8 @@ def _object_step(
     H, W = inside_hw.shape
     r = int(np.ceil(CARRY_RADIUS_PX))
     x0, y0 = int(np.floor(xy_2[0])), int(np.floor(xy_2[1]))
-    rows_y, cols_x = (
-        slice(max(y0 - r, 0), min(y0 + r + 2, H)),
-        slice(max(x0 - r, 0), min(x0 + r + 2, W)),
-    )
+    rows_y = slice(min(max(y0 - r, 0), H), max(min(y0 + r + 2, H), 0))
+    cols_x = slice(min(max(x0 - r, 0), W), max(min(x0 + r + 2, W), 0))
     grid_y, grid_x = np.mgrid[rows_y, cols_x]
     offset_n2 = np.stack([grid_x, grid_y], axis=-1).reshape(-1, 2) - xy_2
     flow_n2 = flow_hw2[rows_y, cols_x].reshape(-1, 2).astype(np.float64)
@@ -181,7 +182,7 @@ def _object_step(
         return last_step_2
     weight_m = np.exp(-(offset_m2**2).sum(axis=1) / (2 * (CARRY_RADIUS_PX / 2) ** 2))
     design_m3 = np.column_stack([np.ones(len(offset_m2)), offset_m2]) * np.sqrt(weight_m)[:, None]
-    if np.linalg.cond(design_m3) >= 1e3:
+    if np.linalg.cond(design_m3) >= CARRY_MAX_CONDITION:
         return flow_m2.mean(axis=0)
     solution_32, *_ = np.linalg.lstsq(design_m3, flow_m2 * np.sqrt(weight_m)[:, None], rcond=None)
     return solution_32[0]
