@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
-from services.common.sampling import sample_bilinear, sample_extrapolated
-from services.fit.motion import FB_TOLERANCE_PX, flow_round_trip, inside_image
+from services.fit.motion import FB_TOLERANCE_PX, comes_back, flow_round_trip, inside_image
 
 CARRY_RADIUS_PX = 24.0  # pixels around a hidden point whose flow may stand for its object's
 CARRY_MIN_PIXELS = 6  # fewer such pixels: the point keeps its last step
@@ -132,15 +131,17 @@ def carried_through_occlusion(
         else:
             flow, back, nxt = flow_bwd_t1hw2[t - 1], flow_fwd_t1hw2[t - 1], t - 1
         if seen:
-            step_2 = sample_extrapolated(flow, xy_2[None], inside_thw[t])[0]
+            moved_12, returns_1 = flow_round_trip(
+                flow, back, xy_2[None], FB_TOLERANCE_PX, inside_thw[t], inside_thw[nxt], True
+            )
         else:
             step_2 = _object_step(flow, back, inside_thw[t], inside_thw[nxt], xy_2, step_2)
-        tolerance_px = FB_TOLERANCE_PX if seen else _speed_tolerance(step_2)
-        xy_2 = xy_2 + step_2
-        returned_2 = xy_2 + sample_bilinear(back, xy_2[None], inside_thw[nxt])[0]
-        seen = bool(inside_image(xy_2[None], H, W)[0]) and bool(
-            np.linalg.norm(returned_2 - (xy_2 - step_2)) <= tolerance_px
-        )
+            moved_12 = xy_2[None] + step_2
+            returns_1 = comes_back(
+                back, moved_12, xy_2[None], _speed_tolerance(step_2), inside_thw[nxt]
+            )
+        step_2, xy_2 = moved_12[0] - xy_2, moved_12[0]
+        seen = bool(returns_1[0] and inside_image(moved_12, H, W)[0])
         points_t2[nxt], hidden_t[nxt] = xy_2, not seen
     return points_t2, hidden_t
 
@@ -167,15 +168,15 @@ def _object_step(
     rows_y = slice(min(max(y0 - r, 0), H), max(min(y0 + r + 2, H), 0))
     cols_x = slice(min(max(x0 - r, 0), W), max(min(x0 + r + 2, W), 0))
     grid_y, grid_x = np.mgrid[rows_y, cols_x]
-    offset_n2 = np.stack([grid_x, grid_y], axis=-1).reshape(-1, 2) - xy_2
+    pixel_n2 = np.stack([grid_x, grid_y], axis=-1).reshape(-1, 2).astype(np.float64)
+    offset_n2 = pixel_n2 - xy_2
     flow_n2 = flow_hw2[rows_y, cols_x].reshape(-1, 2).astype(np.float64)
     near_n = inside_hw[rows_y, cols_x].reshape(-1) & (
         np.linalg.norm(offset_n2, axis=1) <= CARRY_RADIUS_PX
     )
     near_n &= np.linalg.norm(flow_n2 - last_step_2, axis=1) <= _speed_tolerance(last_step_2)
-    pixel_n2 = offset_n2[near_n] + xy_2
     _, holds_n = flow_round_trip(
-        flow_hw2, back_hw2, pixel_n2, FB_TOLERANCE_PX, None, inside_next_hw
+        flow_hw2, back_hw2, pixel_n2[near_n], FB_TOLERANCE_PX, None, inside_next_hw
     )
     offset_m2, flow_m2 = offset_n2[near_n][holds_n], flow_n2[near_n][holds_n]
     if len(offset_m2) < CARRY_MIN_PIXELS:

@@ -954,10 +954,10 @@ def test_a_moving_point_is_carried_through_an_occlusion_by_its_objects_visible_p
     """A point of A (x = 20) passes behind B in frames 5 and 6 (B's columns are 30-37 and 28-35
     there). Its chain fails the round trip at frame 5; carried on by the flow of A's visible part
     it lies where A's motion puts it in every frame, hidden exactly in frames 5-6 and seen again
-    from frame 7. The same query read by FlowChain: the carried points and
-    flags from the failed step on. A query whose chain fails its first step is not carried, nor
-    is one on the background half a pixel beside A's outline (row 4.4): it reads A's flow inside
-    the mask and moves with A until B comes, but never lies on a mask pixel."""
+    from frame 7. The same query read by FlowChain: the carried points and flags from the failed
+    step on. A query whose chain fails its first step is not carried, nor is one on the
+    background half a pixel beside A's outline (row 4.4): it reads A's flow inside the mask and
+    moves with A until B comes, but never lies on a mask pixel."""
     T = 10
     inside_thw, forward, backward = _crossing_objects(T)
     truth_t = 20.0 + 2.0 * np.arange(T)
@@ -987,10 +987,7 @@ def test_a_moving_point_is_carried_through_an_occlusion_by_its_objects_visible_p
     assert np.flatnonzero(hidden_qt[0]).tolist() == [5, 6]
     assert not carried_qt[1:].any() and not hidden_qt[1:].any()
     soft = dataclasses.replace(priors, moving_thw=inside_thw * np.float32(0.7))
-    assert (
-        FlowChain.of(soft, True).carried(chained_qt2, unbroken_qt, queries_q3, np.ones(2, bool))
-        is None
-    )
+    assert FlowChain.of(soft, True).carried(chained_qt2, unbroken_qt, queries_q3, moving_q) is None
 
 
 def test_chained_points_move_by_the_flow_taken_from_neighbours_where_masks_are_soft():
